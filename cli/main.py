@@ -1,0 +1,77 @@
+"""``cnmkit``: one entry point for the daemon, networks, containers and labs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cli import network
+from cli.output import fail
+from client.engine import Engine
+from client.transport import DaemonUnavailable, PluginError
+
+DEFAULT_PLUGIN_DIR = os.environ.get("CNMKIT_PLUGIN_DIR", "/run/docker/plugins")
+DEFAULT_STATE_DIR = os.environ.get("CNMKIT_STATE_DIR", "/var/lib/cnmkit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnmkit", description="Container networking: Docker CNM plugins, "
+                                     "IPAM, an embedded runtime and labs.")
+    parser.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR, help="where the plugin sockets live")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state (store, containers)")
+    parser.add_argument("--store", default=os.environ.get("CNMKIT_STORE", ""),
+                        help="store URL (default sqlite:///<state-dir>/state.db)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
+    daemon.add_argument("--driver", action="append", dest="drivers", help="drivers to serve (default: bridge)")
+    daemon.set_defaults(func=cmd_daemon, needs_engine=False)
+
+    network_verbs = network.register(sub)
+    try:
+        from cli import containers
+    except ImportError:                         # the runtime is optional for an engine-only install
+        containers = None  # type: ignore[assignment]
+    if containers is not None:
+        containers.register(sub)
+        containers.register_network_verbs(network_verbs)
+    return parser
+
+
+def cmd_daemon(args: argparse.Namespace) -> None:
+    from plugin.server import DaemonConfig, run_daemon
+
+    config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
+                          drivers=args.drivers or ["bridge"])
+    try:
+        run_daemon(config)
+    except (RuntimeError, ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "needs_engine", True):
+        args.func(args)
+        return
+    engine = Engine(args.plugin_dir)
+    try:
+        args.func(args, engine)
+    except (DaemonUnavailable, PluginError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()

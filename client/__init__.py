@@ -1,0 +1,1 @@
+"""cnmkit client package."""

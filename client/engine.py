@@ -1,0 +1,327 @@
+"""The engine side of the protocol, shared by the CLI and the embedded runtime.
+
+It drives the plugin through the very call sequences dockerd 20.10 uses (protocol.md §5):
+pools and gateway before CreateNetwork; RequestAddress, CreateEndpoint, Join and
+EndpointOperInfo to attach; Leave, DeleteEndpoint and ReleaseAddress to detach. So every
+CLI and runtime operation also exercises the protocol, and a multi-step sequence that fails
+half-way is unwound call by call, leaving no address or endpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from netaddr import AddrFormatError, IPAddress, IPNetwork
+
+from client.transport import DaemonUnavailable, PluginError, PluginTransport
+
+__all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
+
+GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
+MTU_OPTION = "com.docker.network.driver.mtu"
+DEFAULT_MTU = 1500
+
+
+@dataclass
+class Attachment:
+    """One container interface on one network, as the plugin granted it; persisted by the runtime."""
+
+    network_id: str
+    network_name: str
+    endpoint_id: str
+    address: str = ""
+    address_v6: str = ""
+    mac: str = ""
+    src_name: str = ""
+    dst_prefix: str = "eth"
+    gateway: str = ""
+    gateway_v6: str = ""
+    static_routes: list[dict[str, Any]] = field(default_factory=list)
+    mtu: int = DEFAULT_MTU
+    pool_v4: str = ""
+    pool_v6: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Attachment:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class _Undo:
+    """Steps to unwind if a sequence fails; run newest first, each tolerated on its own."""
+
+    def __init__(self) -> None:
+        self.steps: list[Callable[[], object]] = []
+
+    def push(self, step: Callable[[], object]) -> None:
+        self.steps.append(step)
+
+    def run(self) -> None:
+        for step in reversed(self.steps):
+            try:
+                step()
+            except (PluginError, DaemonUnavailable):
+                pass
+        self.steps.clear()
+
+
+def _family(cidr: str, what: str) -> int:
+    try:
+        return IPNetwork(cidr).version
+    except (AddrFormatError, ValueError):
+        raise PluginError(f"{what}: {cidr!r} is not a valid CIDR") from None
+
+
+class Engine:
+    def __init__(self, plugin_dir: str = "/run/docker/plugins", timeout: float = 120.0) -> None:
+        self.plugin_dir = plugin_dir
+        self.timeout = timeout
+        self.ipam = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout)
+        self._drivers: dict[str, PluginTransport] = {}
+
+    def driver(self, name: str) -> PluginTransport:
+        name = name if name.startswith("cnmkit-") else f"cnmkit-{name}"
+        if name not in self._drivers:
+            self._drivers[name] = PluginTransport(os.path.join(self.plugin_dir, f"{name}.sock"), self.timeout)
+        return self._drivers[name]
+
+    def close(self) -> None:
+        for t in (self.ipam, *self._drivers.values()):
+            t.close()
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
+
+    def inspect_network(self, ref: str) -> dict[str, Any]:
+        return dict(self.ipam.call("Cnmkit.NetworkInspect", {"Network": ref})["Network"])
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
+
+    def _pool_id(self, cidr: str, space: str) -> str:
+        for pool in self.list_pools():
+            if pool.get("Pool") == cidr and (not space or pool.get("AddressSpace") == space):
+                return str(pool["PoolID"])
+        raise PluginError(f"no IPAM pool {cidr} is held for this network")
+
+    # -- networks -----------------------------------------------------------------------------
+
+    def create_network(self, name: str, *, driver: str = "bridge", subnets: Sequence[str] = (),
+                       gateways: Sequence[str] = (), ip_ranges: Sequence[str] = (),
+                       aux_addresses: dict[str, str] | None = None, ipv6: bool = False, internal: bool = False,
+                       options: dict[str, str] | None = None, ipam_options: dict[str, str] | None = None) -> str:
+        """``docker network create`` with cnmkit as both drivers; returns the new network id."""
+        if not name:
+            raise PluginError("name: a network needs a name")
+        try:
+            self.inspect_network(name)
+        except PluginError:
+            pass
+        else:
+            raise PluginError(f"network name {name!r} is already in use")
+        transport = self.driver(driver)
+        transport.call("Plugin.Activate")
+        spaces = self.ipam.call("IpamDriver.GetDefaultAddressSpaces")
+        space = str(spaces.get("LocalDefaultAddressSpace", ""))
+        undo = _Undo()
+        try:
+            data4 = self._request_pools(4, subnets, gateways, ip_ranges, aux_addresses or {}, space,
+                                        ipam_options or {}, undo)
+            data6 = self._request_pools(6, subnets, gateways, ip_ranges, aux_addresses or {}, space,
+                                        ipam_options or {}, undo) if ipv6 else []
+            if not ipv6 and any(_family(s, "subnet") == 6 for s in subnets):
+                raise PluginError("subnet: an IPv6 subnet needs --ipv6")
+            network_id = secrets.token_hex(32)
+            generic = {**(options or {}), "cnmkit.name": name}
+            net_options: dict[str, Any] = {"com.docker.network.generic": generic,
+                                           "com.docker.network.enable_ipv6": ipv6}
+            if internal:
+                net_options["com.docker.network.internal"] = True
+            transport.call("NetworkDriver.CreateNetwork", {"NetworkID": network_id, "Options": net_options,
+                                                          "IPv4Data": data4, "IPv6Data": data6})
+        except BaseException:
+            undo.run()
+            raise
+        return network_id
+
+    def _request_pools(self, version: int, subnets: Sequence[str], gateways: Sequence[str],
+                       ip_ranges: Sequence[str], aux: dict[str, str], space: str,
+                       ipam_options: dict[str, str], undo: _Undo) -> list[dict[str, Any]]:
+        mine = [s for s in subnets if _family(s, "subnet") == version] or [""]
+        gws = [g for g in gateways if IPAddress(g).version == version]
+        ranges = [r for r in ip_ranges if _family(r, "ip-range") == version]
+        out = []
+        for i, subnet in enumerate(mine):
+            reply = self.ipam.call("IpamDriver.RequestPool", {
+                "AddressSpace": space, "Pool": subnet, "SubPool": ranges[i] if i < len(ranges) else "",
+                "Options": ipam_options, "V6": version == 6})
+            pool_id, pool = reply["PoolID"], reply["Pool"]
+            undo.push(lambda pid=pool_id: self.ipam.call("IpamDriver.ReleasePool", {"PoolID": pid}))
+            entry: dict[str, Any] = {"AddressSpace": space, "Pool": pool}
+            data_gw = (reply.get("Data") or {}).get("com.docker.network.gateway")
+            gw = gws[i] if i < len(gws) else ""
+            if data_gw and not gw:
+                entry["Gateway"] = data_gw
+            else:
+                granted = self.ipam.call("IpamDriver.RequestAddress",
+                                         {"PoolID": pool_id, "Address": gw, "Options": GATEWAY_OPTION})
+                entry["Gateway"] = granted["Address"]
+                undo.push(lambda pid=pool_id, a=granted["Address"]: self._release(pid, a))
+            net = IPNetwork(pool)
+            aux_here = {k: v for k, v in aux.items() if IPAddress(v).version == version and IPAddress(v) in net}
+            if aux_here:
+                entry["AuxAddresses"] = {}
+            for key, addr in aux_here.items():
+                granted = self.ipam.call("IpamDriver.RequestAddress",
+                                         {"PoolID": pool_id, "Address": addr, "Options": None})
+                entry["AuxAddresses"][key] = granted["Address"]
+                undo.push(lambda pid=pool_id, a=granted["Address"]: self._release(pid, a))
+            out.append(entry)
+        return out
+
+    def _release(self, pool_id: str, cidr: str) -> None:
+        self.ipam.call("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": cidr.split("/")[0]})
+
+    def remove_network(self, ref: str) -> str:
+        net = self.inspect_network(ref)
+        if net["EndpointList"]:
+            raise PluginError(f"network {net['Name'] or net['Id'][:12]} has active endpoints")
+        self.driver(net["Driver"]).call("NetworkDriver.DeleteNetwork", {"NetworkID": net["Id"]})
+        for entry in (*net["IPv4"], *net["IPv6"]):
+            try:
+                pool_id = self._pool_id(entry["Pool"], entry.get("AddressSpace", ""))
+            except PluginError:
+                continue                                 # a pool not ours (another IPAM): nothing to free
+            for addr in (entry.get("Gateway"), *entry.get("AuxAddresses", {}).values()):
+                if addr:
+                    self._release(pool_id, addr)
+            self.ipam.call("IpamDriver.ReleasePool", {"PoolID": pool_id})
+        return str(net["Id"])
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def attach(self, network: str, sandbox_key: str, *, ip: str | None = None, ip6: str | None = None,
+               mac: str | None = None, direct: bool = False) -> Attachment:
+        """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure."""
+        net = self.inspect_network(network)
+        transport = self.driver(net["Driver"])
+        att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
+        mtu = net.get("Options", {}).get(MTU_OPTION)
+        att.mtu = int(mtu) if mtu and str(mtu).isdigit() else DEFAULT_MTU
+        undo = _Undo()
+        try:
+            options = {"com.docker.network.endpoint.macaddress": mac} if mac else None
+            att.address, att.pool_v4 = self._request_endpoint_address(net["IPv4"], ip, options, undo, "ip")
+            if net.get("EnableIPv6") and net["IPv6"]:
+                att.address_v6, att.pool_v6 = self._request_endpoint_address(net["IPv6"], ip6, options, undo,
+                                                                             "ip6")
+            elif ip6:
+                raise PluginError(f"ip6: network {net['Name'] or net['Id'][:12]} has no IPv6")
+            reply = transport.call("NetworkDriver.CreateEndpoint", {
+                "NetworkID": att.network_id, "EndpointID": att.endpoint_id,
+                "Interface": {"Address": att.address, "AddressIPv6": att.address_v6, "MacAddress": mac or ""},
+                "Options": {}})
+            undo.push(lambda: transport.call("NetworkDriver.DeleteEndpoint",
+                                             {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
+            att.mac = mac or (reply.get("Interface") or {}).get("MacAddress", "")
+            joined = transport.call("NetworkDriver.Join", {
+                "NetworkID": att.network_id, "EndpointID": att.endpoint_id, "SandboxKey": sandbox_key,
+                "Options": {"com.docker.network.portmap": [], "com.docker.network.endpoint.exposedports": [],
+                            "cnmkit.direct": direct}})
+            undo.push(lambda: transport.call("NetworkDriver.Leave",
+                                             {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
+            names = joined.get("InterfaceName") or {}
+            att.src_name, att.dst_prefix = names.get("SrcName", ""), names.get("DstPrefix") or "eth"
+            att.gateway, att.gateway_v6 = joined.get("Gateway", ""), joined.get("GatewayIPv6", "")
+            att.static_routes = list(joined.get("StaticRoutes") or [])
+            transport.call("NetworkDriver.EndpointOperInfo",
+                           {"NetworkID": att.network_id, "EndpointID": att.endpoint_id})
+        except BaseException:
+            undo.run()
+            raise
+        return att
+
+    def _request_endpoint_address(self, pools: list[dict[str, Any]], wanted: str | None,
+                                  options: dict[str, str] | None, undo: _Undo, what: str) -> tuple[str, str]:
+        if not pools:
+            return "", ""
+        entry = pools[0]
+        if wanted:
+            try:
+                addr = IPAddress(wanted)
+            except (AddrFormatError, ValueError):
+                raise PluginError(f"{what}: {wanted!r} is not a valid IP address") from None
+            inside = [p for p in pools if addr in IPNetwork(p["Pool"])]
+            if not inside:
+                raise PluginError(f"{what}: {wanted} is outside the network's subnets "
+                                  f"({', '.join(p['Pool'] for p in pools)})")
+            entry = inside[0]
+        pool_id = self._pool_id(entry["Pool"], entry.get("AddressSpace", ""))
+        granted = self.ipam.call("IpamDriver.RequestAddress",
+                                 {"PoolID": pool_id, "Address": wanted or "", "Options": options})
+        address = str(granted["Address"])
+        undo.push(lambda: self._release(pool_id, address))
+        return address, pool_id
+
+    def detach(self, att: Attachment) -> None:
+        """``docker network disconnect``/stop: every step runs even if an earlier one failed."""
+        ref = {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}
+        errors: list[str] = []
+        try:
+            transport: PluginTransport | None = self.driver(self.inspect_network(att.network_id)["Driver"])
+        except PluginError:
+            transport = None                            # the network is gone: its endpoints went with it
+        steps: list[Callable[[], object]] = []
+        if transport is not None:
+            steps += [lambda: transport.call("NetworkDriver.Leave", ref),
+                      lambda: transport.call("NetworkDriver.DeleteEndpoint", ref)]
+        for pool_id, addr in ((att.pool_v4, att.address), (att.pool_v6, att.address_v6)):
+            if pool_id and addr:
+                steps.append(lambda p=pool_id, a=addr: self._release(p, a))
+        for step in steps:
+            try:
+                step()
+            except PluginError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise PluginError("; ".join(errors))
+
+
+def ensure_daemon(plugin_dir: str, state_dir: str, store_url: str, wait: float = 15.0) -> None:
+    """Start ``cnmkit daemon`` in the background unless one already answers on the socket."""
+    probe = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout=5)
+    try:
+        probe.call("Plugin.Activate")
+        return
+    except DaemonUnavailable:
+        pass
+    finally:
+        probe.close()
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    log_path = os.path.join(state_dir, "daemon.log")
+    with open(log_path, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "cli.main", "daemon", "--plugin-dir", plugin_dir,
+                          "--state-dir", state_dir, "--store", store_url], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        probe = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout=5)
+        try:
+            probe.call("Plugin.Activate")
+            return
+        except DaemonUnavailable:
+            time.sleep(0.1)
+        finally:
+            probe.close()
+    raise DaemonUnavailable(f"the daemon did not come up within {wait:.0f} s; see {log_path}")

@@ -1,0 +1,178 @@
+"""cnmkit-bridge: a Linux bridge per network, a veth pair per endpoint, Docker-style NAT.
+
+Shape follows libnetwork's bridge driver, minus its store: the manager persists every spec and
+hands it back in, and every kernel object is found again by its derived name and ownership alias
+(drivers/naming.py), so all calls are idempotent and a restarted daemon picks up where it was.
+
+    create_network   bridge (alias, MTU, stable MAC) -> gateway addresses -> up -> firewall
+    join             veth pair: host end on the bridge, container end with MAC/MTU, in the host
+                     netns for dockerd to move, or born in the sandbox when the runtime asks
+    leave            nothing: dockerd moves the link back after Leave (protocol pitfall 6.10)
+    delete_endpoint  delete the host end, which takes the peer with it wherever it is
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from netaddr import IPAddress
+
+from drivers import naming
+from drivers.base import (
+    EndpointResult,
+    EndpointSpec,
+    IPAMData,
+    JoinRequest,
+    JoinResult,
+    NetworkSpec,
+)
+from drivers.errors import InvalidOption
+from drivers.firewall import NetworkRules
+
+if TYPE_CHECKING:
+    from drivers.kernel import KernelOps
+
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
+OPT_NAME = "cnmkit.name"
+DOCKER_OPTION_PREFIX = "com.docker.network."
+DEFAULT_MTU = 1500
+
+
+class FirewallOps(Protocol):
+    def ensure_network(self, net: NetworkRules) -> None: ...
+    def remove_network(self, network_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The -o options of one bridge network, parsed and checked once."""
+
+    bridge: str
+    mtu: int
+    custom_name: bool
+
+    @classmethod
+    def parse(cls, spec: NetworkSpec) -> BridgeConfig:
+        mtu = DEFAULT_MTU
+        bridge = naming.bridge_name(spec.network_id)
+        custom = False
+        for key, value in spec.options.items():
+            if key == OPT_MTU:
+                mtu = _parse_mtu(str(value))
+            elif key == OPT_BRIDGE_NAME:
+                if not naming.valid_ifname(str(value)):
+                    raise InvalidOption(key, f"{value!r} is not a valid interface name (1..15 chars, "
+                                             "no '/', ':' or spaces)")
+                bridge, custom = str(value), True
+            elif key == OPT_NAME or key.startswith(DOCKER_OPTION_PREFIX):
+                continue                      # Docker's own keys, passed through; harmless
+            else:
+                raise InvalidOption(key, "unknown option for the cnmkit-bridge driver")
+        return cls(bridge=bridge, mtu=mtu, custom_name=custom)
+
+
+def _parse_mtu(value: str) -> int:
+    try:
+        mtu = int(value)
+    except ValueError:
+        raise InvalidOption(OPT_MTU, f"{value!r} is not an integer") from None
+    if not 68 <= mtu <= 65535:
+        raise InvalidOption(OPT_MTU, f"{mtu} is outside 68..65535")
+    return mtu
+
+
+def _gateway(pools: tuple[IPAMData, ...]) -> IPAddress | None:
+    for pool in pools:
+        if pool.gateway is not None:
+            return pool.gateway.ip
+    return None
+
+
+class BridgeDriver:
+    name = "cnmkit-bridge"
+    scope: Literal["local", "global"] = "local"
+    connectivity_scope: Literal["local", "global"] = "local"
+
+    def __init__(self, kernel: KernelOps, firewall: FirewallOps, *,
+                 mac_factory: Callable[[], str] = naming.random_mac) -> None:
+        self.kernel = kernel
+        self.firewall = firewall
+        self._new_mac = mac_factory
+
+    # -- networks ---------------------------------------------------------------------------
+
+    def validate(self, spec: NetworkSpec) -> None:
+        BridgeConfig.parse(spec)
+
+    def create_network(self, spec: NetworkSpec) -> None:
+        """Make (or re-ensure) the network's bridge and rules; a half-done create is undone.
+
+        Rollback only applies to a bridge this call created: re-ensuring an existing network
+        (daemon restart, retry) must never tear down what running containers use.
+        """
+        cfg = BridgeConfig.parse(spec)
+        alias = naming.network_alias(spec.network_id)
+        with contextlib.ExitStack() as undo:
+            created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
+                                                mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
+            if created:
+                undo.callback(self.kernel.link_delete, cfg.bridge, alias=alias)
+                undo.callback(self.firewall.remove_network, spec.network_id)
+            for pool in (*spec.ipv4, *spec.ipv6):
+                if pool.gateway is not None:
+                    self.kernel.addr_ensure(cfg.bridge, str(pool.gateway))
+            self.kernel.set_up(cfg.bridge)
+            self.firewall.ensure_network(self._rules(spec, cfg))
+            undo.pop_all()
+
+    def delete_network(self, spec: NetworkSpec) -> None:
+        cfg = BridgeConfig.parse(spec)
+        self.firewall.remove_network(spec.network_id)
+        self.kernel.link_delete(cfg.bridge, alias=naming.network_alias(spec.network_id))
+
+    @staticmethod
+    def _rules(spec: NetworkSpec, cfg: BridgeConfig) -> NetworkRules:
+        return NetworkRules(network_id=spec.network_id, bridge=cfg.bridge,
+                            subnets_v4=tuple(str(p.pool) for p in spec.ipv4),
+                            subnets_v6=tuple(str(p.pool) for p in spec.ipv6),
+                            internal=spec.internal)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def create_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> EndpointResult:
+        """Only a MAC is ours to fill in (protocol §2); kernel work waits for Join."""
+        naming.check_id(endpoint.endpoint_id, "endpoint id")
+        if endpoint.mac:
+            return EndpointResult()
+        return EndpointResult(mac=self._new_mac())
+
+    def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
+        cfg = BridgeConfig.parse(network)
+        eid = endpoint.endpoint_id
+        peer = naming.container_veth_name(eid)
+        direct = request.direct and bool(request.sandbox_key) and os.path.exists(request.sandbox_key)
+        self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
+                                alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
+                                peer_mac=endpoint.mac or None, master=cfg.bridge,
+                                peer_netns_path=request.sandbox_key if direct else None)
+        if network.internal:
+            # No default route and no docker_gwbridge leg: an internal network reaches nothing.
+            return JoinResult(src_name=peer, dst_prefix="eth", disable_gateway_service=True)
+        return JoinResult(src_name=peer, dst_prefix="eth", gateway=_gateway(network.ipv4),
+                          gateway_v6=_gateway(network.ipv6))
+
+    def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""
+
+    def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        eid = endpoint.endpoint_id
+        self.kernel.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
+
+    def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
+        cfg = BridgeConfig.parse(network)
+        return {"hostIfName": naming.host_veth_name(endpoint.endpoint_id), "bridge": cfg.bridge}

@@ -1,0 +1,39 @@
+"""Driver-level failures; the plugin turns each into ``{"Err": message}``."""
+
+from __future__ import annotations
+
+
+class DriverError(Exception):
+    """Base of every error a driver reports to its caller."""
+
+
+class InvalidOption(DriverError):
+    """A network or endpoint option is malformed; the message names the option."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"option {option}: {problem}")
+        self.option = option
+
+
+class NotFound(DriverError):
+    """A network or endpoint id that the store does not know."""
+
+
+class Conflict(DriverError):
+    """The request collides with existing state (a name taken, a different spec under the same id)."""
+
+
+class KernelError(DriverError):
+    """A netlink or firewall call failed; carries the errno when there is one."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class LinkNotFound(KernelError):
+    pass
+
+
+class LinkExists(KernelError):
+    pass

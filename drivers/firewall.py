@@ -1,0 +1,204 @@
+"""Docker-compatible isolation and masquerading for bridge networks, through iptables.
+
+Why iptables and not nftables: dockerd installs its rules (and ``FORWARD`` policy DROP) through
+the ``iptables`` command; a packet dropped by an iptables-nft base chain stays dropped whatever
+an accept in one of our own nft base chains says. So we use the same tool, in our own chains,
+jumped to from the top of Docker's:
+
+    filter FORWARD     -> CNMKIT-FORWARD     per-network accept / drop groups
+    filter (no jump)      CNMKIT-ISOLATION   "-o <bridge> DROP" for every cnmkit bridge
+    nat    POSTROUTING -> CNMKIT-POSTROUTING masquerade of each non-internal IPv4 subnet
+
+Isolation is Docker's two-stage scheme: traffic leaving a cnmkit bridge for another interface
+first visits CNMKIT-ISOLATION, which drops it if it is headed into any other cnmkit bridge. That
+works for custom bridge names too, where an ``-o cnm-+`` wildcard would not.
+
+Every per-network rule carries ``-m comment --comment cnmkit:<network_id[:12]>``; removal deletes
+exactly the rules with that mark, so it needs only the network id and never touches rules of
+anybody else. Ensure is ``-C`` before ``-A``, removal tolerates absence: both are repeatable.
+Commands run in the calling thread's network namespace; the runner is injectable so the unit
+tier can record and emulate them (drivers/fakekernel.py: FakeIptables).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from drivers import naming
+from drivers.errors import KernelError
+from drivers.sysctl import IPV4_FORWARD, IPV6_FORWARD, Sysctl, SysctlOps
+
+FORWARD_CHAIN = "CNMKIT-FORWARD"
+ISOLATION_CHAIN = "CNMKIT-ISOLATION"
+NAT_CHAIN = "CNMKIT-POSTROUTING"
+JUMP_MARK = "cnmkit"
+
+Result = tuple[int, str, str]                 # returncode, stdout, stderr
+Runner = Callable[[Sequence[str]], Result]
+
+
+def run_command(argv: Sequence[str]) -> Result:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]}: command not found"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    """What the firewall needs to know about one bridge network."""
+
+    network_id: str
+    bridge: str
+    subnets_v4: tuple[str, ...] = ()
+    subnets_v6: tuple[str, ...] = ()
+    internal: bool = False
+
+
+Rule = tuple[str, ...]
+
+
+def forward_rules(net: NetworkRules) -> list[Rule]:
+    """The filter rules of one network, in order: each group's drops precede its accepts."""
+    b = net.bridge
+    if net.internal:
+        return [("-i", b, "-o", b, "-j", "ACCEPT"),
+                ("-i", b, "!", "-o", b, "-j", "DROP"),
+                ("-o", b, "!", "-i", b, "-j", "DROP")]
+    return [("-i", b, "-o", b, "-j", "ACCEPT"),
+            ("-i", b, "!", "-o", b, "-j", ISOLATION_CHAIN),
+            ("-i", b, "!", "-o", b, "-j", "ACCEPT"),
+            ("-o", b, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")]
+
+
+def isolation_rules(net: NetworkRules) -> list[Rule]:
+    return [("-o", net.bridge, "-j", "DROP")]
+
+
+def nat_rules(net: NetworkRules) -> list[Rule]:
+    if net.internal:
+        return []
+    return [("-s", s, "!", "-o", net.bridge, "-j", "MASQUERADE") for s in net.subnets_v4]
+
+
+class Firewall:
+    """Programs and removes the iptables rules of cnmkit bridge networks."""
+
+    def __init__(self, *, iptables: str = "iptables", ip6tables: str = "ip6tables",
+                 run: Runner = run_command, sysctl: SysctlOps | None = None) -> None:
+        self.iptables = iptables
+        self.ip6tables = ip6tables
+        self._run = run
+        self._sysctl: SysctlOps = sysctl if sysctl is not None else Sysctl()
+        # -C then -A is not atomic; -w only serialises single commands across processes.
+        self._lock = threading.Lock()
+
+    def ensure_network(self, net: NetworkRules) -> None:
+        mark = naming.firewall_mark(net.network_id)
+        with self._lock:
+            families = [self.iptables] + ([self.ip6tables] if net.subnets_v6 else [])
+            for binary in families:
+                self._ensure_chains(binary)
+                for rule in isolation_rules(net):
+                    self._ensure_rule(binary, "filter", ISOLATION_CHAIN, _marked(rule, mark))
+                for rule in forward_rules(net):
+                    self._ensure_rule(binary, "filter", FORWARD_CHAIN, _marked(rule, mark))
+            for rule in nat_rules(net):
+                self._ensure_rule(self.iptables, "nat", NAT_CHAIN, _marked(rule, mark))
+        if not net.internal:
+            self._sysctl.ensure(IPV4_FORWARD, "1")
+            if net.subnets_v6:
+                self._sysctl.ensure(IPV6_FORWARD, "1")
+
+    def remove_network(self, network_id: str) -> int:
+        """Delete every rule marked with this network; returns how many went."""
+        mark = naming.firewall_mark(network_id)
+        removed = 0
+        with self._lock:
+            for binary, table, chain in self._our_chains():
+                for rule in self._list(binary, table, chain):
+                    if _has_mark(rule, mark):
+                        self._must(binary, "-t", table, "-D", chain, *rule)
+                        removed += 1
+        return removed
+
+    def remove_all(self) -> None:
+        """Drop our jumps and chains altogether (the CLI's cleanup)."""
+        with self._lock:
+            for binary, table, chain in self._our_chains():
+                parent = "POSTROUTING" if table == "nat" else "FORWARD"
+                while self._cmd(binary, "-t", table, "-C", parent, *_jump(chain))[0] == 0:
+                    self._must(binary, "-t", table, "-D", parent, *_jump(chain))
+                self._cmd(binary, "-t", table, "-F", chain)
+            for binary, table, chain in self._our_chains():
+                self._cmd(binary, "-t", table, "-X", chain)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _our_chains(self) -> list[tuple[str, str, str]]:
+        return [(self.iptables, "filter", FORWARD_CHAIN), (self.iptables, "filter", ISOLATION_CHAIN),
+                (self.iptables, "nat", NAT_CHAIN),
+                (self.ip6tables, "filter", FORWARD_CHAIN), (self.ip6tables, "filter", ISOLATION_CHAIN)]
+
+    def _ensure_chains(self, binary: str) -> None:
+        self._ensure_chain(binary, "filter", ISOLATION_CHAIN)
+        self._ensure_chain(binary, "filter", FORWARD_CHAIN)
+        self._ensure_jump(binary, "filter", "FORWARD", FORWARD_CHAIN)
+        if binary == self.iptables:
+            self._ensure_chain(binary, "nat", NAT_CHAIN)
+            self._ensure_jump(binary, "nat", "POSTROUTING", NAT_CHAIN)
+
+    def _ensure_chain(self, binary: str, table: str, chain: str) -> None:
+        if self._cmd(binary, "-t", table, "-S", chain)[0] != 0:
+            rc, _, err = self._cmd(binary, "-t", table, "-N", chain)
+            if rc != 0 and self._cmd(binary, "-t", table, "-S", chain)[0] != 0:
+                raise KernelError(f"{binary} -t {table} -N {chain}: {err.strip()}")
+
+    def _ensure_jump(self, binary: str, table: str, parent: str, chain: str) -> None:
+        if self._cmd(binary, "-t", table, "-C", parent, *_jump(chain))[0] != 0:
+            self._must(binary, "-t", table, "-I", parent, "1", *_jump(chain))
+
+    def _ensure_rule(self, binary: str, table: str, chain: str, rule: Rule) -> None:
+        if self._cmd(binary, "-t", table, "-C", chain, *rule)[0] != 0:
+            self._must(binary, "-t", table, "-A", chain, *rule)
+
+    def _list(self, binary: str, table: str, chain: str) -> list[Rule]:
+        """Rules of ``chain`` as argument tuples (``iptables -S`` prints them restorable)."""
+        rc, out, _ = self._cmd(binary, "-t", table, "-S", chain)
+        if rc != 0:                            # no such chain (or no ip6tables): nothing of ours
+            return []
+        prefix = ("-A", chain)
+        rules = []
+        for line in out.splitlines():
+            tokens = tuple(shlex.split(line))
+            if tokens[:2] == prefix:
+                rules.append(tokens[2:])
+        return rules
+
+    def _cmd(self, binary: str, *args: str) -> Result:
+        return self._run([binary, "-w", *args])
+
+    def _must(self, binary: str, *args: str) -> None:
+        rc, _, err = self._cmd(binary, *args)
+        if rc != 0:
+            raise KernelError(f"{binary} {' '.join(args)}: {err.strip() or f'exit {rc}'}")
+
+
+def _marked(rule: Rule, mark: str) -> Rule:
+    # Comment before the target, where iptables -S prints it, so -C/-S/-D all agree.
+    target_at = rule.index("-j")
+    return (*rule[:target_at], "-m", "comment", "--comment", mark, *rule[target_at:])
+
+
+def _jump(chain: str) -> Rule:
+    return ("-m", "comment", "--comment", JUMP_MARK, "-j", chain)
+
+
+def _has_mark(rule: Rule, mark: str) -> bool:
+    return any(a == "--comment" and b == mark for a, b in itertools.pairwise(rule))

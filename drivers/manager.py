@@ -1,0 +1,258 @@
+"""The network manager: the store is the truth, drivers make the kernel agree with it.
+
+Every protocol call lands here after decoding. The manager gives each call the semantics a
+mature driver needs and that no single driver should re-implement:
+
+- idempotency: a create that finds the same object answers as the first time did; a delete
+  or leave that finds nothing succeeds (Docker retries; daemons restart mid-operation);
+- durability: networks and endpoints are recorded before the kernel is touched, so a
+  restarted daemon can Leave and Delete what an earlier one made;
+- rollback: a driver failure after the record was written removes the record again;
+- isolation of work: calls on one network are serialised by an asyncio lock, while blocking
+  store and kernel work runs in worker threads so one slow call never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from drivers import records
+from drivers.base import EndpointResult, EndpointSpec, JoinRequest, JoinResult, NetworkDriver, NetworkSpec
+from drivers.errors import Conflict, NotFound
+from store.base import Cmp, Delete, Put, Store
+
+T = TypeVar("T")
+
+
+class NetworkManager:
+    def __init__(self, store: Store, drivers: dict[str, NetworkDriver], executor: ThreadPoolExecutor) -> None:
+        self.store = store
+        self.drivers = drivers
+        self.executor = executor
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
+        lock = self._locks.setdefault(network_id, asyncio.Lock())
+        async with lock:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _read(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        kv = self.store.get(key)
+        return (json.loads(kv.value), kv.mod_rev) if kv else (None, 0)
+
+    def _network(self, network_id: str) -> tuple[NetworkSpec, NetworkDriver]:
+        rec, _ = self._read(records.network_key(network_id))
+        if rec is None:
+            raise NotFound(f"NetworkID: network {network_id[:12]} not found")
+        driver = self.drivers.get(rec["Driver"])
+        if driver is None:
+            raise NotFound(f"network {network_id[:12]} uses driver {rec['Driver']}, which this daemon lacks")
+        return records.network_from_dict(rec["Spec"]), driver
+
+    def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointSpec, dict[str, Any]] | None:
+        rec, _ = self._read(records.endpoint_key(network_id, endpoint_id))
+        return (records.endpoint_from_dict(rec["Spec"]), rec) if rec else None
+
+    # -- networks -----------------------------------------------------------------------------
+
+    async def create_network(self, driver_name: str, spec: NetworkSpec) -> None:
+        await self._run(spec.network_id, self._create_network, driver_name, spec)
+
+    def _create_network(self, driver_name: str, spec: NetworkSpec) -> None:
+        driver = self.drivers[driver_name]
+        driver.validate(spec)
+        key = records.network_key(spec.network_id)
+        existing, _ = self._read(key)
+        if existing is not None:
+            if existing["Driver"] != driver_name or records.network_from_dict(existing["Spec"]) != spec:
+                raise Conflict(f"NetworkID: network {spec.network_id[:12]} exists with a different configuration")
+            driver.create_network(spec)          # re-ensure the kernel side; idempotent
+            return
+        self._check_overlap(spec)
+        value = json.dumps({"Driver": driver_name, "Spec": records.network_to_dict(spec)}).encode()
+        compares = [Cmp(key, 0)]
+        ops: list[Put | Delete] = [Put(key, value)]
+        if spec.name:
+            compares.append(Cmp(records.name_key(spec.name), 0))
+            ops.append(Put(records.name_key(spec.name), spec.network_id.encode()))
+        result = self.store.txn(compares, ops)
+        if not result.succeeded:
+            for failed_key, kv in result.failed:
+                if failed_key.startswith(records.NAMES) and kv is not None:
+                    raise Conflict(f"network name {spec.name!r} is already used by network "
+                                   f"{kv.value.decode()[:12]}")
+            raise Conflict(f"NetworkID: network {spec.network_id[:12]} is being created concurrently")
+        try:
+            driver.create_network(spec)
+        except BaseException:
+            self._drop_network_records(spec)
+            raise
+
+    def _check_overlap(self, spec: NetworkSpec) -> None:
+        """Two networks with overlapping subnets would fight over host routes: refuse, naming the other."""
+        mine = [d.pool for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
+        if not mine:
+            return
+        kvs, _ = self.store.list(records.NETWORKS)
+        for kv in kvs:
+            other = records.network_from_dict(json.loads(kv.value)["Spec"])
+            for theirs in (d.pool for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):
+                for pool in mine:
+                    if pool.version == theirs.version and (pool in theirs or theirs in pool):
+                        label = other.name or other.network_id[:12]
+                        raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
+
+    def _drop_network_records(self, spec: NetworkSpec) -> None:
+        ops: list[Put | Delete] = [Delete(records.network_key(spec.network_id))]
+        if spec.name:
+            ops.append(Delete(records.name_key(spec.name)))
+        self.store.txn([], ops)
+
+    async def delete_network(self, network_id: str) -> None:
+        await self._run(network_id, self._delete_network, network_id)
+        self._locks.pop(network_id, None)
+
+    def _delete_network(self, network_id: str) -> None:
+        try:
+            spec, driver = self._network(network_id)
+        except NotFound:
+            return                                      # already gone
+        eps, _ = self.store.list(records.endpoints_prefix(network_id), limit=5)
+        if eps:
+            names = ", ".join(kv.key.rsplit("/", 1)[1][:12] for kv in eps)
+            raise Conflict(f"network {spec.name or network_id[:12]} has active endpoints: {names}")
+        driver.delete_network(spec)
+        self._drop_network_records(spec)
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def create_endpoint(self, spec: EndpointSpec) -> EndpointResult:
+        return await self._run(spec.network_id, self._create_endpoint, spec)
+
+    def _create_endpoint(self, spec: EndpointSpec) -> EndpointResult:
+        network, driver = self._network(spec.network_id)
+        for addr, field, pools in ((spec.address, "Interface.Address", network.ipv4),
+                                   (spec.address_v6, "Interface.AddressIPv6", network.ipv6)):
+            if addr is not None and pools and not any(addr.ip in d.pool for d in pools):
+                raise Conflict(f"{field}: {addr} is outside the subnets of network "
+                               f"{network.name or network.network_id[:12]}")
+        found = self._endpoint(spec.network_id, spec.endpoint_id)
+        if found is not None:
+            stored, rec = found
+            return EndpointResult(**rec.get("Result", {}))
+        result = driver.create_endpoint(network, spec)
+        stored = replace(spec, mac=spec.mac or result.mac)
+        value = {"Spec": records.endpoint_to_dict(stored), "Result": {"mac": result.mac}, "Sandbox": ""}
+        key = records.endpoint_key(spec.network_id, spec.endpoint_id)
+        if not self.store.cas(key, json.dumps(value).encode(), 0).succeeded:
+            raise Conflict(f"EndpointID: endpoint {spec.endpoint_id[:12]} is being created concurrently")
+        return result
+
+    async def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        await self._run(network_id, self._delete_endpoint, network_id, endpoint_id)
+
+    def _delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            return
+        network, driver = self._network(network_id)
+        driver.delete_endpoint(network, found[0])
+        self.store.delete(records.endpoint_key(network_id, endpoint_id))
+
+    async def join(self, request: JoinRequest) -> JoinResult:
+        return await self._run(request.network_id, self._join, request)
+
+    def _join(self, request: JoinRequest) -> JoinResult:
+        network, driver = self._network(request.network_id)
+        found = self._endpoint(request.network_id, request.endpoint_id)
+        if found is None:
+            raise NotFound(f"EndpointID: endpoint {request.endpoint_id[:12]} not found")
+        spec, rec = found
+        result = driver.join(network, spec, request)
+        rec["Sandbox"] = request.sandbox_key
+        self.store.put(records.endpoint_key(request.network_id, request.endpoint_id), json.dumps(rec).encode())
+        return result
+
+    async def leave(self, network_id: str, endpoint_id: str) -> None:
+        await self._run(network_id, self._leave, network_id, endpoint_id)
+
+    def _leave(self, network_id: str, endpoint_id: str) -> None:
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            return
+        network, driver = self._network(network_id)
+        driver.leave(network, found[0])
+        spec, rec = found
+        rec["Sandbox"] = ""
+        self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
+
+    async def endpoint_info(self, network_id: str, endpoint_id: str) -> dict[str, object]:
+        return await self._run(network_id, self._endpoint_info, network_id, endpoint_id)
+
+    def _endpoint_info(self, network_id: str, endpoint_id: str) -> dict[str, object]:
+        network, driver = self._network(network_id)
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
+        return driver.endpoint_info(network, found[0])
+
+    async def check_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        """Program/RevokeExternalConnectivity: nothing to program yet, but the ids must be ours."""
+        await self._run(network_id, self._network, network_id)
+
+    # -- inspection (CLI) -------------------------------------------------------------------------
+
+    async def list_networks(self) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._list_networks)
+
+    def _list_networks(self) -> list[dict[str, Any]]:
+        kvs, _ = self.store.list(records.NETWORKS)
+        eps, _ = self.store.list(records.ENDPOINTS)
+        counts: dict[str, int] = {}
+        for kv in eps:
+            nid = kv.key[len(records.ENDPOINTS):].split("/", 1)[0]
+            counts[nid] = counts.get(nid, 0) + 1
+        out = []
+        for kv in kvs:
+            rec = json.loads(kv.value)
+            spec = rec["Spec"]
+            out.append({"Id": spec["NetworkID"], "Name": spec.get("Name", ""), "Driver": rec["Driver"],
+                        "Internal": spec.get("Internal", False), "EnableIPv6": spec.get("EnableIPv6", False),
+                        "IPv4": spec.get("IPv4", []), "IPv6": spec.get("IPv6", []),
+                        "Options": spec.get("Options", {}), "Endpoints": counts.get(spec["NetworkID"], 0)})
+        return out
+
+    async def inspect_network(self, ref: str) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
+
+    def _inspect_network(self, ref: str) -> dict[str, Any]:
+        network_id = self.resolve(ref)
+        summary = next(n for n in self._list_networks() if n["Id"] == network_id)
+        eps, _ = self.store.list(records.endpoints_prefix(network_id))
+        summary["EndpointList"] = [
+            {**json.loads(kv.value)["Spec"], "Sandbox": json.loads(kv.value).get("Sandbox", "")} for kv in eps
+        ]
+        return summary
+
+    def resolve(self, ref: str) -> str:
+        """A network by name, full id, or unique id prefix (as docker's CLI accepts)."""
+        if not ref:
+            raise NotFound("Network: empty network name")
+        kv = self.store.get(records.name_key(ref))
+        if kv is not None:
+            return kv.value.decode()
+        if self.store.get(records.network_key(ref)) is not None:
+            return ref
+        kvs, _ = self.store.list(records.NETWORKS + ref, limit=2)
+        if len(kvs) == 1:
+            return kvs[0].key[len(records.NETWORKS):]
+        if len(kvs) > 1:
+            raise Conflict(f"network id prefix {ref!r} is ambiguous")
+        raise NotFound(f"network {ref!r} not found")

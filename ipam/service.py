@@ -1,0 +1,379 @@
+"""IpamDriver operations over a ``Store``: the state machine behind /IpamDriver.* (protocol.md section 3).
+
+Store layout (one record per allocation, design/store.md section 6), ``<id>`` being the PoolID:
+
+- ``ipam/spaces/<space>``      {"generation"}: bumped by every RequestPool of the space, so that two
+  hosts creating overlapping pools at once cannot both pass the overlap check (the store compares
+  single keys only, never "this prefix is unchanged");
+- ``ipam/pools/<id>``          {pool, subpool, v6, address_space, options, cursor, token};
+- ``ipam/addrs/<id>/<ip>``     {kind, token[, mac]}: one record per allocated address;
+- ``ipam/free/<id>/<offset>``  released offsets below the cursor, fixed-width so key order is numeric.
+
+Why a cursor and a free set instead of a bitmap: allocation then costs O(1) store operations
+whatever is allocated and whatever the pool size (a /64 included). The cursor walks the range once;
+afterwards the free set's first key is taken. Invariants kept by every transaction:
+
+1. a free key exists only for an in-range offset below the cursor whose address record is absent;
+2. the cursor never moves back, and it only moves past an offset whose address record exists;
+3. nothing under a pool's prefixes is written unless the pool record is unchanged (every
+   transaction compares its mod revision), so a released pool cannot gain records behind the
+   cleanup, and leftovers of an interrupted cleanup are removed before the same PoolID is reused.
+
+Every write is one store txn with compares, retried on conflict: correct across threads and across
+hosts sharing a store. Records carry a random token so that an ``Indeterminate`` commit is settled
+by reading the record back (ours or not).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from netaddr import IPAddress, IPNetwork
+
+from ipam.allocator import (
+    PoolSpec,
+    find_overlap,
+    make_pool_spec,
+    offset_key,
+    parse_address,
+    parse_cidr,
+    parse_offset_key,
+)
+from ipam.errors import (
+    AddressInUse,
+    AddressOutOfPool,
+    InvalidRequest,
+    PoolExhausted,
+    PoolNotFound,
+    PoolOverlap,
+    StoreContention,
+)
+from ipam.pools import DEFAULT_ADDRESS_SPACES, pick_predefined
+from store.base import MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
+from store.records import Record, TxnBuilder, decode
+
+SPACES = "ipam/spaces/"
+POOLS = "ipam/pools/"
+ADDRS = "ipam/addrs/"
+FREE = "ipam/free/"
+
+GATEWAY_OPTION = "RequestAddressType"
+GATEWAY_LABEL = "com.docker.network.gateway"
+MAC_OPTION = "com.docker.network.endpoint.macaddress"
+
+MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
+_SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class _Pool:
+    """A pool record as read, with the mod revision every write to the pool compares against."""
+
+    def __init__(self, pool_id: str, record: Record, mod_rev: int) -> None:
+        self.id = pool_id
+        self.record = record
+        self.mod_rev = mod_rev
+        pool = IPNetwork(record["pool"])
+        self.spec = PoolSpec(pool, IPNetwork(record["subpool"]) if record.get("subpool") else None)
+        self.cursor: int = int(record["cursor"])
+
+    @property
+    def key(self) -> str:
+        return POOLS + self.id
+
+    def addr_key(self, addr: IPAddress) -> str:
+        return f"{ADDRS}{self.id}/{addr}"
+
+    def free_key(self, offset: int) -> str:
+        return f"{FREE}{self.id}/{offset_key(offset)}"
+
+    def with_cursor(self, cursor: int) -> Record:
+        return {**self.record, "cursor": cursor}
+
+
+def _attempts() -> Iterator[int]:
+    """Retry rounds with a jittered, capped backoff, so contending writers do not collide in step."""
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, min(0.02, 0.0005 * 2 ** min(attempt, 6))))
+        yield attempt
+
+
+class IpamService:
+    """Synchronous IPAM over a shared store; the HTTP layer maps its values and errors to JSON."""
+
+    def __init__(self, store: Store, avoid: Callable[[], list[IPNetwork]] = lambda: []) -> None:
+        self._store = store
+        self._avoid = avoid
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    def capabilities(self) -> dict[str, bool]:
+        # No replay: every allocation is persisted, and replay would re-request addresses we hold.
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    def default_address_spaces(self) -> dict[str, str]:
+        return dict(DEFAULT_ADDRESS_SPACES)
+
+    # -- pools ---------------------------------------------------------------------------------
+
+    def request_pool(self, address_space: str, pool: str, sub_pool: str,
+                     options: dict[str, str] | None, v6: bool) -> tuple[str, str, dict[str, str]]:
+        """Reserve ``pool`` (or the next free predefined one) in ``address_space``: (PoolID, CIDR, Data)."""
+        space = _check_space(address_space)
+        opts = _check_options(options)
+        if not isinstance(v6, bool):
+            raise InvalidRequest("V6", f"{v6!r} is not a boolean")
+        if sub_pool is None:
+            sub_pool = ""
+        spec: PoolSpec | None = None
+        if pool:
+            spec = make_pool_spec(pool, sub_pool, v6)
+        elif sub_pool:
+            raise InvalidRequest("SubPool", f"{sub_pool!r} given without a Pool")
+        # A default route (prefix 0) overlaps everything, and Docker ignores it too.
+        avoid = [] if spec else [n for n in self._avoid() if n.prefixlen > 0]
+        for _ in _attempts():
+            space_kv = self._store.get(SPACES + space)
+            generation = decode(space_kv.value)["generation"] if space_kv else 0
+            held = self._held_pools()
+            if spec is None:
+                net = pick_predefined(v6, [n for _, n in held], avoid)
+                chosen = PoolSpec(net)
+            else:
+                mine = [(pid, n) for pid, n in held if pid.startswith(space + "/")]
+                clash = find_overlap(spec.pool, mine)
+                if clash:
+                    raise PoolOverlap(str(spec.pool.cidr), str(clash[1].cidr), clash[0])
+                chosen = spec
+            pool_id = f"{space}/{chosen.pool.cidr}"
+            self._purge(pool_id)
+            record = _pool_record(chosen, space, opts)
+            txn = (TxnBuilder().replace(SPACES + space, {"generation": generation + 1},
+                                        space_kv.mod_rev if space_kv else 0)
+                   .create(POOLS + pool_id, record))
+            if self._commit(txn, POOLS + pool_id, record["token"]):
+                return pool_id, record["pool"], {}
+        raise StoreContention(f"RequestPool {pool or '(predefined)'}: store contention, try again")
+
+    def release_pool(self, pool_id: str) -> None:
+        """Drop the pool and all its address records. Idempotent: an unknown PoolID is a success."""
+        pool_id = _check_pool_id(pool_id)
+        for _ in _attempts():
+            kv = self._store.get(POOLS + pool_id)
+            if kv is None or self._commit(TxnBuilder().delete(kv.key, kv.mod_rev)):
+                break
+        else:
+            raise StoreContention(f"ReleasePool {pool_id}: store contention, try again")
+        self._purge(pool_id)
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        kvs, _ = self._store.list(POOLS)
+        out = []
+        for kv in kvs:
+            rec = decode(kv.value)
+            out.append({"pool_id": kv.key[len(POOLS):], "address_space": rec["address_space"],
+                        "pool": rec["pool"], "sub_pool": rec["subpool"], "v6": rec["v6"],
+                        "options": rec["options"]})
+        return out
+
+    def pool_usage(self, pool_id: str) -> dict[str, Any]:
+        """Counts for the CLI; reads the pool's records page by page, so it is O(allocated)."""
+        pool = self._load(_check_pool_id(pool_id))
+        if pool is None:
+            raise PoolNotFound(pool_id)
+        kinds: dict[str, int] = {}
+        for kv in self._scan(f"{ADDRS}{pool.id}/"):
+            kind = decode(kv.value).get("kind", "?")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {"pool_id": pool.id, "pool": pool.record["pool"], "sub_pool": pool.record["subpool"],
+                "allocated": sum(kinds.values()), "by_kind": kinds,
+                "capacity": pool.spec.capacity(), "range_capacity": pool.spec.range_capacity()}
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    def request_address(self, pool_id: str, address: str,
+                        options: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+        """Allocate ``address`` (or the next free one if empty): ("ip/prefixlen", Data).
+
+        The prefix length is the pool's, since Docker makes it the container's netmask.
+        """
+        pool_id = _check_pool_id(pool_id)
+        opts = _check_options(options)
+        wanted = parse_address("Address", address) if address else None
+        record: Record = {"kind": _kind(opts, wanted is not None), "token": uuid.uuid4().hex}
+        if opts.get(MAC_OPTION):
+            record["mac"] = opts[MAC_OPTION]
+        for _ in _attempts():
+            pool = self._load(pool_id)
+            if pool is None:
+                raise PoolNotFound(pool_id)
+            got = (self._try_static(pool, wanted, record) if wanted is not None
+                   else self._try_dynamic(pool, record))
+            if got is not None:
+                return pool.spec.with_prefix(got), {}
+        raise StoreContention(f"RequestAddress in pool {pool_id!r}: store contention, try again")
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        """Free ``address``. Unknown pools and addresses succeed: Docker releases gateways it never
+        requested (those it took from RequestPool Data) and only logs release errors anyway."""
+        pool_id = _check_pool_id(pool_id)
+        addr = parse_address("Address", address)
+        for _ in _attempts():
+            pool = self._load(pool_id)
+            if pool is None:
+                return
+            try:
+                offset = pool.spec.offset_of(addr)
+            except AddressOutOfPool:
+                return
+            kv = self._store.get(pool.addr_key(addr))
+            if kv is None:
+                return
+            txn = TxnBuilder().require(pool.key, pool.mod_rev).delete(kv.key, kv.mod_rev)
+            if pool.spec.in_range(offset) and offset < pool.cursor:
+                txn.ops.append(Put(pool.free_key(offset), b"{}"))  # the cursor passed it: keep it findable
+            if self._commit(txn):
+                return
+        raise StoreContention(f"ReleaseAddress {address} in pool {pool_id!r}: store contention, try again")
+
+    # -- allocation steps (one CAS round each; None = lost a race, retry) -----------------------
+
+    def _try_static(self, pool: _Pool, addr: IPAddress, record: Record) -> IPAddress | None:
+        offset = pool.spec.offset_of(addr)  # any usable address of the pool: aux may lie outside SubPool
+        key = pool.addr_key(addr)
+        if self._store.get(key) is not None:
+            raise AddressInUse(str(addr), pool.id)
+        free = self._store.get(pool.free_key(offset))
+        txn = TxnBuilder().require(pool.key, pool.mod_rev).create(key, record)
+        if free is not None:
+            txn.delete(free.key, free.mod_rev)  # below the cursor: it must leave the free set
+        else:
+            txn.require(pool.free_key(offset), 0)  # ...and must not have joined it meanwhile
+        return addr if self._commit(txn, key, record["token"]) else None
+
+    def _try_dynamic(self, pool: _Pool, record: Record) -> IPAddress | None:
+        lo, hi = pool.spec.range()
+        cursor = max(pool.cursor, lo)
+        while cursor <= hi and self._store.get(pool.addr_key(pool.spec.address_at(cursor))) is not None:
+            cursor += 1  # a static allocation ahead of the cursor: step over it (each is passed once)
+        if cursor <= hi:
+            addr = pool.spec.address_at(cursor)
+            txn = (TxnBuilder().replace(pool.key, pool.with_cursor(cursor + 1), pool.mod_rev)
+                   .create(pool.addr_key(addr), record))
+            return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
+        return self._take_free(pool, cursor, record)
+
+    def _take_free(self, pool: _Pool, cursor: int, record: Record) -> IPAddress | None:
+        """The range was walked once: reuse the lowest released offset."""
+        kvs, _ = self._store.list(f"{FREE}{pool.id}/", limit=1)
+        if not kvs:
+            raise PoolExhausted(f"{pool.record['pool']} (PoolID {pool.id!r})")
+        free = kvs[0]
+        addr = pool.spec.address_at(parse_offset_key(free.key.rsplit("/", 1)[1]))
+        txn = TxnBuilder()
+        if cursor != pool.cursor:
+            txn.replace(pool.key, pool.with_cursor(cursor), pool.mod_rev)
+        else:
+            txn.require(pool.key, pool.mod_rev)
+        txn.delete(free.key, free.mod_rev)
+        if self._store.get(pool.addr_key(addr)) is not None:
+            self._commit(txn)  # a stale free entry (invariant 1 broken by hand): drop it, retry
+            return None
+        txn.create(pool.addr_key(addr), record)
+        return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
+
+    # -- store helpers -------------------------------------------------------------------------
+
+    def _commit(self, txn: TxnBuilder, key: str | None = None, token: str | None = None) -> bool:
+        """Run ``txn``; an Indeterminate outcome is settled by reading ``key`` back for ``token``."""
+        try:
+            return txn.commit(self._store).succeeded
+        except Indeterminate:
+            if key is None:
+                return False  # the caller re-reads and retries; its operation is idempotent
+            kv = self._store.get(key)
+            return kv is not None and decode(kv.value).get("token") == token
+
+    def _load(self, pool_id: str) -> _Pool | None:
+        kv = self._store.get(POOLS + pool_id)
+        return None if kv is None else _Pool(pool_id, decode(kv.value), kv.mod_rev)
+
+    def _held_pools(self) -> list[tuple[str, IPNetwork]]:
+        return [(kv.key[len(POOLS):], IPNetwork(decode(kv.value)["pool"]))
+                for kv in self._scan(POOLS)]
+
+    def _scan(self, prefix: str, page: int = 1000) -> Iterator[Any]:
+        after: str | None = None
+        while True:
+            kvs, _ = self._store.list(prefix, limit=page, start_after=after)
+            yield from kvs
+            if len(kvs) < page:
+                return
+            after = kvs[-1].key
+
+    def _purge(self, pool_id: str) -> None:
+        """Delete the records of a pool whose record is absent, a batch per txn.
+
+        Each batch compares the pool key with "absent": once somebody re-creates the PoolID the
+        purge stops, and the re-creator purged before creating (invariant 3), so no record of the
+        new pool is ever touched.
+        """
+        for prefix in (f"{ADDRS}{pool_id}/", f"{FREE}{pool_id}/"):
+            while True:
+                kvs, _ = self._store.list(prefix, limit=MAX_TXN_OPS)
+                if not kvs:
+                    break
+                result = self._store.txn([Cmp(POOLS + pool_id, 0)], [Delete(kv.key) for kv in kvs])
+                if not result.succeeded:
+                    return
+
+
+def _pool_record(spec: PoolSpec, space: str, options: dict[str, str]) -> Record:
+    return {"pool": str(spec.pool.cidr), "subpool": str(spec.sub_pool.cidr) if spec.sub_pool else "",
+            "v6": spec.v6, "address_space": space, "options": options,
+            "cursor": spec.range()[0], "token": uuid.uuid4().hex}
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+def _check_space(space: object) -> str:
+    if not isinstance(space, str) or not _SPACE_RE.fullmatch(space):
+        raise InvalidRequest("AddressSpace", f"{space!r} is not a valid address space name "
+                             "(letters, digits, '.', '_', '-')")
+    return space
+
+
+def _check_pool_id(pool_id: object) -> str:
+    if not isinstance(pool_id, str) or pool_id.count("/") != 2:
+        raise InvalidRequest("PoolID", f"{pool_id!r} is not a PoolID of this driver")
+    space, cidr = pool_id.split("/", 1)
+    _check_space(space)
+    try:
+        parse_cidr("PoolID", cidr)
+    except InvalidRequest:
+        raise InvalidRequest("PoolID", f"{pool_id!r} is not a PoolID of this driver") from None
+    return pool_id
+
+
+def _check_options(options: object) -> dict[str, str]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise InvalidRequest("Options", f"{options!r} is not a map of strings to strings")
+    return dict(options)
+
+
+def _kind(options: dict[str, str], explicit: bool) -> str:
+    """What an address is for. Docker sends aux addresses and a ``--ip`` replayed without options
+    identically; a MAC option only ever comes with endpoint requests, hence the rule."""
+    if options.get(GATEWAY_OPTION) == GATEWAY_LABEL:
+        return "gateway"
+    if options.get(MAC_OPTION) or not explicit:
+        return "endpoint"
+    return "aux"

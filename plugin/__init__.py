@@ -1,0 +1,1 @@
+"""cnmkit plugin package."""

@@ -1,0 +1,54 @@
+"""Application factories: one aiohttp app per socket, everything injected, nothing global.
+
+Each driver gets its own socket and app because nothing in a request tells the plugin which
+driver name dockerd used (protocol.md §1.1). Routing is by path only, never by Host header,
+which dockerd sends empty or odd depending on the Go that built it (§1.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from drivers.base import NetworkDriver
+from drivers.manager import NetworkManager
+from ipam.service import IpamService
+from plugin import ipam_routes, network_routes
+from plugin.errors import error_middleware
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _router(routes: Mapping[str, Handler]) -> Handler:
+    """Dispatch on the exact path; anything else is a 404, which dockerd understands as 'not implemented'."""
+
+    async def dispatch(request: web.Request) -> web.Response:
+        handler = routes.get(request.path)
+        if handler is None or request.method != "POST":
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+    return dispatch
+
+
+def _app(routes: Mapping[str, Handler]) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", _router(routes))
+    return app
+
+
+def build_network_app(driver: NetworkDriver, manager: NetworkManager) -> web.Application:
+    app = _app(network_routes.ROUTES)
+    app[network_routes.DRIVER] = driver
+    app[network_routes.MANAGER] = manager
+    return app
+
+
+def build_ipam_app(ipam: IpamService, manager: NetworkManager, executor: ThreadPoolExecutor) -> web.Application:
+    app = _app(ipam_routes.ROUTES)
+    app[ipam_routes.IPAM] = ipam
+    app[ipam_routes.MANAGER] = manager
+    app[ipam_routes.EXECUTOR] = executor
+    return app

@@ -1,0 +1,65 @@
+"""One place that turns exceptions into Docker's error replies.
+
+The two interfaces disagree on the key (protocol.md §1.5): the network API reads ``Err``, the
+IPAM API reads ``Error`` on a 200 reply. Handlers raise; the middleware answers. Bad input is
+answered with status 200 and the error key so that dockerd shows our message verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from drivers.errors import DriverError
+from ipam.errors import IpamError
+from store.base import StoreError
+
+log = logging.getLogger("cnmkit.plugin")
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+
+class BadRequest(Exception):
+    """The request body is malformed; the message names the field and the problem."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+
+
+def reply(body: dict[str, object], status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type=CONTENT_TYPE)
+
+
+def error_reply(path: str, message: str) -> web.Response:
+    # Both keys on IPAM replies keeps a non-200 reader and a 200 reader happy alike.
+    body = {"Err": message}
+    if path.startswith("/IpamDriver."):
+        body["Error"] = message
+    return reply(body)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return reply({"Err": f"{path.lstrip('/')} is not implemented"}, status=404)
+    except web.HTTPException:
+        raise
+    except (BadRequest, DriverError, IpamError) as exc:
+        log.info("%s refused: %s", path, exc)
+        return error_reply(path, str(exc))
+    except StoreError as exc:
+        log.error("%s: store failure: %s", path, exc)
+        return error_reply(path, f"state store failure: {exc}")
+    except Exception as exc:  # the daemon keeps serving whatever one request did
+        log.exception("%s failed", path)
+        return error_reply(path, f"internal error: {exc.__class__.__name__}: {exc}")

@@ -1,0 +1,137 @@
+"""The daemon: builds every part once, serves one unix socket per role, stops cleanly.
+
+Sockets appear only once every part is built, because dockerd activates a plugin once per
+lifetime and a failed first GetCapabilities leaves the driver unusable until dockerd restarts
+(protocol.md §1.4). A stale socket from a crashed run is removed before binding: a dead
+socket costs dockerd 15 s of retries per lookup (§6.4). On SIGTERM/SIGINT the sockets go
+away and the kernel state stays, so running containers keep their network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from drivers.manager import NetworkManager
+from drivers.registry import build_drivers
+from ipam.hostroutes import host_networks
+from ipam.service import IpamService
+from plugin.app import build_ipam_app, build_network_app
+from store.base import Store
+from store.url import open_store
+
+log = logging.getLogger("cnmkit.daemon")
+
+DEFAULT_PLUGIN_DIR = "/run/docker/plugins"
+DEFAULT_STATE_DIR = "/var/lib/cnmkit"
+IPAM_SOCKET = "cnmkit.sock"
+
+
+@dataclass
+class DaemonConfig:
+    plugin_dir: str = DEFAULT_PLUGIN_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    store_url: str = ""                     # empty: sqlite under state_dir
+    drivers: list[str] = field(default_factory=lambda: ["bridge"])
+    workers: int = 4
+
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
+
+
+def _prepare_socket(path: str) -> socket.socket:
+    """Bind a fresh socket, replacing a stale file only if no live daemon answers there."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise RuntimeError(f"another daemon is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    try:
+        gid = grp.getgrnam("docker").gr_gid
+        os.chown(path, 0, gid)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
+    except KeyError:
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return sock
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or open_store(config.resolved_store_url())
+        self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
+        self.drivers = build_drivers(config.drivers, self.store)
+        self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor)
+        self.ipam = IpamService(self.store, avoid=host_networks)
+        self._runners: list[web.AppRunner] = []
+        self.socket_paths: list[str] = []
+
+    async def start(self) -> None:
+        os.makedirs(self.config.plugin_dir, mode=0o755, exist_ok=True)
+        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor))]
+        apps += [(f"{d.name}.sock", build_network_app(d, self.manager)) for d in self.drivers]
+        for filename, app in apps:
+            path = os.path.join(self.config.plugin_dir, filename)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            sock = _prepare_socket(path)
+            await web.SockSite(runner, sock).start()
+            self._runners.append(runner)
+            self.socket_paths.append(path)
+            log.info("serving %s", path)
+
+    async def stop(self) -> None:
+        for path in self.socket_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        self.executor.shutdown(wait=True)
+        self.store.close()
+
+    async def serve_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        pid_path = os.path.join(self.config.state_dir, "daemon.pid")
+        with open(pid_path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: sockets removed, kernel state kept")
+            await self.stop()
+            try:
+                os.unlink(pid_path)
+            except FileNotFoundError:
+                pass
+
+
+def run_daemon(config: DaemonConfig) -> None:
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    asyncio.run(Daemon(config).serve_forever())

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything cnmkit and its test tiers need on a fresh Debian 12 machine (as root):
+# the kernel tools, a real Docker engine, the CNI reference plugins (a benchmark baseline),
+# and a virtualenv at .venv with cnmkit installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(iproute2 iputils-ping busybox-static iptables kmod procps util-linux
+          docker.io containernetworking-plugins)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+echo "cnmkit installed: $(.venv/bin/cnmkit --help | head -1)"

@@ -1,0 +1,333 @@
+"""Embedded, durable backend of the store contract: one SQLite file.
+
+A single host needs no server: the daemon, its worker threads and an operator's CLI share one
+file. SQLite gives that with real multi-process concurrency (file locks, no open/close per op
+like libkv's BoltDB), and with WAL + synchronous=FULL + BEGIN IMMEDIATE it measured 1-3k
+read-modify-write txn/s with zero lost updates and stayed consistent after repeated kill -9 of
+writers (design/store.md section 4). etcd semantics are emulated: one ``meta.revision`` bumped
+once per write txn, per-key mod/create revisions for CAS, and a changelog table that watchers
+poll so that a watch can resume from a revision and report ``Compacted`` below the kept history.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from store.base import (
+    KV,
+    Cmp,
+    Compacted,
+    Delete,
+    Event,
+    Indeterminate,
+    Op,
+    Put,
+    TxnResult,
+    Unavailable,
+    check_txn,
+    prefix_end,
+)
+
+POLL_INTERVAL = 0.025  # seconds between changelog polls of an idle watch
+WATCH_CHUNK = 1000  # revisions read per poll, so a far-behind watcher does not load all history at once
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    compact_rev INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changelog (
+    rev INTEGER NOT NULL,
+    sub INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('PUT', 'DELETE')),
+    value BLOB NOT NULL,
+    PRIMARY KEY (rev, sub)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (id, revision, compact_rev) VALUES (1, 0, 0);
+"""
+
+_KV_COLUMNS = "key, value, mod_rev, create_rev, version"
+
+
+def list_query(prefix: str, limit: int | None, start_after: str | None) -> tuple[str, tuple[Any, ...]]:
+    """SQL and parameters of a prefix list: a range on the primary key, never a table scan.
+
+    Public so that a test can EXPLAIN the very statement ``list`` runs.
+    """
+    params: list[Any]
+    if start_after is not None and start_after >= prefix:
+        where, params = "key > ?", [start_after]
+    else:
+        where, params = "key >= ?", [prefix]
+    end = prefix_end(prefix)
+    if end is not None:
+        where += " AND key < ?"
+        params.append(end)
+    params.append(limit if limit else -1)  # LIMIT -1: no limit
+    return f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key LIMIT ?", tuple(params)
+
+
+def _kv(row: tuple[Any, ...]) -> KV:
+    return KV(row[0], bytes(row[1]), row[2], row[3], row[4])
+
+
+class SQLiteStore:
+    """``store.base.Store`` on one SQLite file, safe across threads and processes."""
+
+    def __init__(self, path: str) -> None:
+        if not path or path == ":memory:":
+            raise ValueError("SQLiteStore needs a file path (use MemoryStore for an in-memory store)")
+        self.path = os.path.abspath(path)
+        parent = os.path.dirname(self.path)
+        # The db holds every allocation and network record: keep it private to root.
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._lock = threading.Lock()
+        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._closed = False
+        self._conn()  # create the schema now, so that a bad path fails here and not on first use
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection: sqlite3 connections must not be shared by concurrent threads."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        if os.getpid() != self._pid:
+            # A forked child must never use the parent's connections (it would corrupt locks).
+            with self._lock:
+                self._pid = os.getpid()
+                self._conns = {}
+                self._local = threading.local()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = self._open()
+        self._local.conn = conn
+        with self._lock:
+            for thread in [t for t in self._conns if not t.is_alive()]:
+                self._conns.pop(thread).close()
+            self._conns[threading.current_thread()] = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise Unavailable(f"{self.path}: could not switch to WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> KV | None:
+        rows = self._read(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?", (key,))
+        return _kv(rows[0]) if rows else None
+
+    def list(self, prefix: str, *, limit: int | None = None, start_after: str | None = None
+             ) -> tuple[list[KV], int]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be >= 0 (0 or None: no limit)")
+        sql, params = list_query(prefix, limit, start_after)
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")  # one WAL snapshot for the rows and the revision
+            try:
+                rev = conn.execute("SELECT revision FROM meta").fetchone()[0]
+                rows = conn.execute(sql, params).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+        return [_kv(r) for r in rows], rev
+
+    def revision(self) -> int:
+        return self._read("SELECT revision FROM meta")[0][0]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes) -> int:
+        return self.txn([], [Put(key, value)]).revision
+
+    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
+        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value)])
+
+    def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
+        compares = [] if expect_mod_rev is None else [Cmp(key, expect_mod_rev)]
+        return self.txn(compares, [Delete(key)])
+
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
+        check_txn(compares, ops)
+        conn = self._conn()
+        try:
+            # IMMEDIATE takes the write lock before the reads, so compares and writes are one
+            # serialisable step across processes (a DEFERRED txn could fail to upgrade instead).
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+        try:
+            result, commit = self._apply(conn, compares, ops)
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise Unavailable(f"{self.path}: {exc}") from exc
+            raise
+        if not commit:
+            conn.execute("ROLLBACK")  # compare failed or nothing changed: leave no trace
+            return result
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise Indeterminate(f"{self.path}: commit failed: {exc}") from exc
+        return result
+
+    def _apply(self, conn: sqlite3.Connection, compares: Sequence[Cmp], ops: Sequence[Op]
+               ) -> tuple[TxnResult, bool]:
+        """Run a txn's body inside BEGIN IMMEDIATE; the bool says whether there is anything to commit."""
+        rev = conn.execute("SELECT revision FROM meta").fetchone()[0]
+        failed: list[tuple[str, KV | None]] = []
+        for cmp in compares:
+            row = conn.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?", (cmp.key,)).fetchone()
+            current = _kv(row) if row else None
+            if (current.mod_rev if current else 0) != cmp.mod_rev:
+                failed.append((cmp.key, current))
+        if failed:
+            return TxnResult(False, rev, failed), False
+        new_rev = rev + 1
+        sub = 0
+        for op in ops:
+            if isinstance(op, Put):
+                value = bytes(op.value)
+                conn.execute(
+                    "INSERT INTO kv (key, value, create_rev, mod_rev, version) VALUES (?, ?, ?, ?, 1) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev, "
+                    "version = kv.version + 1",
+                    (op.key, value, new_rev, new_rev))
+                kind = "PUT"
+            else:
+                # Deleting an absent key changes nothing and, as in etcd, records no event.
+                if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount == 0:
+                    continue
+                value, kind = b"", "DELETE"
+            conn.execute("INSERT INTO changelog (rev, sub, key, op, value) VALUES (?, ?, ?, ?, ?)",
+                         (new_rev, sub, op.key, kind, value))
+            sub += 1
+        if sub == 0:
+            return TxnResult(True, rev), False
+        conn.execute("UPDATE meta SET revision = ?", (new_rev,))
+        return TxnResult(True, new_rev), True
+
+    # -- history -----------------------------------------------------------------------------
+
+    def watch(self, prefix: str, from_rev: int, *, timeout: float | None = None) -> Iterator[Event]:
+        compact_rev = self._read("SELECT compact_rev FROM meta")[0][0]
+        if from_rev < compact_rev:  # raise now, not at the first next(), so callers relist early
+            raise Compacted(compact_rev)
+        return self._watch(prefix, from_rev, timeout)
+
+    def _watch(self, prefix: str, next_rev: int, timeout: float | None) -> Iterator[Event]:
+        end = prefix_end(prefix)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            batch, next_rev, caught_up = self._poll(prefix, end, next_rev)
+            yield from batch
+            if batch and timeout is not None:
+                deadline = time.monotonic() + timeout
+            if batch or not caught_up:
+                continue
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                time.sleep(min(POLL_INTERVAL, remaining))
+            else:
+                time.sleep(POLL_INTERVAL)
+
+    def _poll(self, prefix: str, end: str | None, next_rev: int
+              ) -> tuple[builtins.list[Event], int, bool]:
+        """Events of up to WATCH_CHUNK revisions from ``next_rev``, the next revision to read, and
+        whether that reached the store's current revision (else poll again without sleeping)."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")
+            try:
+                rev, compact_rev = conn.execute("SELECT revision, compact_rev FROM meta").fetchone()
+                if next_rev < compact_rev:
+                    raise Compacted(compact_rev)
+                upto = min(rev, max(next_rev, 0) + WATCH_CHUNK - 1)
+                sql = ("SELECT rev, key, op, value FROM changelog WHERE rev >= ? AND rev <= ? "
+                       "AND key >= ?" + (" AND key < ?" if end is not None else "") + " ORDER BY rev, sub")
+                params: tuple[Any, ...] = (next_rev, upto, prefix) + ((end,) if end is not None else ())
+                rows = conn.execute(sql, params).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+        events = [Event(op, key, bytes(value), r) for r, key, op, value in rows]
+        return events, max(next_rev, upto + 1), upto >= rev
+
+    def compact(self, revision: int) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rev, compact_rev = conn.execute("SELECT revision, compact_rev FROM meta").fetchone()
+                if revision > rev:
+                    raise ValueError(f"cannot compact at {revision}: the store is at revision {rev}")
+                if revision > compact_rev:
+                    conn.execute("DELETE FROM changelog WHERE rev < ?", (revision,))
+                    conn.execute("UPDATE meta SET compact_rev = ?", (revision,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()

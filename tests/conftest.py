@@ -1,0 +1,75 @@
+"""Shared fixtures: throwaway network namespaces and tier gating.
+
+Every kernel object a test makes lives in a namespace made here and removed here, whatever the
+test's outcome. A tier that cannot run on this machine (not root) is skipped with its reason on
+a developer's machine; under ``.ci/run`` (CNMKIT_ALL_TIERS=1) it fails instead, so CI can never
+count a skipped tier as coverage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+_counter = itertools.count()
+
+
+def require_root() -> None:
+    if os.geteuid() == 0:
+        return
+    reason = "needs root (network namespaces)"
+    if os.environ.get("CNMKIT_ALL_TIERS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def ip_json(*args: str, netns: str | None = None) -> list[dict]:
+    """Ask iproute2 (our independent oracle) for JSON: ``ip_json("link", "show", netns=ns)``."""
+    import json
+
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-j", "-d", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+def in_netns(netns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True,
+                          check=check, timeout=timeout)
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[str], str]]:
+    """Make named namespaces (``cnmt<pid>x<n><tag>``) that are deleted, by name, after the test."""
+    require_root()
+    made: list[str] = []
+
+    def make(tag: str = "") -> str:
+        name = f"cnmt{os.getpid()}x{next(_counter)}{tag}"[:40]
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        made.append(name)
+        return name
+
+    yield make
+    for name in reversed(made):
+        # Processes a test started inside are its own to stop; deleting the name frees the netns
+        # once they are gone, and links inside die with it.
+        subprocess.run(["ip", "netns", "pids", name], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    leftover = _netns_names() & set(made)
+    assert not leftover, f"namespaces left behind: {leftover}"
+
+
+@pytest.fixture
+def netns(netns_factory: Callable[[str], str]) -> str:
+    """One throwaway namespace: a test "host" in which the code under test does its kernel work."""
+    return netns_factory("h")
