@@ -149,6 +149,8 @@ class BridgeDriver:
         naming.check_id(endpoint.endpoint_id, "endpoint id")
         if endpoint.mac:
             return EndpointResult()
+        if endpoint.address is not None:
+            return EndpointResult(mac=naming.address_mac(str(endpoint.address.ip)))
         return EndpointResult(mac=self._new_mac())
 
     def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:

@@ -63,6 +63,11 @@ class FakeKernel:
     def _public(link: dict[str, Any]) -> LinkInfo:
         return {k: v for k, v in link.items() if k != "peer"}
 
+    def plant(self, name: str, kind: str, *, alias: str = "", mtu: int = 1500) -> None:
+        """Put a link there that cnmkit did not make (a test's "somebody else")."""
+        with self._lock:
+            self.host[name] = {**self._new(name, kind, mtu), "alias": alias}
+
     # -- the KernelOps verbs ----------------------------------------------------------------
 
     def link_get(self, name: str) -> LinkInfo | None:
@@ -142,13 +147,13 @@ class FakeKernel:
             self._get(name)
             if "/" not in cidr:
                 raise KernelError(f"address {cidr!r} has no prefix length", errno.EINVAL)
-            if cidr not in self.addresses[name]:
+            if cidr not in self.addresses.setdefault(name, []):
                 self.addresses[name].append(cidr)
 
     def addrs(self, name: str) -> list[str]:
         with self._lock:
             self._get(name)
-            return list(self.addresses[name])
+            return list(self.addresses.get(name, []))
 
 
 class FakeIptables:

@@ -344,9 +344,11 @@ class Kernel:
 
     def link_rename(self, name: str, new_name: str) -> None:
         """Rename a link (it must be down, as the kernel requires)."""
-        self._call(f"rename {name}", self._ipr().link, "set", ifname=name, new_ifname=new_name)
+        index = self._index(name)
+        self._call(f"rename {name}", self._ipr().link, "set", index=index, ifname=new_name)
 
     def addr_add(self, name: str, cidr: str) -> None:
+        """Add ``cidr``; an address already there raises LinkExists (EEXIST), as netlink does."""
         address, _, plen = cidr.partition("/")
         if not plen:
             raise KernelError(f"address {cidr!r} has no prefix length", errno.EINVAL)

@@ -189,7 +189,7 @@ class NetworkManager:
             return
         network, driver = self._network(network_id)
         driver.leave(network, found[0])
-        spec, rec = found
+        rec = found[1]
         rec["Sandbox"] = ""
         self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
 

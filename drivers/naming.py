@@ -78,6 +78,18 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in octets)
 
 
+def address_mac(ipv4: str) -> str:
+    """The MAC for an endpoint with this IPv4 address: 02:cb followed by the address's octets.
+
+    A container restarted with the same static address then comes back with the same MAC, so
+    its neighbours' ARP caches stay right; with a fresh random MAC they would send to the dead
+    one until the entry went stale and was re-probed (seconds of lost traffic). Docker's bridge
+    derives MACs from addresses for the same reason. Addresses are unique within a bridge.
+    """
+    octets = [int(part) for part in ipv4.split(".")]
+    return ":".join(f"{b:02x}" for b in (0x02, 0xCB, *octets))
+
+
 def stable_mac(seed: str) -> str:
     """A locally administered MAC derived from ``seed``.
 

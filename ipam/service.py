@@ -14,7 +14,8 @@ whatever is allocated and whatever the pool size (a /64 included). The cursor wa
 afterwards the free set's first key is taken. Invariants kept by every transaction:
 
 1. a free key exists only for an in-range offset below the cursor whose address record is absent;
-2. the cursor never moves back, and it only moves past an offset whose address record exists;
+2. the cursor never moves back, and it only moves past an offset whose address record exists
+   (the move compares the records of the statics it steps over);
 3. nothing under a pool's prefixes is written unless the pool record is unchanged (every
    transaction compares its mod revision), so a released pool cannot gain records behind the
    cleanup, and leftovers of an interrupted cleanup are removed before the same PoolID is reused.
@@ -54,7 +55,7 @@ from ipam.errors import (
     StoreContention,
 )
 from ipam.pools import DEFAULT_ADDRESS_SPACES, pick_predefined
-from store.base import MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
+from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
 from store.records import Record, TxnBuilder, decode
 
 SPACES = "ipam/spaces/"
@@ -66,6 +67,8 @@ GATEWAY_OPTION = "RequestAddressType"
 GATEWAY_LABEL = "com.docker.network.gateway"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
 
+# Statics stepped over per txn: each adds a compare, and etcd counts compares in --max-txn-ops.
+MAX_SKIP = 32
 MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -253,29 +256,42 @@ class IpamService:
         if free is not None:
             txn.delete(free.key, free.mod_rev)  # below the cursor: it must leave the free set
         else:
-            txn.require(pool.free_key(offset), 0)  # ...and must not have joined it meanwhile
+            txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
         return addr if self._commit(txn, key, record["token"]) else None
 
     def _try_dynamic(self, pool: _Pool, record: Record) -> IPAddress | None:
         lo, hi = pool.spec.range()
         cursor = max(pool.cursor, lo)
-        while cursor <= hi and self._store.get(pool.addr_key(pool.spec.address_at(cursor))) is not None:
-            cursor += 1  # a static allocation ahead of the cursor: step over it (each is passed once)
-        if cursor <= hi:
-            addr = pool.spec.address_at(cursor)
-            txn = (TxnBuilder().replace(pool.key, pool.with_cursor(cursor + 1), pool.mod_rev)
-                   .create(pool.addr_key(addr), record))
-            return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
-        return self._take_free(pool, cursor, record)
+        skipped: list[KV] = []
+        while cursor <= hi:
+            kv = self._store.get(pool.addr_key(pool.spec.address_at(cursor)))
+            if kv is None:
+                break
+            skipped.append(kv)  # a static allocation ahead of the cursor: step over it
+            cursor += 1
+            if len(skipped) == MAX_SKIP:  # a long run: save progress, keep txns small
+                txn = _stepping_over(TxnBuilder().replace(pool.key, pool.with_cursor(cursor), pool.mod_rev),
+                                     skipped)
+                reloaded = self._load(pool.id) if self._commit(txn) else None
+                if reloaded is None:
+                    return None
+                pool, skipped = reloaded, []
+        if cursor > hi:
+            return self._take_free(pool, cursor, skipped, record)
+        addr = pool.spec.address_at(cursor)
+        txn = (_stepping_over(TxnBuilder(), skipped)
+               .replace(pool.key, pool.with_cursor(cursor + 1), pool.mod_rev)
+               .create(pool.addr_key(addr), record))
+        return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
 
-    def _take_free(self, pool: _Pool, cursor: int, record: Record) -> IPAddress | None:
+    def _take_free(self, pool: _Pool, cursor: int, skipped: list[KV], record: Record) -> IPAddress | None:
         """The range was walked once: reuse the lowest released offset."""
         kvs, _ = self._store.list(f"{FREE}{pool.id}/", limit=1)
         if not kvs:
             raise PoolExhausted(f"{pool.record['pool']} (PoolID {pool.id!r})")
         free = kvs[0]
         addr = pool.spec.address_at(parse_offset_key(free.key.rsplit("/", 1)[1]))
-        txn = TxnBuilder()
+        txn = _stepping_over(TxnBuilder(), skipped)
         if cursor != pool.cursor:
             txn.replace(pool.key, pool.with_cursor(cursor), pool.mod_rev)
         else:
@@ -331,6 +347,17 @@ class IpamService:
                 result = self._store.txn([Cmp(POOLS + pool_id, 0)], [Delete(kv.key) for kv in kvs])
                 if not result.succeeded:
                     return
+
+
+def _stepping_over(txn: TxnBuilder, skipped: list[KV]) -> TxnBuilder:
+    """Make a cursor move conditional on the statics it steps over still being allocated.
+
+    Releasing an address ahead of the cursor only deletes its record (no free key: the cursor will
+    reach it). Were it released while the cursor steps over it, that address would be lost forever.
+    """
+    for kv in skipped:
+        txn.require(kv.key, kv.mod_rev)
+    return txn
 
 
 def _pool_record(spec: PoolSpec, space: str, options: dict[str, str]) -> Record:

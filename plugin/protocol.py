@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from netaddr import AddrFormatError, EUI, IPAddress, IPNetwork, mac_unix_expanded
+from netaddr import EUI, AddrFormatError, IPAddress, IPNetwork, mac_unix_expanded
 
 from drivers.base import EndpointResult, EndpointSpec, IPAMData, JoinRequest, JoinResult, NetworkSpec
 from plugin.errors import BadRequest

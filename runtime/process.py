@@ -104,10 +104,11 @@ def spawn_shim(state_dir: str, cid: str, *, detach: bool, log_path: str) -> tupl
     r, w = os.pipe()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
-    out = open(log_path, "ab") if detach else None    # noqa: SIM115 - handed to the child, closed below
+    out = open(log_path, "ab") if detach else None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.shim", "--state-dir", state_dir, "--id", cid, "--ready-fd", str(w)],
+            [sys.executable, "-m", "runtime.shim", "--state-dir", state_dir, "--id", cid,
+             "--ready-fd", str(w)],
             pass_fds=(w,), env=env, cwd="/", start_new_session=True,
             stdin=subprocess.DEVNULL if detach else None, stdout=out, stderr=out)
     finally:
@@ -227,7 +228,8 @@ def _enter_rootfs(spec: InitSpec) -> None:
 
 def exec_in(init_pid: int, command: list[str], env: dict[str, str]) -> int:
     """``docker exec``: join the container's net, uts, pid and mount namespaces, run, return code."""
-    fds = {t: os.open(f"/proc/{init_pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC) for t in ("net", "uts", "pid", "mnt")}
+    fds = {t: os.open(f"/proc/{init_pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC)
+           for t in ("net", "uts", "pid", "mnt")}
     try:
         child = os.fork()
         if child == 0:

@@ -42,6 +42,7 @@ def create_netns(path: str) -> None:
         try:
             ns.unshare(ns.CLONE_NEWNET)
             ns.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, ns.MS_BIND)
+            _announce_addresses()
         except BaseException as exc:
             failure.append(exc)
 
@@ -58,6 +59,20 @@ def create_netns(path: str) -> None:
     except BaseException:
         remove_netns(path)
         raise
+
+
+def _announce_addresses() -> None:
+    """Make every interface born in this (the calling thread's) netns announce itself when it comes up.
+
+    A restarted container keeps its static address but gets a new veth with a new MAC; peers
+    still hold a REACHABLE neighbour entry for the old MAC and would black-hole traffic for
+    seconds. Gratuitous ARP / unsolicited NA on link-up (arp_notify, ndisc_notify) fixes their
+    caches at once. /proc/sys/net resolves against the calling thread's netns, hence done here.
+    """
+    for knob in ("/proc/sys/net/ipv4/conf/default/arp_notify", "/proc/sys/net/ipv6/conf/default/ndisc_notify"):
+        with contextlib.suppress(OSError):
+            with open(knob, "w") as fh:
+                fh.write("1")
 
 
 def remove_netns(path: str) -> None:

@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     os.close(ready)
     _, status = os.waitpid(init, 0)
     code = exit_code(status)
-    from runtime.containers import ContainerService      # late: the daemon client is only needed now
+    from runtime.containers import ContainerService  # late: the daemon client is only needed now
     try:
         ContainerService(args.state_dir, config.plugin_dir, config.run_dir).on_shim_exit(args.id, code)
-    except Exception as exc:                       # noqa: BLE001 - the record is settled by the next CLI
+    except Exception as exc:
         print(f"cnmkit-shim: cleanup after exit failed: {exc}", file=sys.stderr)
     return code
 

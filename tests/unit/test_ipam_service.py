@@ -222,17 +222,31 @@ def test_released_addresses_are_reused_after_the_cursor_ends(ipam: IpamService) 
         alloc(ipam, pid)
 
 
-def test_static_ahead_of_cursor_is_skipped_and_behind_leaves_free_set(ipam: IpamService) -> None:
+def test_static_ahead_of_cursor_is_skipped_and_behind_leaves_free_set(ipam: IpamService, store: Store
+                                                                      ) -> None:
     pid = pool(ipam, "10.61.0.0/29")
     assert alloc(ipam, pid, "10.61.0.2") == "10.61.0.2/29"
     assert alloc(ipam, pid, "10.61.0.3") == "10.61.0.3/29"
     assert [alloc(ipam, pid) for _ in range(2)] == ["10.61.0.1/29", "10.61.0.4/29"]
     ipam.release_address(pid, "10.61.0.1")  # behind the cursor: joins the free set
     assert alloc(ipam, pid, "10.61.0.1") == "10.61.0.1/29"  # static takes it back out
+    assert store.list("ipam/free/")[0] == []
     assert [alloc(ipam, pid) for _ in range(2)] == ["10.61.0.5/29", "10.61.0.6/29"]
     with pytest.raises(PoolExhausted):
         alloc(ipam, pid)
     assert ipam.pool_usage(pid)["allocated"] == 6
+
+
+def test_long_run_of_statics_is_stepped_over_in_bounded_txns(ipam: IpamService, store: Store) -> None:
+    pid = pool(ipam, "10.63.0.0/24")
+    for i in range(1, 101):  # more than MAX_SKIP statics ahead of the cursor
+        alloc(ipam, pid, f"10.63.0.{i}")
+    assert alloc(ipam, pid) == "10.63.0.101/24"
+    ipam.release_address(pid, "10.63.0.50")  # now behind the cursor: reusable once the range is walked
+    assert len([alloc(ipam, pid) for _ in range(153)]) == 153
+    assert alloc(ipam, pid) == "10.63.0.50/24"
+    with pytest.raises(PoolExhausted):
+        alloc(ipam, pid)
 
 
 def test_release_unknown_is_success_but_garbage_is_rejected(ipam: IpamService) -> None:
@@ -345,6 +359,82 @@ def test_concurrent_overlapping_pools_only_one_wins(tmp_path: Path) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+class Interleave:
+    """Wraps a store and runs ``hook`` once, right after the first read matching ``when``.
+
+    It pins down the interleaving a race needs (another host writing between our read and our
+    txn) instead of hoping threads produce it.
+    """
+
+    def __init__(self, inner: Store, when: Callable[[str], bool], hook: Callable[[], object]) -> None:
+        self.inner = inner
+        self.when = when
+        self.hook: Callable[[], object] | None = hook
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def _maybe(self, key: str) -> None:
+        if self.hook is not None and self.when(key):
+            hook, self.hook = self.hook, None
+            hook()
+
+    def get(self, key: str) -> object:
+        kv = self.inner.get(key)
+        self._maybe(key)
+        return kv
+
+    def list(self, prefix: str, **kw: object) -> object:
+        out = self.inner.list(prefix, **kw)  # type: ignore[arg-type]
+        self._maybe(prefix)
+        return out
+
+
+def test_static_sneaking_in_before_dynamic_commit_is_not_overwritten(store: Store) -> None:
+    other = IpamService(store)
+    pid = pool(other, "10.73.0.0/24")
+    won: list[str] = []
+    racing = Interleave(store, lambda k: k.endswith("/10.73.0.1"),
+                        lambda: won.append(alloc(other, pid, "10.73.0.1")))
+    mine = IpamService(racing)  # type: ignore[arg-type]
+    assert alloc(mine, pid) == "10.73.0.2/24"
+    assert won == ["10.73.0.1/24"]
+    assert other.pool_usage(pid)["by_kind"] == {"aux": 1, "endpoint": 1}
+
+
+def test_overlapping_pool_created_between_check_and_commit_is_refused(store: Store) -> None:
+    other = IpamService(store)
+    racing = Interleave(store, lambda k: k == "ipam/pools/",
+                        lambda: pool(other, "10.74.0.0/24"))
+    mine = IpamService(racing)  # type: ignore[arg-type]
+    with pytest.raises(PoolOverlap, match=r"overlaps existing pool 10\.74\.0\.0/24"):
+        mine.request_pool(LOCAL, "10.74.0.0/16", "", None, False)
+    assert [p["pool"] for p in other.list_pools()] == ["10.74.0.0/24"]
+
+
+def test_predefined_pool_taken_between_choice_and_commit_is_not_handed_twice(store: Store) -> None:
+    other = IpamService(store)
+    racing = Interleave(store, lambda k: k == "ipam/pools/",
+                        lambda: other.request_pool(LOCAL, "", "", None, False))
+    mine = IpamService(racing)  # type: ignore[arg-type]
+    assert mine.request_pool(LOCAL, "", "", None, False)[1] == "10.200.1.0/24"
+    assert sorted(p["pool"] for p in other.list_pools()) == ["10.200.0.0/24", "10.200.1.0/24"]
+
+
+def test_release_racing_the_cursor_past_a_static_does_not_leak_it(store: Store) -> None:
+    """A static ahead of the cursor is released while the cursor steps over it: it must stay usable."""
+    other = IpamService(store)
+    pid = pool(other, "10.75.0.0/29")  # .1 .. .6
+    alloc(other, pid, "10.75.0.1")
+    racing = Interleave(store, lambda k: k.endswith("/10.75.0.1"),
+                        lambda: other.release_address(pid, "10.75.0.1"))
+    mine = IpamService(racing)  # type: ignore[arg-type]
+    got = [alloc(mine, pid) for _ in range(6)]
+    assert sorted(got) == sorted(f"10.75.0.{i}/29" for i in range(1, 7))
+    with pytest.raises(PoolExhausted):
+        alloc(mine, pid)
 
 
 # -- indeterminate commits ------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def test_network_lifecycle_through_the_engine(engine: Engine, plugin_dir: Path) 
     assert att.gateway == "10.77.0.1" and att.mac.startswith("02:")
     static = engine.attach("blue", "/var/run/docker/netns/0123456789ac", ip="10.77.0.20")
     assert static.address == "10.77.0.20/24"
-    with pytest.raises(PluginError, match="10.77.0.20"):
+    with pytest.raises(PluginError, match=r"10\.77\.0\.20"):
         engine.attach("blue", "/var/run/docker/netns/x", ip="10.77.0.20")
     with pytest.raises(PluginError, match="active endpoints"):
         engine.remove_network("blue")

@@ -123,8 +123,12 @@ def test_kill_9_writer_leaves_store_consistent(tmp_path: Path) -> None:
             assert line, writer.stderr.read() if writer.stderr else ""
             reported = int(line)
         os.kill(writer.pid, signal.SIGKILL)
-        rest, _ = writer.communicate(timeout=30)
-        assert writer.returncode == -signal.SIGKILL
+        # Read through the same buffered reader: communicate() would bypass lines it already holds.
+        rest = writer.stdout.read()
+        writer.stdout.close()
+        assert writer.wait(timeout=30) == -signal.SIGKILL
+        assert writer.stderr is not None
+        writer.stderr.close()
         for line in rest.split():  # lines already in the pipe when it died
             reported = int(line)
 
