@@ -97,7 +97,8 @@ class Firewall:
         self._run = run
         self._sysctl: SysctlOps = sysctl if sysctl is not None else Sysctl()
         # -C then -A is not atomic; -w only serialises single commands across processes.
-        self._lock = threading.Lock()
+        # Re-entrant: removing the last network's rules also removes the chains, under one hold.
+        self._lock = threading.RLock()
 
     def ensure_network(self, net: NetworkRules) -> None:
         mark = naming.firewall_mark(net.network_id)
@@ -126,6 +127,8 @@ class Firewall:
                     if _has_mark(rule, mark):
                         self._must(binary, "-t", table, "-D", chain, *rule)
                         removed += 1
+            if removed and not any(self._list(b, t, c) for b, t, c in self._our_chains()):
+                self.remove_all()              # the last network went: leave no chain or jump behind
         return removed
 
     def remove_all(self) -> None:

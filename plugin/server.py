@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
 from drivers.registry import build_drivers
 from ipam.hostroutes import host_networks
@@ -76,11 +77,12 @@ def _prepare_socket(path: str) -> socket.socket:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, store: Store | None = None) -> None:
+    def __init__(self, config: DaemonConfig, store: Store | None = None,
+                 drivers: list[NetworkDriver] | None = None) -> None:
         self.config = config
         self.store = store or open_store(config.resolved_store_url())
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
-        self.drivers = build_drivers(config.drivers, self.store)
+        self.drivers = drivers if drivers is not None else build_drivers(config.drivers, self.store)
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor)
         self.ipam = IpamService(self.store, avoid=host_networks)
         self._runners: list[web.AppRunner] = []

@@ -73,3 +73,17 @@ def netns_factory() -> Iterator[Callable[[str], str]]:
 def netns(netns_factory: Callable[[str], str]) -> str:
     """One throwaway namespace: a test "host" in which the code under test does its kernel work."""
     return netns_factory("h")
+
+
+def socket_answers(path: str) -> bool:
+    """True once a daemon accepts connections on ``path`` (a stale socket file does not count)."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from drivers.base import NetworkDriver
 from plugin.server import Daemon, DaemonConfig
 from store.base import Store
 
 
 class DaemonThread:
-    def __init__(self, config: DaemonConfig, store: Store | None = None) -> None:
+    def __init__(self, config: DaemonConfig, store: Store | None = None,
+                 drivers: list[NetworkDriver] | None = None) -> None:
         self.config = config
         self._store = store
+        self._drivers = drivers
         self.loop = asyncio.new_event_loop()
         self.daemon: Daemon | None = None
         self._ready = threading.Event()
@@ -22,7 +25,7 @@ class DaemonThread:
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.daemon = Daemon(self.config, store=self._store)
+            self.daemon = Daemon(self.config, store=self._store, drivers=self._drivers)
             self.loop.run_until_complete(self.daemon.start())
         except BaseException as exc:
             self._error = exc

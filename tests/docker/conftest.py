@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root
+from tests.conftest import require_root, socket_answers
 
 DOCKER = shutil.which("docker", path="/usr/bin") or "docker"
 PLUGIN_DIR = "/run/docker/plugins"
@@ -103,7 +103,7 @@ class CnmkitDaemon:
              "--log-level", "debug", "daemon"], stdout=log, stderr=log, start_new_session=True,
             cwd=str(Path(__file__).resolve().parents[2]))
         deadline = time.monotonic() + 30
-        while not all(os.path.exists(os.path.join(PLUGIN_DIR, s)) for s in ("cnmkit.sock", "cnmkit-bridge.sock")):
+        while not all(socket_answers(os.path.join(PLUGIN_DIR, s)) for s in ("cnmkit.sock", "cnmkit-bridge.sock")):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"cnmkit daemon did not start:\n{Path(self.log_path).read_text()[-3000:]}")
             time.sleep(0.05)

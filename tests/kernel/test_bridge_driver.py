@@ -149,6 +149,8 @@ def test_create_network_makes_bridge_addresses_and_rules(host: HostThread, drive
     host.run(driver.delete_network, spec)                          # already gone: fine
     assert link(netns, br_name) is None
     assert mark not in iptables_dump(netns) and mark not in iptables_dump(netns, "ip6tables")
+    # The last network is gone, so are our chains and the jumps into them.
+    assert "CNMKIT" not in iptables_dump(netns) and "CNMKIT" not in iptables_dump(netns, "ip6tables")
 
 
 def test_half_failed_create_network_leaves_no_bridge(host: HostThread, kernel: Kernel, netns: str) -> None:

@@ -16,6 +16,8 @@ import pytest
 
 from client.engine import Engine
 from client.transport import PluginError, PluginTransport
+from drivers.base import EndpointSpec, JoinRequest, JoinResult, NetworkSpec
+from drivers.null import NullDriver
 from plugin.server import DaemonConfig
 from store.sqlite import SQLiteStore
 from tests.daemon_thread import DaemonThread
@@ -259,3 +261,48 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     finally:
         e.close()
         second.stop()
+
+
+class BlockingDriver(NullDriver):
+    """Join blocks (as a slow kernel call would) until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
+        self.entered.set()
+        self.release.wait()
+        return super().join(network, endpoint, request)
+
+
+def test_a_slow_call_does_not_stall_the_others(tmp_path: Path) -> None:
+    driver = BlockingDriver()
+    config = DaemonConfig(plugin_dir=str(tmp_path / "p"), state_dir=str(tmp_path / "s"),
+                          store_url=f"sqlite://{tmp_path}/state.db")
+    daemon = DaemonThread(config, drivers=[driver]).start()
+    e = Engine(config.plugin_dir)
+    try:
+        e.create_network("slow", driver="null", subnets=["10.84.0.0/24"])
+        e.create_network("other", driver="null", subnets=["10.85.0.0/24"])
+        blocked = threading.Thread(target=lambda: Engine(config.plugin_dir).attach("slow", "/x"))
+        blocked.start()
+        assert driver.entered.wait(60), "the first Join never reached the driver"
+        # While that Join is stuck in the "kernel", other calls are served: IPAM, inspection,
+        # and endpoint work on another network.
+        other = Engine(config.plugin_dir)
+        assert other.ipam.call("Plugin.Activate") == {"Implements": ["IpamDriver"]}
+        assert {n["Name"] for n in other.list_networks()} == {"slow", "other"}
+        t = other.driver("null")
+        t.call("NetworkDriver.CreateEndpoint", {"NetworkID": other.inspect_network("other")["Id"],
+                                                "EndpointID": "c" * 64, "Interface": {}})
+        assert blocked.is_alive(), "the slow Join was still in the driver while all of that was served"
+        driver.release.set()
+        blocked.join()
+        assert other.inspect_network("slow")["Endpoints"] == 1
+        other.close()
+    finally:
+        driver.release.set()
+        e.close()
+        daemon.stop()

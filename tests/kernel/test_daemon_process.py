@@ -1,0 +1,94 @@
+"""The real daemon process with the bridge driver, inside a throwaway "host" namespace.
+
+Checks what an operator sees: CLI errors that name the option and leave nothing behind,
+SIGTERM that removes the sockets but keeps the kernel state, kill -9 and restart that lose
+nothing. Kernel state is read with ``ip -j`` inside the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ip_json, socket_answers
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+class HostDaemon:
+    def __init__(self, netns: str, tmp: Path) -> None:
+        self.netns, self.plugins, self.state = netns, tmp / "plugins", tmp / "state"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log = open(self.state.parent / "daemon.log", "ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "cli.main", "--plugin-dir", str(self.plugins),
+             "--state-dir", str(self.state), "daemon"], cwd=REPO, stdout=self.log, stderr=self.log)
+        while not all(socket_answers(str(self.plugins / s)) for s in ("cnmkit.sock", "cnmkit-bridge.sock")):
+            assert self.proc.poll() is None, (self.state.parent / "daemon.log").read_text()
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-m", "cli.main",
+                               "--plugin-dir", str(self.plugins), "--state-dir", str(self.state), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    def bridges(self) -> list[dict]:
+        return [link for link in ip_json("link", "show", netns=self.netns)
+                if str(link.get("ifalias", "")).startswith("cnmkit:net:")]
+
+
+@pytest.fixture
+def host(netns: str, tmp_path: Path) -> Iterator[HostDaemon]:
+    daemon = HostDaemon(netns, tmp_path)
+    daemon.start()
+    yield daemon
+    if daemon.proc is not None:
+        daemon.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("opt,message", [
+    ("com.docker.network.driver.mtu=abc", "com.docker.network.driver.mtu"),
+    ("com.docker.network.driver.mtu=20", "com.docker.network.driver.mtu"),
+    ("com.docker.network.bridge.name=this-name-is-far-too-long", "com.docker.network.bridge.name"),
+    ("colour=blue", "colour"),
+])
+def test_bad_options_name_the_option_and_leave_nothing(host: HostDaemon, opt: str, message: str) -> None:
+    proc = host.cli("network", "create", "--subnet", "10.95.0.0/24", "-o", opt, "bad")
+    assert proc.returncode == 1 and message in proc.stderr and proc.stderr.count("\n") == 1
+    assert host.bridges() == []
+    assert json.loads(host.cli("--format", "json", "network", "ls").stdout) == []
+    assert host.cli("network", "create", "--subnet", "10.95.0.0/24", "good").returncode == 0
+
+
+def test_sigterm_keeps_the_network_and_restart_loses_nothing(host: HostDaemon) -> None:
+    assert host.cli("network", "create", "--subnet", "10.96.0.0/24", "-o", "com.docker.network.driver.mtu=1400",
+                    "keep").returncode == 0
+    (bridge,) = host.bridges()
+    assert bridge["mtu"] == 1400
+    assert host.stop(signal.SIGTERM) == 0
+    assert sorted(os.listdir(host.plugins)) == [], "sockets are removed on SIGTERM"
+    assert [b["ifname"] for b in host.bridges()] == [bridge["ifname"]], "kernel state is kept"
+    host.start()
+    assert host.stop(signal.SIGKILL) != 0
+    host.start()                                          # stale sockets from kill -9 are replaced
+    listed = json.loads(host.cli("--format", "json", "network", "ls").stdout)
+    assert [n["Name"] for n in listed] == ["keep"]
+    assert host.cli("network", "rm", "keep").returncode == 0
+    assert host.bridges() == []
