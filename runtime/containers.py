@@ -166,8 +166,7 @@ class ContainerService:
         pid, init_pid, init_start = (int(x) for x in line.split()[1:4])
         state.status, state.pid, state.init_pid, state.init_start = STATUS_RUNNING, pid, init_pid, init_start
         state.shim_pid, state.started_at, state.exit_code = shim.pid, time.time(), None
-        self.store.save_state(cid, state)
-        self._refresh_hosts()
+        self.store.save_state(cid, state)               # hosts were refreshed before the shim started
         return shim
 
     def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest,
@@ -469,8 +468,13 @@ class ContainerService:
                     for key in ("address", "address_v6"):
                         if a.get(key):
                             peers.append(hosts.HostEntry(a[key].split("/")[0], names))
+            path, text = self.store.path(cid, "hosts"), hosts.render_hosts(own, peers)
             with contextlib.suppress(OSError):
-                hosts.write_in_place(self.store.path(cid, "hosts"), hosts.render_hosts(own, peers))
+                with open(path) as fh:
+                    if fh.read() == text:
+                        continue                          # unchanged: spare the write
+            with contextlib.suppress(OSError):
+                hosts.write_in_place(path, text)
 
 
 def _check_command(command: str, path: str, rootfs: str | None) -> None:
