@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
@@ -167,7 +168,7 @@ class Engine:
                 "AddressSpace": space, "Pool": subnet, "SubPool": ranges[i] if i < len(ranges) else "",
                 "Options": ipam_options, "V6": version == 6})
             pool_id, pool = reply["PoolID"], reply["Pool"]
-            undo.push(lambda pid=pool_id: self.ipam.call("IpamDriver.ReleasePool", {"PoolID": pid}))
+            undo.push(partial(self.ipam.call, "IpamDriver.ReleasePool", {"PoolID": pool_id}))
             entry: dict[str, Any] = {"AddressSpace": space, "Pool": pool}
             data_gw = (reply.get("Data") or {}).get("com.docker.network.gateway")
             gw = gws[i] if i < len(gws) else ""
@@ -177,7 +178,7 @@ class Engine:
                 granted = self.ipam.call("IpamDriver.RequestAddress",
                                          {"PoolID": pool_id, "Address": gw, "Options": GATEWAY_OPTION})
                 entry["Gateway"] = granted["Address"]
-                undo.push(lambda pid=pool_id, a=granted["Address"]: self._release(pid, a))
+                undo.push(partial(self._release, pool_id, granted["Address"]))
             net = IPNetwork(pool)
             aux_here = {k: v for k, v in aux.items() if IPAddress(v).version == version and IPAddress(v) in net}
             if aux_here:
@@ -186,7 +187,7 @@ class Engine:
                 granted = self.ipam.call("IpamDriver.RequestAddress",
                                          {"PoolID": pool_id, "Address": addr, "Options": None})
                 entry["AuxAddresses"][key] = granted["Address"]
-                undo.push(lambda pid=pool_id, a=granted["Address"]: self._release(pid, a))
+                undo.push(partial(self._release, pool_id, granted["Address"]))
             out.append(entry)
         return out
 
@@ -288,7 +289,7 @@ class Engine:
                       lambda: transport.call("NetworkDriver.DeleteEndpoint", ref)]
         for pool_id, addr in ((att.pool_v4, att.address), (att.pool_v6, att.address_v6)):
             if pool_id and addr:
-                steps.append(lambda p=pool_id, a=addr: self._release(p, a))
+                steps.append(partial(self._release, pool_id, addr))
         for step in steps:
             try:
                 step()

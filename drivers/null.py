@@ -8,6 +8,7 @@ smallest thing that satisfies drivers/base.py.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from drivers.base import EndpointResult, EndpointSpec, JoinRequest, JoinResult, NetworkSpec
 from drivers.errors import InvalidOption
@@ -20,9 +21,9 @@ def derived_mac(endpoint_id: str) -> str:
 
 
 class NullDriver:
-    name = "cnmkit-null"
-    scope = "local"
-    connectivity_scope = "local"
+    name: str = "cnmkit-null"
+    scope: Literal["local", "global"] = "local"
+    connectivity_scope: Literal["local", "global"] = "local"
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -30,7 +30,7 @@ class BadRequest(Exception):
         self.field = field
 
 
-def reply(body: dict[str, object], status: int = 200) -> web.Response:
+def reply(body: Mapping[str, object], status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type=CONTENT_TYPE)
 
 

@@ -21,7 +21,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -79,8 +79,8 @@ class ContainerService:
 
     # -- run ------------------------------------------------------------------------------------
 
-    def create(self, command: list[str], *, name: str | None = None, networks: list[str] = (),  # type: ignore[assignment]
-               hostname: str | None = None, rootfs: str | None = None, env: list[str] = (),  # type: ignore[assignment]
+    def create(self, command: list[str], *, name: str | None = None, networks: Sequence[str] = (),
+               hostname: str | None = None, rootfs: str | None = None, env: Sequence[str] = (),
                detach: bool = False) -> ContainerConfig:
         """Validate everything that can be validated up front, then write the record (locked)."""
         if not command:
@@ -121,8 +121,8 @@ class ContainerService:
             self.store.create(config)
         return config
 
-    def run(self, command: list[str], *, name: str | None = None, networks: list[str] = (),  # type: ignore[assignment]
-            hostname: str | None = None, rootfs: str | None = None, env: list[str] = (),  # type: ignore[assignment]
+    def run(self, command: list[str], *, name: str | None = None, networks: Sequence[str] = (),
+            hostname: str | None = None, rootfs: str | None = None, env: Sequence[str] = (),
             detach: bool = False) -> tuple[str, subprocess.Popen]:
         """Create and start; returns (id, shim process). Nothing remains if this raises."""
         config = self.create(command, name=name, networks=networks, hostname=hostname, rootfs=rootfs,
@@ -301,7 +301,7 @@ class ContainerService:
 
     # -- network connect / disconnect -----------------------------------------------------------
 
-    def connect(self, network: str, ref: str, *, ip: str | None = None, aliases: list[str] = ()  # type: ignore[assignment]
+    def connect(self, network: str, ref: str, *, ip: str | None = None, aliases: Sequence[str] = ()
                 ) -> dict[str, Any]:
         cid = self.resolve(ref)
         self._require_running(cid)
@@ -399,7 +399,7 @@ class ContainerService:
                     return
                 time.sleep(0.1)
 
-    def exec(self, ref: str, command: list[str], env: list[str] = ()) -> int:  # type: ignore[assignment]
+    def exec(self, ref: str, command: list[str], env: Sequence[str] = ()) -> int:
         if not command:
             raise ContainerError("exec: no command given (use: cnmkit exec NAME -- CMD [ARG...])")
         cid = self.resolve(ref)

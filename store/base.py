@@ -182,3 +182,20 @@ def prefix_end(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+class TxnShortcuts:
+    """put/cas/delete expressed through ``txn``, so a backend implements writes only once."""
+
+    def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
+        raise NotImplementedError
+
+    def put(self, key: str, value: bytes) -> int:
+        return self.txn([], [Put(key, value)]).revision
+
+    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
+        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value)])
+
+    def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
+        compares = [] if expect_mod_rev is None else [Cmp(key, expect_mod_rev)]
+        return self.txn(compares, [Delete(key)])

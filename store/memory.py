@@ -19,11 +19,11 @@ from store.base import (
     KV,
     Cmp,
     Compacted,
-    Delete,
     Event,
     Op,
     Put,
     TxnResult,
+    TxnShortcuts,
     check_txn,
     prefix_end,
 )
@@ -31,7 +31,7 @@ from store.base import (
 DEFAULT_HISTORY = 10_000  # revisions kept for watch replay before the oldest are dropped
 
 
-class MemoryStore:
+class MemoryStore(TxnShortcuts):
     """Reference implementation of ``store.base.Store`` held in process memory."""
 
     def __init__(self, *, history: int = DEFAULT_HISTORY) -> None:
@@ -73,16 +73,6 @@ class MemoryStore:
             return self._rev
 
     # -- writes ------------------------------------------------------------------------------
-
-    def put(self, key: str, value: bytes) -> int:
-        return self.txn([], [Put(key, value)]).revision
-
-    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
-        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value)])
-
-    def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
-        compares = [] if expect_mod_rev is None else [Cmp(key, expect_mod_rev)]
-        return self.txn(compares, [Delete(key)])
 
     def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
         check_txn(compares, ops)

@@ -23,12 +23,12 @@ from store.base import (
     KV,
     Cmp,
     Compacted,
-    Delete,
     Event,
     Indeterminate,
     Op,
     Put,
     TxnResult,
+    TxnShortcuts,
     Unavailable,
     check_txn,
     prefix_end,
@@ -87,7 +87,7 @@ def _kv(row: tuple[Any, ...]) -> KV:
     return KV(row[0], bytes(row[1]), row[2], row[3], row[4])
 
 
-class SQLiteStore:
+class SQLiteStore(TxnShortcuts):
     """``store.base.Store`` on one SQLite file, safe across threads and processes."""
 
     def __init__(self, path: str) -> None:
@@ -184,16 +184,6 @@ class SQLiteStore:
         return self._read("SELECT revision FROM meta")[0][0]
 
     # -- writes ------------------------------------------------------------------------------
-
-    def put(self, key: str, value: bytes) -> int:
-        return self.txn([], [Put(key, value)]).revision
-
-    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
-        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value)])
-
-    def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
-        compares = [] if expect_mod_rev is None else [Cmp(key, expect_mod_rev)]
-        return self.txn(compares, [Delete(key)])
 
     def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
         check_txn(compares, ops)
