@@ -297,7 +297,17 @@ class ContainerService:
             self._release_locked(cid, state)
             self.store.delete(cid)
             self._refresh_hosts()
+        self._end_shim(cid, state.shim_pid)
         return cid
+
+    @staticmethod
+    def _end_shim(cid: str, pid: int) -> None:
+        """rm leaves no process behind: a shim still finishing its own exit path (slow under load)
+        is given a moment, then killed; its container's record and network are already gone."""
+        if pid and process.is_shim_of(pid, cid) and not process.wait_gone(pid, None, 5.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            process.wait_gone(pid, None, 5.0)
 
     # -- network connect / disconnect -----------------------------------------------------------
 
@@ -445,30 +455,14 @@ class ContainerService:
         Containers in the middle of starting are included (their record has attachments), so a
         new container knows its peers before its command starts and its peers learn of it.
         """
-        members: dict[str, tuple[ContainerConfig, ContainerState]] = {}
+        members: dict[str, hosts.Member] = {}
         for cid in self.store.ids():
             with contextlib.suppress(OSError, ValueError):
-                members[cid] = (self.store.load_config(cid), self.store.load_state(cid))
-        for cid, (config, state) in members.items():
-            if not state.attachments and state.status != STATUS_RUNNING:
-                continue
-            own = [hosts.HostEntry(a["address"].split("/")[0], (config.hostname, config.name))
-                   for a in state.attachments if a.get("address")]
-            own += [hosts.HostEntry(a["address_v6"].split("/")[0], (config.hostname, config.name))
-                    for a in state.attachments if a.get("address_v6")]
-            peers = []
-            my_nets = {a["network_id"] for a in state.attachments}
-            for other_id, (other_cfg, other_state) in members.items():
-                if other_id == cid:
-                    continue
-                for a in other_state.attachments:
-                    if a["network_id"] not in my_nets:
-                        continue
-                    names = (other_cfg.name, other_cfg.hostname, *a.get("aliases", []))
-                    for key in ("address", "address_v6"):
-                        if a.get(key):
-                            peers.append(hosts.HostEntry(a[key].split("/")[0], names))
-            path, text = self.store.path(cid, "hosts"), hosts.render_hosts(own, peers)
+                config, state = self.store.load_config(cid), self.store.load_state(cid)
+                if state.attachments or state.status == STATUS_RUNNING:
+                    members[cid] = hosts.Member(config.name, config.hostname, tuple(state.attachments))
+        for cid, text in hosts.render_all(members).items():
+            path = self.store.path(cid, "hosts")
             with contextlib.suppress(OSError):
                 with open(path) as fh:
                     if fh.read() == text:

@@ -77,6 +77,16 @@ def wait_gone(pid: int, started: int | None, timeout: float) -> bool:
     return True
 
 
+def is_shim_of(pid: int, cid: str) -> bool:
+    """Whether ``pid`` is the shim of container ``cid``: its exact command line, never a pattern."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return b"runtime.shim" in argv and cid.encode() in argv
+
+
 def exit_code(status: int) -> int:
     """A wait status as a shell would report it: the code, or 128+signal."""
     code = os.waitstatus_to_exitcode(status)

@@ -20,10 +20,20 @@ import contextlib
 import errno
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drivers.kernel import Kernel
 from runtime import ns
+
+if TYPE_CHECKING:
+    from drivers.kernel import Kernel
+
+
+def _kernel(path: str) -> Kernel:
+    """The netlink handle, imported on first use: removing a sandbox (the shim's exit path) and
+    listing containers never need pyroute2, whose import alone costs ~120 ms."""
+    from drivers.kernel import Kernel
+
+    return Kernel.for_netns(path)
 
 
 class SandboxError(Exception):
@@ -54,7 +64,7 @@ def create_netns(path: str) -> None:
             os.unlink(path)
         raise SandboxError(f"cannot create network namespace {path}: {failure[0]}")
     try:
-        with Kernel.for_netns(path) as k:
+        with _kernel(path) as k:
             k.link_set("lo", up=True)
     except BaseException:
         remove_netns(path)
@@ -100,7 +110,7 @@ def configure(path: str, att: dict[str, Any], ifname: str, install_default: bool
     ``att`` is ``Attachment.to_dict()``: keys address, address_v6, mac, mtu, src_name, gateway,
     gateway_v6, static_routes.
     """
-    with Kernel.for_netns(path) as k:
+    with _kernel(path) as k:
         k.link_rename(att["src_name"], ifname)
         k.link_set(ifname, mac=att.get("mac") or None, mtu=int(att.get("mtu") or 0) or None)
         for key in ("address", "address_v6"):
@@ -127,7 +137,7 @@ def install_default(path: str, att: dict[str, Any]) -> bool:
     """Install the default route of ``att`` (used when the gateway network was disconnected)."""
     if not (att.get("gateway") or att.get("gateway_v6")):
         return False
-    with Kernel.for_netns(path) as k:
+    with _kernel(path) as k:
         if att.get("gateway"):
             k.route_add("default", gateway=att["gateway"])
         if att.get("gateway_v6"):
@@ -137,5 +147,5 @@ def install_default(path: str, att: dict[str, Any]) -> bool:
 
 def interface_stats(path: str) -> dict[str, dict[str, int]]:
     """Per-interface byte/packet counters inside the sandbox (``lo`` left out)."""
-    with Kernel.for_netns(path) as k:
+    with _kernel(path) as k:
         return {link["name"]: k.link_stats(link["name"]) for link in k.links() if link["name"] != "lo"}

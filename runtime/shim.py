@@ -70,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 127
     os.write(ready, f"ok {_command_pid(init)} {init} {start_time(init) or 0}\n".encode())
     os.close(ready)
+    # Load the exit path now, while the command runs and nobody waits on us, rather than after it
+    # ends, when a `stop` or `rm` is waiting for the network to be released.
+    from runtime.containers import ContainerService
+
     _, status = os.waitpid(init, 0)
     code = exit_code(status)
-    from runtime.containers import ContainerService  # late: the daemon client is only needed now
     try:
         ContainerService(args.state_dir, config.plugin_dir, config.run_dir).on_shim_exit(args.id, code)
     except Exception as exc:

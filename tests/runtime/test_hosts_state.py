@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import hosts
 from runtime.hosts import HostEntry, render_hosts, render_resolv, write_in_place
 from runtime.state import ContainerConfig, NetworkRequest, StateStore
 
@@ -57,3 +58,29 @@ def test_store_finds_by_name_id_and_prefix_and_deletes(tmp_path: Path) -> None:
     assert store.load_config(cfg.id).networks[0].ip == "10.0.0.5"
     store.delete(cfg.id)
     assert store.ids() == [] and not store.name_taken("web")
+
+
+def test_render_all_matches_rendering_each_file_alone() -> None:
+    """The one-pass renderer gives every container exactly the file render_hosts gives it."""
+    def att(net: str, v4: str, v6: str = "", aliases: tuple[str, ...] = ()) -> dict:
+        return {"network_id": net, "address": v4, "address_v6": v6, "aliases": list(aliases)}
+
+    members = {
+        "a": hosts.Member("a", "ha", (att("n1", "10.0.0.9/24", "fd00::9/64"),)),
+        "b": hosts.Member("b", "hb", (att("n1", "10.0.0.10/24", aliases=("db",)), att("n2", "10.1.0.2/24"))),
+        "c": hosts.Member("c", "hc", (att("n2", "10.1.0.3/24"),)),
+        "d": hosts.Member("d", "hd", (att("n3", "10.2.0.2/24"),)),
+    }
+    rendered = hosts.render_all(members)
+    for cid, m in members.items():
+        own = [hosts.HostEntry(a[k].split("/")[0], (m.hostname, m.name))
+               for a in m.attachments for k in ("address", "address_v6") if a.get(k)]
+        nets = {a["network_id"] for a in m.attachments}
+        peers = [hosts.HostEntry(a[k].split("/")[0], (o.name, o.hostname, *a["aliases"]))
+                 for oid, o in members.items() if oid != cid
+                 for a in o.attachments if a["network_id"] in nets
+                 for k in ("address", "address_v6") if a.get(k)]
+        assert rendered[cid] == hosts.render_hosts(own, peers)
+    assert "10.0.0.10\tb hb db" in rendered["a"] and "10.1.0" not in rendered["a"]
+    assert "10.0.0.9\ta ha" in rendered["b"] and "10.1.0.3\tc hc" in rendered["b"]
+    assert "10.0.0" not in rendered["d"] and "10.1.0" not in rendered["d"]
