@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -34,12 +35,16 @@ class NetworkManager:
         self.store = store
         self.drivers = drivers
         self.executor = executor
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Weak: a lock lives while some call holds or awaits it, so ids from bad input or deleted
+        # networks leave nothing behind.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
-        lock = self._locks.setdefault(network_id, asyncio.Lock())
+        lock = self._locks.get(network_id)
+        if lock is None:
+            lock = self._locks[network_id] = asyncio.Lock()
         async with lock:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
@@ -117,7 +122,6 @@ class NetworkManager:
 
     async def delete_network(self, network_id: str) -> None:
         await self._run(network_id, self._delete_network, network_id)
-        self._locks.pop(network_id, None)
 
     def _delete_network(self, network_id: str) -> None:
         try:

@@ -306,3 +306,20 @@ def test_a_slow_call_does_not_stall_the_others(tmp_path: Path) -> None:
         driver.release.set()
         e.close()
         daemon.stop()
+
+
+def test_bad_ids_leave_no_per_network_state(tmp_path: Path) -> None:
+    config = DaemonConfig(plugin_dir=str(tmp_path / "p"), state_dir=str(tmp_path / "s"),
+                          store_url=f"sqlite://{tmp_path}/state.db", drivers=["null"])
+    daemon = DaemonThread(config).start()
+    try:
+        n = PluginTransport(str(tmp_path / "p" / "cnmkit-null.sock"))
+        for i in range(50):
+            nid = f"{i:064x}"
+            assert n.call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": EID}) == {}
+            with pytest.raises(PluginError, match="not found"):
+                n.call("NetworkDriver.Join", {"NetworkID": nid, "EndpointID": EID, "SandboxKey": "/x"})
+        assert daemon.daemon is not None
+        assert len(daemon.daemon.manager._locks) == 0
+    finally:
+        daemon.stop()
