@@ -210,3 +210,36 @@ def test_daemon_restart_loses_nothing(image: str, cnmkit: CnmkitDaemon, names: C
     docker("rm", "-f", a, b)
     docker("network", "rm", net)
     assert not [link for link in owned_links() if nid in link["ifalias"]]
+
+
+def test_with_dockers_own_ipam(image: str, cnmkit: CnmkitDaemon, names: Callable[[str], str]) -> None:
+    """-d cnmkit-bridge without --ipam-driver: dockerd's built-in IPAM hands out the addresses."""
+    net = names("dipam")
+    docker("network", "create", "-d", "cnmkit-bridge", "--subnet", "10.231.12.0/24", net)
+    nid = network_id(net)
+    a, b = names("a"), names("b")
+    run(image, a, "--network", net)
+    run(image, b, "--network", net, "--ip", "10.231.12.40")
+    assert pings(a, "10.231.12.40") and pings(a, b)
+    assert pings(a, "10.231.12.1"), "the gateway dockerd's IPAM picked is on our bridge"
+    docker("rm", "-f", a, b)
+    docker("network", "rm", net)
+    assert not [link for link in owned_links() if nid in link["ifalias"]]
+
+
+def test_parallel_runs_on_one_network(image: str, cnmkit: CnmkitDaemon, names: Callable[[str], str]) -> None:
+    """dockerd starts containers concurrently (restore, compose): no duplicate address, all reachable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = names("par")
+    create(net, "--subnet", "10.231.13.0/24")
+    cs = [names(f"p{i}") for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda c: run(image, c, "--network", net), cs))
+    ips = [ip_of(c, net) for c in cs]
+    assert len(set(ips)) == len(cs), ips
+    assert all(pings(cs[0], ip) for ip in ips[1:])
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda c: docker("rm", "-f", c), cs))
+    docker("network", "rm", net)
+    assert "10.231.13.0/24" not in cnmkit.cli("network", "ls").stdout
