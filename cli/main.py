@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--driver", action="append", dest="drivers", help="drivers to serve (default: bridge)")
     daemon.set_defaults(func=cmd_daemon, needs_engine=False)
 
+    cleanup = sub.add_parser("cleanup", help="remove kernel objects of cnmkit's that no record explains")
+    cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    cleanup.set_defaults(func=cmd_cleanup)
+
     network_verbs = network.register(sub)
     try:
         from cli import containers
@@ -52,6 +56,15 @@ def cmd_daemon(args: argparse.Namespace) -> None:
         run_daemon(config)
     except (RuntimeError, ValueError, OSError) as exc:
         fail(str(exc))
+
+
+def cmd_cleanup(args: argparse.Namespace, engine: Engine) -> None:
+    actions = engine.cleanup(dry_run=args.dry_run)
+    prefix = "would " if args.dry_run else ""
+    for action in actions:
+        print(f"{prefix}{action}")
+    if not actions:
+        print("nothing to clean up: every marked kernel object is on record")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -110,6 +110,10 @@ class Engine:
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
 
+    def cleanup(self, dry_run: bool = False) -> list[str]:
+        """Kernel objects carrying cnmkit's mark that no record explains (left by a crash): removed."""
+        return [str(a) for a in self.ipam.call("Cnmkit.Cleanup", {"DryRun": dry_run})["Actions"]]
+
     def _pool_id(self, cidr: str, space: str) -> str:
         for pool in self.list_pools():
             if pool.get("Pool") == cidr and (not space or pool.get("AddressSpace") == space):

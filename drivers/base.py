@@ -13,8 +13,9 @@ option map as ``NetworkSpec.options``; each driver parses them into its own type
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from netaddr import IPAddress, IPNetwork
 
@@ -117,3 +118,18 @@ class NetworkDriver(Protocol):
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None: ...
 
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]: ...
+
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """Optional capability: find (and remove) kernel objects of ours that the store no longer knows.
+
+    ``known`` returns the network and endpoint ids in the store. The driver must call it *after*
+    listing its kernel objects: records are written before kernel objects are made and removed
+    after them, so an object seen before the store was read and missing from it is a true orphan
+    (left by a crash), never a create in flight.
+    """
+
+    def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
+        """Human-readable actions, taken unless ``dry_run``."""
+        ...

@@ -46,6 +46,7 @@ DEFAULT_MTU = 1500
 class FirewallOps(Protocol):
     def ensure_network(self, net: NetworkRules) -> None: ...
     def remove_network(self, network_id: str) -> int: ...
+    def marked_networks(self) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -178,3 +179,30 @@ class BridgeDriver:
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
         cfg = BridgeConfig.parse(network)
         return {"hostIfName": naming.host_veth_name(endpoint.endpoint_id), "bridge": cfg.bridge}
+
+    # -- reconciliation ---------------------------------------------------------------------
+
+    def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
+        """Remove links and rules that carry our mark but belong to no network or endpoint on record.
+
+        Only objects with a cnmkit mark are ever considered, so nothing of anybody else's is at risk.
+        """
+        links = self.kernel.links_owned(naming.ALIAS_ROOT)
+        marks = self.firewall.marked_networks()
+        networks, endpoints = known()                      # after the scan: see drivers/base.py
+        prefixes = {n[:12] for n in networks}
+        actions: list[str] = []
+        for name, alias in sorted(links, key=lambda link: link[1].startswith(naming.ALIAS_ROOT + "net:")):
+            kind, _, owner = alias[len(naming.ALIAS_ROOT):].partition(":")
+            on_record = {"net": networks, "ep": endpoints}.get(kind)
+            if on_record is None or owner in on_record:
+                continue
+            what = "network" if kind == "net" else "endpoint"
+            actions.append(f"delete link {name} ({what} {owner[:12]} is not on record)")
+            if not dry_run:
+                self.kernel.link_delete(name, alias=alias)
+        for mark in sorted(marks - prefixes):
+            actions.append(f"remove iptables rules marked {naming.ALIAS_ROOT}{mark} (network not on record)")
+            if not dry_run:
+                self.firewall.remove_network(mark)
+        return actions

@@ -131,6 +131,17 @@ class Firewall:
                 self.remove_all()              # the last network went: leave no chain or jump behind
         return removed
 
+    def marked_networks(self) -> set[str]:
+        """The network id prefixes (12 hex) that have rules in our chains: the reconciler's view."""
+        root = naming.ALIAS_ROOT
+        found: set[str] = set()
+        with self._lock:
+            for binary, table, chain in self._our_chains():
+                for rule in self._list(binary, table, chain):
+                    found.update(b[len(root):] for a, b in itertools.pairwise(rule)
+                                 if a == "--comment" and b.startswith(root))
+        return found
+
     def remove_all(self) -> None:
         """Drop our jumps and chains altogether (the CLI's cleanup)."""
         with self._lock:

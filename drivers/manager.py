@@ -20,10 +20,19 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 from drivers import records
-from drivers.base import EndpointResult, EndpointSpec, JoinRequest, JoinResult, NetworkDriver, NetworkSpec
+from drivers.base import (
+    EndpointResult,
+    EndpointSpec,
+    JoinRequest,
+    JoinResult,
+    NetworkDriver,
+    NetworkSpec,
+    Reconciler,
+)
 from drivers.errors import Conflict, NotFound
 from store.base import Cmp, Delete, Put, Store
 
@@ -210,6 +219,24 @@ class NetworkManager:
     async def check_endpoint(self, network_id: str, endpoint_id: str) -> None:
         """Program/RevokeExternalConnectivity: nothing to program yet, but the ids must be ours."""
         await self._run(network_id, self._network, network_id)
+
+    # -- reconciliation (CLI) ----------------------------------------------------------------------
+
+    async def cleanup(self, dry_run: bool) -> list[str]:
+        """Ask every driver that can reconcile to drop marked kernel objects that nothing records."""
+        loop = asyncio.get_running_loop()
+        actions: list[str] = []
+        for driver in self.drivers.values():
+            if isinstance(driver, Reconciler):
+                actions += await loop.run_in_executor(
+                    self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
+        return actions
+
+    def _known_ids(self) -> tuple[set[str], set[str]]:
+        nets, _ = self.store.list(records.NETWORKS)
+        eps, _ = self.store.list(records.ENDPOINTS)
+        return ({kv.key[len(records.NETWORKS):] for kv in nets},
+                {kv.key.rsplit("/", 1)[1] for kv in eps})
 
     # -- inspection (CLI) -------------------------------------------------------------------------
 

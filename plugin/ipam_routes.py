@@ -81,6 +81,14 @@ async def pool_list(request: web.Request) -> web.Response:
                              "AddressSpace": x["address_space"], "V6": x["v6"]} for x in pools]})
 
 
+async def cleanup(request: web.Request) -> web.Response:
+    body = await _body(request)
+    dry_run = body.get("DryRun", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("DryRun", f"expected a boolean, got {dry_run!r}")
+    return reply({"Actions": await request.app[MANAGER].cleanup(dry_run)})
+
+
 ROUTES = {
     "/Plugin.Activate": activate,
     "/IpamDriver.GetCapabilities": capabilities,
@@ -92,4 +100,5 @@ ROUTES = {
     "/Cnmkit.NetworkList": network_list,
     "/Cnmkit.NetworkInspect": network_inspect,
     "/Cnmkit.PoolList": pool_list,
+    "/Cnmkit.Cleanup": cleanup,
 }

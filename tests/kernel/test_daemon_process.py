@@ -92,3 +92,35 @@ def test_sigterm_keeps_the_network_and_restart_loses_nothing(host: HostDaemon) -
     assert [n["Name"] for n in listed] == ["keep"]
     assert host.cli("network", "rm", "keep").returncode == 0
     assert host.bridges() == []
+
+
+def test_cleanup_removes_marked_orphans_only(host: HostDaemon, netns: str) -> None:
+    """What a crash can leave (a marked bridge and rules of a network nobody records) goes; the rest stays."""
+    assert host.cli("network", "create", "--subnet", "10.97.0.0/24", "live").returncode == 0
+    lost = "d" * 64
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", netns, *args], check=True)
+
+    ip("link", "add", "cnm-lost0", "type", "bridge")
+    ip("link", "set", "dev", "cnm-lost0", "alias", f"cnmkit:net:{lost}")
+    ip("link", "add", "theirs0", "type", "bridge")
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-A", "CNMKIT-FORWARD", "-i", "cnm-lost0", "-m",
+                    "comment", "--comment", f"cnmkit:{lost[:12]}", "-j", "ACCEPT"], check=True)
+
+    dry = host.cli("cleanup", "--dry-run")
+    assert dry.returncode == 0 and "would delete link cnm-lost0" in dry.stdout and lost[:12] in dry.stdout
+    assert "cnm-lost0" in [link["ifname"] for link in ip_json("link", "show", netns=netns)]
+
+    done = host.cli("cleanup")
+    assert done.returncode == 0 and "delete link cnm-lost0" in done.stdout
+    names = [link["ifname"] for link in ip_json("link", "show", netns=netns)]
+    assert "cnm-lost0" not in names and "theirs0" in names
+    assert [b["ifalias"] for b in host.bridges()] == [f"cnmkit:net:{host_network_id(host, 'live')}"]
+    rules = subprocess.run(["ip", "netns", "exec", netns, "iptables", "-S"], capture_output=True, text=True).stdout
+    assert lost[:12] not in rules and "CNMKIT-FORWARD" in rules
+    assert "nothing to clean up" in host.cli("cleanup").stdout
+
+
+def host_network_id(host: HostDaemon, name: str) -> str:
+    return str(json.loads(host.cli("network", "inspect", name).stdout)[0]["Id"])

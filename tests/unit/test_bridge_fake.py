@@ -13,7 +13,7 @@ from drivers.base import EndpointSpec, IPAMData, JoinRequest, NetworkSpec
 from drivers.bridge import BridgeDriver
 from drivers.errors import InvalidOption, KernelError, LinkExists
 from drivers.fakekernel import HOST, FakeIptables, FakeKernel, FakeSysctl
-from drivers.firewall import FORWARD_CHAIN, ISOLATION_CHAIN, NAT_CHAIN, Firewall
+from drivers.firewall import FORWARD_CHAIN, ISOLATION_CHAIN, NAT_CHAIN, Firewall, NetworkRules
 
 NID = "1" * 64
 NID2 = "2" * 64
@@ -282,3 +282,29 @@ def test_delete_endpoint_removes_both_ends_and_is_repeatable(driver: BridgeDrive
 def test_scope_and_name() -> None:
     assert (BridgeDriver.name, BridgeDriver.scope, BridgeDriver.connectivity_scope) == \
         ("cnmkit-bridge", "local", "local")
+
+
+# -- reconciliation ----------------------------------------------------------------------------
+
+def test_reconcile_removes_only_marked_objects_that_nothing_records(driver: BridgeDriver, kernel: FakeKernel,
+                                                                     ipt: FakeIptables) -> None:
+    driver.create_network(net())
+    driver.join(net(), ep(), JoinRequest(network_id=NID, endpoint_id=EID, sandbox_key="/nonexistent"))
+    lost_net, lost_ep = "a" * 64, "b" * 64
+    kernel.plant("cnm-lostlostlos", "bridge", alias=naming.network_alias(lost_net))
+    kernel.plant("cnvlostlostlos", "veth", alias=naming.endpoint_alias(lost_ep))
+    kernel.plant("theirs0", "bridge", alias="somebody else's")
+    driver.firewall.ensure_network(NetworkRules(network_id=lost_net, bridge="cnm-lostlostlos"))
+    known = lambda: ({NID}, {EID})  # noqa: E731
+
+    planned = driver.reconcile(known, dry_run=True)
+    assert len(planned) == 3 and any("cnm-lostlostlos" in a for a in planned)
+    assert any("cnvlostlostlos" in a for a in planned) and any(lost_net[:12] in a for a in planned)
+    assert kernel.link_get("cnm-lostlostlos") is not None, "a dry run removes nothing"
+
+    assert driver.reconcile(known, dry_run=False) == planned
+    assert kernel.link_get("cnm-lostlostlos") is None and kernel.link_get("cnvlostlostlos") is None
+    assert kernel.link_get("theirs0") is not None, "unmarked links are never touched"
+    assert kernel.link_get(BR) is not None and kernel.link_get(naming.host_veth_name(EID)) is not None
+    assert driver.firewall.marked_networks() == {NID[:12]}
+    assert driver.reconcile(known, dry_run=False) == []
