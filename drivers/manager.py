@@ -47,6 +47,7 @@ class NetworkManager:
         # Weak: a lock lives while some call holds or awaits it, so ids from bad input or deleted
         # networks leave nothing behind.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._create_lock = asyncio.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -77,7 +78,10 @@ class NetworkManager:
     # -- networks -----------------------------------------------------------------------------
 
     async def create_network(self, driver_name: str, spec: NetworkSpec) -> None:
-        await self._run(spec.network_id, self._create_network, driver_name, spec)
+        # Creates are rare and their overlap check reads every network: one at a time, so two
+        # overlapping subnets arriving together cannot both pass it.
+        async with self._create_lock:
+            await self._run(spec.network_id, self._create_network, driver_name, spec)
 
     def _create_network(self, driver_name: str, spec: NetworkSpec) -> None:
         driver = self.drivers[driver_name]

@@ -323,3 +323,52 @@ def test_bad_ids_leave_no_per_network_state(tmp_path: Path) -> None:
         assert len(daemon.daemon.manager._locks) == 0
     finally:
         daemon.stop()
+
+
+class SlowValidateDriver(NullDriver):
+    """validate() of one network blocks until the test lets it go."""
+
+    def __init__(self, slow_id: str) -> None:
+        super().__init__()
+        self.slow_id = slow_id
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def validate(self, spec: NetworkSpec) -> None:
+        if spec.network_id == self.slow_id:
+            self.entered.set()
+            self.release.wait()
+        super().validate(spec)
+
+
+def test_an_overlapping_create_cannot_overtake_one_in_progress(tmp_path: Path) -> None:
+    first_id, second_id = "1" * 64, "2" * 64
+    driver = SlowValidateDriver(first_id)
+    config = DaemonConfig(plugin_dir=str(tmp_path / "p"), state_dir=str(tmp_path / "s"),
+                          store_url=f"sqlite://{tmp_path}/state.db")
+    daemon = DaemonThread(config, drivers=[driver]).start()
+    results: dict[str, str] = {}
+
+    def create(nid: str, pool: str) -> None:
+        body = {"NetworkID": nid, "Options": {}, "IPv4Data": [{"AddressSpace": "x", "Pool": pool}]}
+        try:
+            PluginTransport(str(tmp_path / "p" / "cnmkit-null.sock")).call("NetworkDriver.CreateNetwork", body)
+            results[nid] = "ok"
+        except PluginError as exc:
+            results[nid] = str(exc)
+
+    try:
+        first = threading.Thread(target=create, args=(first_id, "10.86.0.0/16"))
+        first.start()
+        assert driver.entered.wait(60)
+        second = threading.Thread(target=create, args=(second_id, "10.86.1.0/24"))
+        second.start()
+        second.join(timeout=1.0)        # without the create lock it would finish here, and win
+        driver.release.set()
+        first.join()
+        second.join()
+        assert results[first_id] == "ok"
+        assert "overlaps 10.86.0.0/16" in results[second_id]
+    finally:
+        driver.release.set()
+        daemon.stop()
