@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from drivers import naming
 from drivers.errors import KernelError
-from drivers.sysctl import IPV4_FORWARD, IPV6_FORWARD, Sysctl, SysctlOps
+from drivers.sysctl import IPV4_FORWARD, Sysctl, SysctlOps
 
 FORWARD_CHAIN = "CNMKIT-FORWARD"
 ISOLATION_CHAIN = "CNMKIT-ISOLATION"
@@ -113,9 +113,11 @@ class Firewall:
             for rule in nat_rules(net):
                 self._ensure_rule(self.iptables, "nat", NAT_CHAIN, _marked(rule, mark))
         if not net.internal:
+            # IPv4 forwarding, as dockerd does, for the masquerade path. IPv6 forwarding is left
+            # to the operator: turning it on globally makes the kernel ignore router
+            # advertisements (accept_ra=1), which can take a SLAAC host's own default route away,
+            # and without NAT66 outside reach needs a routed prefix the operator sets up anyway.
             self._sysctl.ensure(IPV4_FORWARD, "1")
-            if net.subnets_v6:
-                self._sysctl.ensure(IPV6_FORWARD, "1")
 
     def remove_network(self, network_id: str) -> int:
         """Delete every rule marked with this network; returns how many went."""

@@ -131,11 +131,17 @@ def cnmkit(dockerd: None) -> Iterator[CnmkitDaemon]:
         if os.path.exists(path):
             pytest.fail(f"{path} exists: another cnmkit daemon is serving dockerd; stop it first")
     state = tempfile.mkdtemp(prefix="cnmkit-docker-tier-")
+    # The tier runs in the root namespace: put its global forwarding switches back as they were.
+    switches = ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]
+    before = {path: Path(path).read_text() for path in switches}
     daemon = CnmkitDaemon(state)
     daemon.start()
     yield daemon
     daemon.stop()
     shutil.rmtree(state, ignore_errors=True)
+    for path, value in before.items():
+        if Path(path).read_text() != value:
+            Path(path).write_text(value)
 
 
 @pytest.fixture

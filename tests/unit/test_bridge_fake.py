@@ -107,7 +107,8 @@ def test_create_network_end_state(driver: BridgeDriver, kernel: FakeKernel, ipt:
     assert marked(ipt, "ip6tables", "nat", NAT_CHAIN) == []          # no NAT for IPv6, like Docker
     assert ipt.chains("iptables", "filter")["FORWARD"][0][-2:] == ("-j", FORWARD_CHAIN)
     assert ipt.chains("iptables", "nat")["POSTROUTING"][0][-2:] == ("-j", NAT_CHAIN)
-    assert sysctl.values == {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
+    # IPv4 forwarding for masquerade; IPv6 forwarding is the operator's (it disables RA processing).
+    assert sysctl.values == {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "0"}
 
 
 def test_create_network_twice_changes_nothing(driver: BridgeDriver, kernel: FakeKernel,
