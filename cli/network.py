@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from cli.output import emit_json, fail, table
+from client.docker_names import docker_network_names
 from client.engine import Engine
 
 
@@ -62,14 +63,28 @@ def _subnets(net: dict[str, Any]) -> str:
     return ",".join(d["Pool"] for d in (*net.get("IPv4", []), *net.get("IPv6", []))) or "-"
 
 
+def _with_docker_names(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill in dockerd's names for networks it created (display only; see client/docker_names.py)."""
+    if any(not n["Name"] for n in nets):
+        names = docker_network_names()
+        for n in nets:
+            if not n["Name"] and n["Id"] in names:
+                n["DockerName"] = names[n["Id"]]
+    return nets
+
+
+def _label(n: dict[str, Any]) -> str:
+    return n["Name"] or (f"{n['DockerName']} (docker)" if n.get("DockerName") else "(docker)")
+
+
 def cmd_ls(args: argparse.Namespace, engine: Engine) -> None:
-    nets = sorted(engine.list_networks(), key=lambda n: (n["Name"] or "~", n["Id"]))
+    nets = sorted(_with_docker_names(engine.list_networks()), key=lambda n: (_label(n), n["Id"]))
     if args.format == "json":
         emit_json(nets)
     elif args.quiet:
         print("\n".join(n["Id"][:12] for n in nets))
     else:
-        rows = [(n["Id"][:12], n["Name"] or "(docker)", n["Driver"], _subnets(n),
+        rows = [(n["Id"][:12], _label(n), n["Driver"], _subnets(n),
                  "internal" if n["Internal"] else "", n["Endpoints"]) for n in nets]
         print(table(["NETWORK ID", "NAME", "DRIVER", "SUBNETS", "FLAGS", "ENDPOINTS"], rows), end="")
 

@@ -61,6 +61,27 @@ class EndpointResult:
 
 
 @dataclass(frozen=True)
+class PortBinding:
+    """One published port (``docker run -p HOSTIP:HOSTPORT:PORT/PROTO``), resolved to a single host port."""
+
+    proto: Literal["tcp", "udp", "sctp"]
+    port: int                                  # inside the container
+    host_port: int
+    host_ip: str = ""                          # empty: every address of the host
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """A port as Docker asks for it: a host port, a range to pick from, or 0 (``-P``: any free one)."""
+
+    proto: Literal["tcp", "udp", "sctp"]
+    port: int
+    host_ip: str = ""
+    host_port_first: int = 0
+    host_port_last: int = 0
+
+
+@dataclass(frozen=True)
 class StaticRoute:
     destination: IPNetwork
     route_type: Literal[0, 1] = 0             # 0 next hop, 1 connected
@@ -132,4 +153,17 @@ class Reconciler(Protocol):
 
     def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
         """Human-readable actions, taken unless ``dry_run``."""
+        ...
+
+
+@runtime_checkable
+class PortPublisher(Protocol):
+    """Optional capability: ProgramExternalConnectivity/RevokeExternalConnectivity with port maps."""
+
+    def publish(self, network: NetworkSpec, endpoint: EndpointSpec, ports: tuple[PortBinding, ...]) -> None:
+        """Make ``ports`` reach the endpoint; idempotent, replaces what the endpoint published before."""
+        ...
+
+    def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        """Withdraw everything the endpoint published; nothing published is fine."""
         ...

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -29,6 +29,7 @@ from drivers.base import (
     JoinRequest,
     JoinResult,
     NetworkSpec,
+    PortBinding,
 )
 from drivers.errors import InvalidOption
 from drivers.firewall import NetworkRules
@@ -46,7 +47,10 @@ DEFAULT_MTU = 1500
 class FirewallOps(Protocol):
     def ensure_network(self, net: NetworkRules) -> None: ...
     def remove_network(self, network_id: str) -> int: ...
-    def marked_networks(self) -> set[str]: ...
+    def marks(self) -> set[tuple[str, str]]: ...
+    def publish(self, net: NetworkRules, endpoint_id: str, container_ip: str,
+                ports: Sequence[tuple[str, int, int, str]]) -> None: ...
+    def unpublish(self, network_id: str, endpoint_id: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,19 @@ class BridgeDriver:
         cfg = BridgeConfig.parse(network)
         return {"hostIfName": naming.host_veth_name(endpoint.endpoint_id), "bridge": cfg.bridge}
 
+    # -- published ports --------------------------------------------------------------------
+
+    def publish(self, network: NetworkSpec, endpoint: EndpointSpec, ports: tuple[PortBinding, ...]) -> None:
+        """DNAT the host ports to the endpoint's IPv4 address (``docker run -p``); IPv6 is not published."""
+        if endpoint.address is None:
+            return
+        cfg = BridgeConfig.parse(network)
+        self.firewall.publish(self._rules(network, cfg), endpoint.endpoint_id, str(endpoint.address.ip),
+                              [(p.proto, p.host_port, p.port, p.host_ip) for p in ports])
+
+    def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        self.firewall.unpublish(network.network_id, endpoint.endpoint_id)
+
     # -- reconciliation ---------------------------------------------------------------------
 
     def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
@@ -188,9 +205,10 @@ class BridgeDriver:
         Only objects with a cnmkit mark are ever considered, so nothing of anybody else's is at risk.
         """
         links = self.kernel.links_owned(naming.ALIAS_ROOT)
-        marks = self.firewall.marked_networks()
+        marks = self.firewall.marks()
         networks, endpoints = known()                      # after the scan: see drivers/base.py
         prefixes = {n[:12] for n in networks}
+        ep_prefixes = {e[:12] for e in endpoints}
         actions: list[str] = []
         for name, alias in sorted(links, key=lambda link: link[1].startswith(naming.ALIAS_ROOT + "net:")):
             kind, _, owner = alias[len(naming.ALIAS_ROOT):].partition(":")
@@ -201,8 +219,12 @@ class BridgeDriver:
             actions.append(f"delete link {name} ({what} {owner[:12]} is not on record)")
             if not dry_run:
                 self.kernel.link_delete(name, alias=alias)
-        for mark in sorted(marks - prefixes):
-            actions.append(f"remove iptables rules marked {naming.ALIAS_ROOT}{mark} (network not on record)")
+        for net in sorted({n for n, _ in marks} - prefixes):
+            actions.append(f"remove iptables rules marked {naming.ALIAS_ROOT}{net} (network not on record)")
             if not dry_run:
-                self.firewall.remove_network(mark)
+                self.firewall.remove_network(net)
+        for net, ep in sorted(m for m in marks if m[0] in prefixes and m[1] and m[1] not in ep_prefixes):
+            actions.append(f"remove published ports marked {naming.ALIAS_ROOT}{net}:{ep} (endpoint not on record)")
+            if not dry_run:
+                self.firewall.unpublish(net, ep)
         return actions

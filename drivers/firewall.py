@@ -36,6 +36,7 @@ from drivers.sysctl import IPV4_FORWARD, Sysctl, SysctlOps
 FORWARD_CHAIN = "CNMKIT-FORWARD"
 ISOLATION_CHAIN = "CNMKIT-ISOLATION"
 NAT_CHAIN = "CNMKIT-POSTROUTING"
+DNAT_CHAIN = "CNMKIT-DNAT"
 JUMP_MARK = "cnmkit"
 
 Result = tuple[int, str, str]                 # returncode, stdout, stderr
@@ -133,33 +134,83 @@ class Firewall:
                 self.remove_all()              # the last network went: leave no chain or jump behind
         return removed
 
-    def marked_networks(self) -> set[str]:
-        """The network id prefixes (12 hex) that have rules in our chains: the reconciler's view."""
+    def marks(self) -> set[tuple[str, str]]:
+        """``(network id prefix, endpoint id prefix or "")`` of every marked rule: the reconciler's view."""
         root = naming.ALIAS_ROOT
-        found: set[str] = set()
+        found: set[tuple[str, str]] = set()
         with self._lock:
             for binary, table, chain in self._our_chains():
                 for rule in self._list(binary, table, chain):
-                    found.update(b[len(root):] for a, b in itertools.pairwise(rule)
-                                 if a == "--comment" and b.startswith(root))
+                    for a, b in itertools.pairwise(rule):
+                        if a == "--comment" and b.startswith(root):
+                            net, _, ep = b[len(root):].partition(":")
+                            found.add((net, ep))
         return found
 
     def remove_all(self) -> None:
         """Drop our jumps and chains altogether (the CLI's cleanup)."""
         with self._lock:
+            for binary, table, parent, jump in self._our_jumps():
+                while self._cmd(binary, "-t", table, "-C", parent, *jump)[0] == 0:
+                    self._must(binary, "-t", table, "-D", parent, *jump)
             for binary, table, chain in self._our_chains():
-                parent = "POSTROUTING" if table == "nat" else "FORWARD"
-                while self._cmd(binary, "-t", table, "-C", parent, *_jump(chain))[0] == 0:
-                    self._must(binary, "-t", table, "-D", parent, *_jump(chain))
                 self._cmd(binary, "-t", table, "-F", chain)
             for binary, table, chain in self._our_chains():
                 self._cmd(binary, "-t", table, "-X", chain)
+
+    # -- published ports ----------------------------------------------------------------------
+
+    def publish(self, net: NetworkRules, endpoint_id: str, container_ip: str,
+                ports: Sequence[tuple[str, int, int, str]]) -> None:
+        """DNAT ``(proto, host_port, port, host_ip)`` to the container, accept it, hairpin it.
+
+        Replaces whatever the endpoint published before, so a repeated call converges.
+        """
+        mark = f"{naming.firewall_mark(net.network_id)}:{endpoint_id[:12]}"
+        with self._lock:
+            self._remove_exact(mark)
+            self._ensure_chains(self.iptables)
+            self._ensure_chain(self.iptables, "nat", DNAT_CHAIN)
+            for parent, match in _DNAT_JUMPS:
+                if self._cmd(self.iptables, "-t", "nat", "-C", parent, *_jump(DNAT_CHAIN, *match))[0] != 0:
+                    self._must(self.iptables, "-t", "nat", "-A", parent, *_jump(DNAT_CHAIN, *match))
+            b, ip = net.bridge, container_ip
+            for proto, host_port, port, host_ip in ports:
+                dst = ("-d", host_ip) if host_ip else ()
+                dnat = ("!", "-i", b, *dst, "-p", proto, "--dport", str(host_port),
+                        "-j", "DNAT", "--to-destination", f"{ip}:{port}")
+                accept = ("-d", f"{ip}/32", "!", "-i", b, "-o", b, "-p", proto, "--dport", str(port), "-j", "ACCEPT")
+                hairpin = ("-s", f"{ip}/32", "-d", f"{ip}/32", "-p", proto, "--dport", str(port), "-j", "MASQUERADE")
+                self._ensure_rule(self.iptables, "nat", DNAT_CHAIN, _marked(dnat, mark))
+                self._ensure_rule(self.iptables, "filter", FORWARD_CHAIN, _marked(accept, mark))
+                self._ensure_rule(self.iptables, "nat", NAT_CHAIN, _marked(hairpin, mark))
+
+    def unpublish(self, network_id: str, endpoint_id: str) -> int:
+        with self._lock:
+            return self._remove_exact(f"{naming.firewall_mark(network_id)}:{endpoint_id[:12]}")
+
+    def _remove_exact(self, mark: str) -> int:
+        removed = 0
+        for binary, table, chain in self._our_chains():
+            for rule in self._list(binary, table, chain):
+                if _has_exact_mark(rule, mark):
+                    self._must(binary, "-t", table, "-D", chain, *rule)
+                    removed += 1
+        return removed
+
+    def _our_jumps(self) -> list[tuple[str, str, str, Rule]]:
+        """(binary, table, built-in chain, jump rule) of every jump into our chains."""
+        jumps = [(self.iptables, "nat", parent, _jump(DNAT_CHAIN, *match)) for parent, match in _DNAT_JUMPS]
+        jumps.append((self.iptables, "nat", "POSTROUTING", _jump(NAT_CHAIN)))
+        for binary in (self.iptables, self.ip6tables):
+            jumps.append((binary, "filter", "FORWARD", _jump(FORWARD_CHAIN)))
+        return jumps
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _our_chains(self) -> list[tuple[str, str, str]]:
         return [(self.iptables, "filter", FORWARD_CHAIN), (self.iptables, "filter", ISOLATION_CHAIN),
-                (self.iptables, "nat", NAT_CHAIN),
+                (self.iptables, "nat", NAT_CHAIN), (self.iptables, "nat", DNAT_CHAIN),
                 (self.ip6tables, "filter", FORWARD_CHAIN), (self.ip6tables, "filter", ISOLATION_CHAIN)]
 
     def _ensure_chains(self, binary: str) -> None:
@@ -212,9 +263,20 @@ def _marked(rule: Rule, mark: str) -> Rule:
     return (*rule[:target_at], "-m", "comment", "--comment", mark, *rule[target_at:])
 
 
-def _jump(chain: str) -> Rule:
-    return ("-m", "comment", "--comment", JUMP_MARK, "-j", chain)
+def _jump(chain: str, *match: str) -> Rule:
+    return (*match, "-m", "comment", "--comment", JUMP_MARK, "-j", chain)
+
+
+# Published ports are reached like Docker's: traffic to any local address (not loopback, which
+# would need a userland proxy) goes through the DNAT chain, from outside and from the host itself.
+_LOCAL = ("-m", "addrtype", "--dst-type", "LOCAL")
+_DNAT_JUMPS = (("PREROUTING", _LOCAL), ("OUTPUT", ("!", "-d", "127.0.0.0/8", *_LOCAL)))
 
 
 def _has_mark(rule: Rule, mark: str) -> bool:
+    """``mark`` itself, or one of its sub-marks (a network's mark covers its endpoints' port rules)."""
+    return any(a == "--comment" and (b == mark or b.startswith(mark + ":")) for a, b in itertools.pairwise(rule))
+
+
+def _has_exact_mark(rule: Rule, mark: str) -> bool:
     return any(a == "--comment" and b == mark for a, b in itertools.pairwise(rule))

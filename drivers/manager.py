@@ -19,7 +19,7 @@ import json
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -31,12 +31,17 @@ from drivers.base import (
     JoinResult,
     NetworkDriver,
     NetworkSpec,
+    PortBinding,
+    PortPublisher,
+    PortRequest,
     Reconciler,
 )
 from drivers.errors import Conflict, NotFound
 from store.base import Cmp, Delete, Put, Store
 
 T = TypeVar("T")
+
+EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 
 
 class NetworkManager:
@@ -48,6 +53,7 @@ class NetworkManager:
         # networks leave nothing behind.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._create_lock = asyncio.Lock()
+        self._ports_lock = asyncio.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -180,6 +186,8 @@ class NetworkManager:
         if found is None:
             return
         network, driver = self._network(network_id)
+        if found[1].get("Ports") and isinstance(driver, PortPublisher):
+            driver.unpublish(network, found[0])            # no Revoke came (a crash, an old engine)
         driver.delete_endpoint(network, found[0])
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
 
@@ -220,9 +228,71 @@ class NetworkManager:
             raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
         return driver.endpoint_info(network, found[0])
 
-    async def check_endpoint(self, network_id: str, endpoint_id: str) -> None:
-        """Program/RevokeExternalConnectivity: nothing to program yet, but the ids must be ours."""
-        await self._run(network_id, self._network, network_id)
+    # -- published ports (ProgramExternalConnectivity / RevokeExternalConnectivity) -----------------
+
+    async def program_external(self, network_id: str, endpoint_id: str,
+                               requests: tuple[PortRequest, ...]) -> list[PortBinding]:
+        # Host ports are host-wide, so choosing them is serialised across networks.
+        async with self._ports_lock:
+            return await self._run(network_id, self._program_external, network_id, endpoint_id, requests)
+
+    def _program_external(self, network_id: str, endpoint_id: str,
+                          requests: tuple[PortRequest, ...]) -> list[PortBinding]:
+        network, driver = self._network(network_id)
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
+        spec, rec = found
+        if not requests or not isinstance(driver, PortPublisher):
+            return []
+        bindings = self._choose_host_ports(endpoint_id, requests)
+        driver.publish(network, spec, tuple(bindings))
+        rec["Ports"] = [asdict(b) for b in bindings]
+        self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
+        return bindings
+
+    def _choose_host_ports(self, endpoint_id: str, requests: tuple[PortRequest, ...]) -> list[PortBinding]:
+        """Resolve ranges and ``-P`` (0) to free host ports; refuse a port another endpoint publishes."""
+        taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        for kv in self.store.list(records.ENDPOINTS)[0]:
+            other = json.loads(kv.value)
+            owner = kv.key.rsplit("/", 1)[1]
+            if owner == endpoint_id:
+                continue
+            for b in other.get("Ports", []):
+                taken.setdefault((b["proto"], b["host_port"]), []).append((b["host_ip"], owner))
+
+        def free(proto: str, port: int, host_ip: str) -> bool:
+            return all(ip and host_ip and ip != host_ip for ip, _ in taken.get((proto, port), []))
+
+        out: list[PortBinding] = []
+        for req in requests:
+            first, last = ((req.host_port_first, req.host_port_last) if req.host_port_first
+                           else EPHEMERAL_PORTS)
+            port = next((p for p in range(first, last + 1) if free(req.proto, p, req.host_ip)), None)
+            if port is None:
+                owners = {o[:12] for p in range(first, min(last, first + 16) + 1)
+                          for _, o in taken.get((req.proto, p), [])}
+                raise Conflict(f"host port {first}{'-' + str(last) if last != first else ''}/{req.proto} is "
+                               f"already published by endpoint {', '.join(sorted(owners)) or '?'}")
+            binding = PortBinding(proto=req.proto, port=req.port, host_port=port, host_ip=req.host_ip)
+            taken.setdefault((req.proto, port), []).append((req.host_ip, endpoint_id))
+            out.append(binding)
+        return out
+
+    async def revoke_external(self, network_id: str, endpoint_id: str) -> None:
+        await self._run(network_id, self._revoke_external, network_id, endpoint_id)
+
+    def _revoke_external(self, network_id: str, endpoint_id: str) -> None:
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            return
+        network, driver = self._network(network_id)
+        spec, rec = found
+        if isinstance(driver, PortPublisher):
+            driver.unpublish(network, spec)
+        if rec.pop("Ports", None):
+            self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
 
     # -- reconciliation (CLI) ----------------------------------------------------------------------
 
@@ -272,7 +342,8 @@ class NetworkManager:
         summary = next(n for n in self._list_networks() if n["Id"] == network_id)
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary["EndpointList"] = [
-            {**json.loads(kv.value)["Spec"], "Sandbox": json.loads(kv.value).get("Sandbox", "")} for kv in eps
+            {**rec["Spec"], "Sandbox": rec.get("Sandbox", ""), "Ports": rec.get("Ports", [])}
+            for rec in (json.loads(kv.value) for kv in eps)
         ]
         return summary
 

@@ -62,8 +62,15 @@ async def endpoint_info(request: web.Request) -> web.Response:
     return reply({"Value": value})
 
 
-async def external_connectivity(request: web.Request) -> web.Response:
-    await request.app[MANAGER].check_endpoint(*p.decode_endpoint_ref(await _body(request)))
+async def program_external(request: web.Request) -> web.Response:
+    body = await _body(request)
+    ports = p.decode_port_requests(p.options_of(body))
+    await request.app[MANAGER].program_external(*p.decode_endpoint_ref(body), ports)
+    return reply({})
+
+
+async def revoke_external(request: web.Request) -> web.Response:
+    await request.app[MANAGER].revoke_external(*p.decode_endpoint_ref(await _body(request)))
     return reply({})
 
 
@@ -83,8 +90,8 @@ ROUTES = {
     "/NetworkDriver.Join": join,
     "/NetworkDriver.Leave": leave,
     "/NetworkDriver.EndpointOperInfo": endpoint_info,
-    "/NetworkDriver.ProgramExternalConnectivity": external_connectivity,
-    "/NetworkDriver.RevokeExternalConnectivity": external_connectivity,
+    "/NetworkDriver.ProgramExternalConnectivity": program_external,
+    "/NetworkDriver.RevokeExternalConnectivity": revoke_external,
     "/NetworkDriver.AllocateNetwork": swarm_only,
     "/NetworkDriver.FreeNetwork": swarm_only,
     "/NetworkDriver.DiscoverNew": swarm_only,

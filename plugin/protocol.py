@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from netaddr import EUI, AddrFormatError, IPAddress, IPNetwork, mac_unix_expanded
 
-from drivers.base import EndpointResult, EndpointSpec, IPAMData, JoinRequest, JoinResult, NetworkSpec
+from drivers.base import (
+    EndpointResult,
+    EndpointSpec,
+    IPAMData,
+    JoinRequest,
+    JoinResult,
+    NetworkSpec,
+    PortRequest,
+)
 from plugin.errors import BadRequest
 
 GENERIC = "com.docker.network.generic"
@@ -176,12 +184,57 @@ def decode_create_endpoint(body: dict[str, Any]) -> EndpointSpec:
     )
 
 
+def options_of(body: dict[str, Any]) -> dict[str, Any]:
+    return _dict(body, "Options")
+
+
 def decode_join(body: dict[str, Any]) -> JoinRequest:
     network_id, endpoint_id = decode_endpoint_ref(body)
     options = _dict(body, "Options")
     return JoinRequest(network_id=network_id, endpoint_id=endpoint_id,
                        sandbox_key=_str(body, "SandboxKey"), options=options,
                        direct=_bool(options.get(DIRECT_OPTION), f"Options.{DIRECT_OPTION}"))
+
+
+PORTMAP = "com.docker.network.portmap"
+_PROTOS: dict[int, Literal["tcp", "udp", "sctp"]] = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+def _port(item: dict[str, Any], key: str, where: str, *, zero: bool = False) -> int:
+    value = item.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not (0 if zero else 1) <= value <= 65535:
+        raise BadRequest(f"{where}.{key}", f"{value!r} is not a port number")
+    return value
+
+
+def decode_port_requests(options: dict[str, Any]) -> tuple[PortRequest, ...]:
+    """Docker's port map (``-p``/``-P``) from Join/ProgramExternalConnectivity options."""
+    items = options.get(PORTMAP) or []
+    where = f"Options.{PORTMAP}"
+    if not isinstance(items, list):
+        raise BadRequest(where, "expected a list")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(at, "expected an object")
+        proto = _PROTOS.get(item.get("Proto", 6))
+        if proto is None:
+            raise BadRequest(f"{at}.Proto", f"{item.get('Proto')!r} is not 6 (tcp), 17 (udp) or 132 (sctp)")
+        host_ip = item.get("HostIP") or ""
+        if host_ip:
+            try:
+                if IPAddress(host_ip).version != 4:
+                    raise BadRequest(f"{at}.HostIP", f"{host_ip!r}: only IPv4 host addresses are published")
+            except (AddrFormatError, ValueError, TypeError):
+                raise BadRequest(f"{at}.HostIP", f"{host_ip!r} is not an IP address") from None
+        first = _port(item, "HostPort", at, zero=True)
+        last = _port(item, "HostPortEnd", at, zero=True) or first
+        if last < first:
+            raise BadRequest(f"{at}.HostPortEnd", f"{last} is below HostPort {first}")
+        out.append(PortRequest(proto=proto, port=_port(item, "Port", at), host_ip=str(host_ip),
+                               host_port_first=first, host_port_last=last))
+    return tuple(out)
 
 
 def encode_endpoint(result: EndpointResult) -> dict[str, Any]:

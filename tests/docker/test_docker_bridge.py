@@ -10,7 +10,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -58,8 +60,15 @@ def create(name: str, *args: str) -> str:
     return network_id(name)
 
 
+@dataclass(frozen=True)
+class Upstream:
+    netns: str
+    addr: str                      # the outside world's address
+    host_addr: str                 # the host's address on the link to it
+
+
 @pytest.fixture
-def upstream(netns_factory: Callable[[str], str]) -> Iterator[str]:
+def upstream(netns_factory: Callable[[str], str]) -> Iterator[Upstream]:
     """A namespace standing in for the outside world, routed from the host by a /30 of the test's own."""
     ns = netns_factory("up")
     host_end = f"cnmtup{os.getpid() % 100000}"
@@ -70,7 +79,7 @@ def upstream(netns_factory: Callable[[str], str]) -> Iterator[str]:
         subprocess.run(["ip", "-n", ns, "addr", "add", "10.253.99.2/30", "dev", "up0"], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "up0", "up"], check=True)
         # Deliberately no route back to container subnets: only masqueraded traffic can be answered.
-        yield "10.253.99.2"
+        yield Upstream(netns=ns, addr="10.253.99.2", host_addr="10.253.99.1")
     finally:
         subprocess.run(["ip", "link", "del", host_end], capture_output=True)
 
@@ -83,8 +92,9 @@ def test_network_create_options_reach_the_kernel(cnmkit: CnmkitDaemon, names: Ca
     assert bridge["mtu"] == 1400 and bridge["linkinfo"]["info_kind"] == "bridge"
     addrs = {a["local"] for a in ip_json("addr", "show", "dev", bridge["ifname"])[0]["addr_info"]}
     assert "10.231.1.254" in addrs
-    listed = cnmkit.cli("--format", "json", "network", "ls").stdout
-    assert nid in [n["Id"] for n in json.loads(listed)]
+    listed = json.loads(cnmkit.cli("--format", "json", "network", "ls").stdout)
+    assert {n["Id"]: n.get("DockerName") for n in listed}[nid] == net
+    assert f"{net} (docker)" in cnmkit.cli("network", "ls").stdout
     docker("network", "rm", net)
     assert not [link for link in owned_links() if nid in link["ifalias"]]
     assert nid[:12] not in our_rules()
@@ -113,15 +123,15 @@ def test_containers_talk_on_one_network_and_not_across(image: str, cnmkit: Cnmki
 
 
 def test_masquerade_and_internal(image: str, cnmkit: CnmkitDaemon, names: Callable[[str], str],
-                                 upstream: str) -> None:
+                                 upstream: Upstream) -> None:
     out, internal = names("out"), names("int")
     create(out, "--subnet", "10.231.4.0/24")
     create(internal, "--subnet", "10.231.5.0/24", "--internal")
     c_out, c_int = names("cout"), names("cint")
     run(image, c_out, "--network", out)
     run(image, c_int, "--network", internal)
-    assert pings(c_out, upstream), "a non-internal network reaches beyond the host through masquerade"
-    assert not pings(c_int, upstream), "an internal network has no way out"
+    assert pings(c_out, upstream.addr), "a non-internal network reaches beyond the host through masquerade"
+    assert not pings(c_int, upstream.addr), "an internal network has no way out"
     assert sorted(sh(c_int, "ls", "/sys/class/net", check=True).stdout.split()) == ["eth0", "lo"]
     assert "default" not in sh(c_int, "ip", "route", check=True).stdout
 
@@ -243,3 +253,44 @@ def test_parallel_runs_on_one_network(image: str, cnmkit: CnmkitDaemon, names: C
         list(pool.map(lambda c: docker("rm", "-f", c), cs))
     docker("network", "rm", net)
     assert "10.231.13.0/24" not in cnmkit.cli("network", "ls").stdout
+
+
+HTTPD = ["sh", "-c", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]
+
+
+def fetch(netns: str, url: str) -> str:
+    """An HTTP GET from inside ``netns`` (Python's client: busybox's static wget crashes on this host)."""
+    code = ("import sys, urllib.request\n"
+            "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())\n"
+            "except OSError as exc:\n    print(f'(failed: {exc})')")
+    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, url],
+                          capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+def test_published_ports(image: str, cnmkit: CnmkitDaemon, names: Callable[[str], str],
+                         upstream: Upstream) -> None:
+    """-p reaches the container from outside through the host's address; -P picks a free port."""
+    outside = upstream.netns
+    net = names("ports")
+    nid = create(net, "--subnet", "10.231.14.0/24")
+    web, auto = names("web"), names("auto")
+    docker("run", "-d", "--name", web, "--hostname", "web", "--network", net, "-p", "18080:80", image, *HTTPD)
+    docker("run", "-d", "--name", auto, "--hostname", "auto", "--network", net, "-P", "--expose", "80",
+           image, *HTTPD)
+    host = upstream.host_addr
+    assert fetch(outside, f"http://{host}:18080/") == "hello-from-web"
+    eps = json.loads(cnmkit.cli("network", "inspect", nid).stdout)[0]["EndpointList"]
+    ports = {b["host_port"] for ep in eps for b in ep["Ports"]}
+    assert 18080 in ports and len(ports) == 2
+    (dynamic,) = ports - {18080}
+    assert 49153 <= dynamic <= 60999
+    assert fetch(outside, f"http://{host}:{dynamic}/") == "hello-from-auto"
+    assert fetch(outside, f"http://{host}:18081/").startswith("(failed"), "an unpublished port stays closed"
+    # a second container asking for a port already published is refused, naming the port
+    clash = docker("run", "-d", "--name", names("clash"), "--network", net, "-p", "18080:80", image, *HTTPD,
+                   check=False)
+    assert clash.returncode != 0 and "18080/tcp" in clash.stderr
+    docker("rm", "-f", web, auto)
+    assert f"cnmkit:{nid[:12]}:" not in our_rules(), "port rules go with their containers"
+    assert fetch(outside, f"http://{host}:18080/").startswith("(failed")

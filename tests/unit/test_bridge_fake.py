@@ -307,5 +307,5 @@ def test_reconcile_removes_only_marked_objects_that_nothing_records(driver: Brid
     assert kernel.link_get("cnm-lostlostlos") is None and kernel.link_get("cnvlostlostlos") is None
     assert kernel.link_get("theirs0") is not None, "unmarked links are never touched"
     assert kernel.link_get(BR) is not None and kernel.link_get(naming.host_veth_name(EID)) is not None
-    assert driver.firewall.marked_networks() == {NID[:12]}
+    assert driver.firewall.marks() == {(NID[:12], "")}
     assert driver.reconcile(known, dry_run=False) == []

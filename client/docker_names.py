@@ -1,0 +1,45 @@
+"""Docker's names for networks created through dockerd, for display only.
+
+Networks made by ``docker network create`` reach the plugin with an id and no name (the
+NetworkDriver protocol carries none). The CLI, never the daemon, asks dockerd's API for the
+names: a plugin calling back into dockerd can deadlock it (protocol.md §6.1). Any failure or a
+slow dockerd simply means no names; listing never waits more than ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+
+DOCKER_SOCKET = os.environ.get("CNMKIT_DOCKER_SOCKET", "/var/run/docker.sock")
+
+
+class _DockerConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def docker_network_names(path: str = DOCKER_SOCKET, timeout: float = 1.0) -> dict[str, str]:
+    """{network id: name} from dockerd, or {} when dockerd is absent, slow or answers oddly."""
+    if not os.path.exists(path):
+        return {}
+    conn = _DockerConnection(path, timeout)
+    try:
+        conn.request("GET", "/v1.41/networks")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return {}
+        return {str(n["Id"]): str(n["Name"]) for n in json.loads(resp.read()) if "Id" in n and "Name" in n}
+    except (OSError, ValueError, TypeError, KeyError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()

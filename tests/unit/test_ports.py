@@ -1,0 +1,126 @@
+"""Published ports (docker run -p / -P): decoding, host-port choice and the firewall's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netaddr import IPNetwork
+
+from client.transport import PluginError, PluginTransport
+from drivers import naming
+from drivers.base import EndpointSpec, IPAMData, NetworkSpec, PortBinding
+from drivers.bridge import BridgeDriver
+from drivers.fakekernel import FakeIptables, FakeKernel, FakeSysctl
+from drivers.firewall import DNAT_CHAIN, FORWARD_CHAIN, NAT_CHAIN, Firewall
+from drivers.null import NullDriver
+from plugin.errors import BadRequest
+from plugin.protocol import PORTMAP, decode_port_requests
+from plugin.server import DaemonConfig
+from tests.daemon_thread import DaemonThread
+
+NID, EID, EID2 = "1" * 64, "e" * 64, "f" * 64
+
+
+def portmap(**kw: object) -> dict:
+    return {PORTMAP: [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080,
+                       **kw}]}
+
+
+@pytest.mark.parametrize("item,field", [
+    ({"Proto": 99}, "Proto"),
+    ({"Port": 0}, "Port"),
+    ({"Port": "80"}, "Port"),
+    ({"HostPort": 70000}, "HostPort"),
+    ({"HostPort": 9000, "HostPortEnd": 8000}, "HostPortEnd"),
+    ({"HostIP": "not-an-ip"}, "HostIP"),
+    ({"HostIP": "::1"}, "HostIP"),
+])
+def test_bad_port_maps_name_the_field(item: dict, field: str) -> None:
+    with pytest.raises(BadRequest, match=rf"portmap\[0\]\.{field}"):
+        decode_port_requests(portmap(**item))
+
+
+def test_port_maps_decode() -> None:
+    (req,) = decode_port_requests(portmap(Proto=17, HostIP="192.0.2.7", HostPort=0, HostPortEnd=0))
+    assert (req.proto, req.port, req.host_ip, req.host_port_first) == ("udp", 80, "192.0.2.7", 0)
+    assert decode_port_requests({}) == ()
+
+
+class RecordingPublisher(NullDriver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: dict[str, tuple[PortBinding, ...]] = {}
+
+    def publish(self, network: NetworkSpec, endpoint: EndpointSpec, ports: tuple[PortBinding, ...]) -> None:
+        self.published[endpoint.endpoint_id] = ports
+
+    def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        self.published.pop(endpoint.endpoint_id, None)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[RecordingPublisher, PluginTransport]]:
+    driver = RecordingPublisher()
+    config = DaemonConfig(plugin_dir=str(tmp_path / "p"), state_dir=str(tmp_path / "s"),
+                          store_url=f"sqlite://{tmp_path}/state.db")
+    thread = DaemonThread(config, drivers=[driver]).start()
+    t = PluginTransport(str(tmp_path / "p" / "cnmkit-null.sock"))
+    t.call("NetworkDriver.CreateNetwork", {"NetworkID": NID, "IPv4Data": [{"Pool": "10.88.0.0/24"}]})
+    for i, eid in enumerate((EID, EID2)):
+        t.call("NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": eid,
+                                                "Interface": {"Address": f"10.88.0.{i + 2}/24"}})
+    yield driver, t
+    thread.stop()
+
+
+def program(t: PluginTransport, eid: str, **kw: object) -> dict:
+    return t.call("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NID, "EndpointID": eid,
+                                                                "Options": portmap(**kw)})
+
+
+def test_host_ports_are_chosen_and_never_shared(daemon: tuple[RecordingPublisher, PluginTransport]) -> None:
+    driver, t = daemon
+    program(t, EID)
+    assert [b.host_port for b in driver.published[EID]] == [8080]
+    with pytest.raises(PluginError, match="8080/tcp is already published by endpoint eeeeeeeeeeee"):
+        program(t, EID2)
+    program(t, EID2, Proto=17)                                  # same number, other protocol: fine
+    program(t, EID2, HostPort=8080, HostPortEnd=8085)           # a range: the next free one
+    assert driver.published[EID2][0].host_port == 8081
+    program(t, EID2, HostPort=0, HostPortEnd=0)                 # -P
+    assert 49153 <= driver.published[EID2][0].host_port <= 60999
+    t.call("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NID, "EndpointID": EID})
+    assert EID not in driver.published
+    program(t, EID2)                                            # 8080 is free again
+    assert driver.published[EID2][0].host_port == 8080
+    t.call("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID2})
+    assert EID2 not in driver.published, "deleting an endpoint withdraws its ports even without Revoke"
+
+
+def test_bridge_programs_and_withdraws_port_rules() -> None:
+    ipt = FakeIptables()
+    fw = Firewall(run=ipt, sysctl=FakeSysctl())
+    driver = BridgeDriver(FakeKernel(), fw)
+    net = NetworkSpec(network_id=NID, ipv4=(IPAMData(pool=IPNetwork("10.88.0.0/24"),
+                                                     gateway=IPNetwork("10.88.0.1/24")),))
+    ep = EndpointSpec(network_id=NID, endpoint_id=EID, address=IPNetwork("10.88.0.2/24"))
+    driver.create_network(net)
+    ports = (PortBinding("tcp", 80, 8080), PortBinding("udp", 53, 5353, "192.0.2.7"))
+    driver.publish(net, ep, ports)
+    driver.publish(net, ep, ports)                              # converges, no duplicates
+    mark = f"{naming.firewall_mark(NID)}:{EID[:12]}"
+    dnat = [r for r in ipt.chains("iptables", "nat")[DNAT_CHAIN] if mark in r]
+    assert len(dnat) == 2 and any("10.88.0.2:80" in r and "8080" in r for r in dnat)
+    assert any("-d" in r and "192.0.2.7" in r for r in dnat)
+    assert len([r for r in ipt.chains("iptables", "filter")[FORWARD_CHAIN] if mark in r]) == 2
+    assert len([r for r in ipt.chains("iptables", "nat")[NAT_CHAIN] if mark in r]) == 2
+    assert fw.marks() >= {(NID[:12], EID[:12])}
+    driver.unpublish(net, ep)
+    assert all(mark not in r for chains in ipt.tables.values() for rules in chains.values() for r in rules)
+    driver.publish(net, ep, ports)
+    driver.delete_network(net)                                  # the network's mark covers its ports
+    leftover = {name: rules for chains in ipt.tables.values() for name, rules in chains.items()
+                if rules or name.startswith("CNMKIT")}
+    assert leftover == {}, "nothing of ours is left: no rule, no jump, no chain"
