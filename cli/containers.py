@@ -126,12 +126,20 @@ def cmd_run(args: argparse.Namespace, svc: ContainerService) -> int:
     if args.start_daemon:
         ensure_daemon(args.plugin_dir, args.state_dir,
                       args.store or f"sqlite:///{os.path.abspath(args.state_dir)}/state.db")
-    cid, shim = svc.run(_command(args.cmd), name=args.name, networks=args.network, hostname=args.hostname,
-                        rootfs=args.rootfs, env=args.env, detach=args.detach)
+    from runtime import process
+
+    pending = [] if args.detach else process.defer_signals()
+    try:
+        cid, shim = svc.run(_command(args.cmd), name=args.name, networks=args.network, hostname=args.hostname,
+                            rootfs=args.rootfs, env=args.env, detach=args.detach)
+    except BaseException:
+        if not args.detach:
+            process.restore_signals()
+        raise
     if args.detach:
         print(cid)
         return 0
-    return svc.wait_foreground(shim)
+    return svc.wait_foreground(shim, pending)
 
 
 def cmd_exec(args: argparse.Namespace, svc: ContainerService) -> int:

@@ -135,14 +135,20 @@ class ContainerService:
                 raise
         return config.id, shim
 
-    def wait_foreground(self, shim: subprocess.Popen) -> int:
-        """Wait for a foreground container, passing our signals to it; its exit code."""
+    def wait_foreground(self, shim: subprocess.Popen, pending: Sequence[int] = ()) -> int:
+        """Wait for a foreground container, passing our signals to it; its exit code.
+
+        ``pending`` holds signals that arrived during set-up (``process.defer_signals``): they are
+        delivered once the forwarders are in place, so none is lost and none kills us first.
+        """
         process.forward_signals(shim.pid)
         try:
+            for sig in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(shim.pid, sig)
             return shim.wait()
         finally:
-            for sig in process.FORWARDED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+            process.restore_signals()
 
     def _start_locked(self, cid: str, *, detach: bool) -> subprocess.Popen:
         """Sandbox, attachments, /etc files, shim; unwound completely if any step fails."""

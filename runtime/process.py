@@ -102,6 +102,24 @@ def forward_signals(target: int, signals: Iterable[int] = FORWARDED_SIGNALS) -> 
         signal.signal(sig, handler)
 
 
+def defer_signals() -> list[int]:
+    """Hold the forwarded signals in a list until there is someone to forward them to.
+
+    A foreground ``cnmkit run`` must not die from a signal that arrives while the container is
+    being set up (the default action would orphan a running container); ``wait_foreground``
+    replays what was held once the shim exists.
+    """
+    pending: list[int] = []
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    return pending
+
+
+def restore_signals() -> None:
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+
 def _default_signals() -> None:
     for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)

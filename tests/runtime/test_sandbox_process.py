@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from runtime import sandbox
 from tests.conftest import require_root
-from tests.runtime.conftest import Host
+from tests.runtime.conftest import ROOT, Host
 
 pytestmark = pytest.mark.runtime
 
@@ -87,3 +88,22 @@ def test_no_daemon_is_one_line_and_nothing_is_left(bare_host: Host) -> None:
     assert r.returncode == 1
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("cnmkit: ")
     assert h.ps() == {}
+
+
+def test_foreground_run_passes_signals_through(bare_host: Host) -> None:
+    """SIGTERM to a foreground `cnmkit run` reaches the command (its trap decides the exit code)."""
+    h = bare_host
+    script = 'trap "echo got-term; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(h.argv("run", "--name", "fg", "--", "sh", "-c", script), env=h.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "got-term" in out, err
+    assert proc.returncode == 7, err
+    assert h.ps()["fg"]["Status"] == "exited" and h.ps()["fg"]["ExitCode"] == 7
