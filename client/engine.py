@@ -315,10 +315,12 @@ def ensure_daemon(plugin_dir: str, state_dir: str, store_url: str, wait: float =
         probe.close()
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     log_path = os.path.join(state_dir, "daemon.log")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "cli.main", "daemon", "--plugin-dir", plugin_dir,
-                          "--state-dir", state_dir, "--store", store_url], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, start_new_session=True, close_fds=True)
+        subprocess.Popen([sys.executable, "-m", "cli.main", "--plugin-dir", plugin_dir, "--state-dir", state_dir,
+                          "--store", store_url, "daemon"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, close_fds=True, cwd="/", env=env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         probe = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout=5)

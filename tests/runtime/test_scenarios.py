@@ -177,3 +177,35 @@ def test_unknown_container_verbs_fail_in_one_line(host: Host) -> None:
                  ["logs", "ghost"], ["start", "ghost"]):
         r = host.cli(*verb, check=False)
         assert r.returncode == 1 and r.stderr.strip() == "cnmkit: no such container: ghost", (verb, r.stderr)
+
+
+def test_start_daemon_dual_stack_static_v6_and_env(bare_host: Host) -> None:
+    """--start-daemon brings a daemon up; ip6= pins an IPv6 address; names resolve over IPv6; -e reaches."""
+    import os
+    import signal
+    import time
+
+    h = bare_host
+    try:
+        h.cli("run", "--start-daemon", "-d", "--name", "first", "--", "sleep", "1000")
+        h.cli("network", "create", "--subnet", "10.61.0.0/24", "--ipv6", "--subnet", "fd00:61::/64", "dual")
+        h.cli("run", "-d", "--name", "a", "--network", "dual", "-e", "GREETING=hello there", "--", "sleep", "1000")
+        h.cli("run", "-d", "--name", "b", "--network", "dual,ip6=fd00:61::61", "--", "sleep", "1000")
+        assert h.cli("exec", "a", "--", "sh", "-c", "echo $GREETING").stdout.strip() == "hello there"
+        addrs = h.cli("exec", "b", "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global").stdout
+        assert "fd00:61::61/64" in addrs
+        assert "fd00:61::61\tb b" in _hosts(h, "a") or "fd00:61::61\tb" in _hosts(h, "a")
+        assert h.cli("exec", "a", "--", "ping", "-6", "-c", "1", "-W", "2", "b", check=False).returncode == 0
+        assert _ping(h, "a", "b")
+    finally:
+        pid_file = h.state_dir / "daemon.pid"
+        if pid_file.exists():
+            names = [p.name for p in (h.state_dir / "containers").iterdir() if not p.name.startswith(".")]
+            h.cli("rm", "-f", *names, check=False)
+            h.cli("network", "rm", "dual", check=False)
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(600):
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+                time.sleep(0.05)
