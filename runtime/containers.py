@@ -298,6 +298,8 @@ class ContainerService:
                 raise ContainerError(f"container {self.store.load_config(cid).name} is running: "
                                      "stop it first or use rm -f")
             self.stop(cid, timeout=0)
+        else:
+            self._end_strays(cid)
         with self.store.locked():
             state = self.store.load_state(cid)
             self._release_locked(cid, state)
@@ -305,6 +307,16 @@ class ContainerService:
             self._refresh_hosts()
         self._end_shim(cid, state.shim_pid)
         return cid
+
+    @staticmethod
+    def _end_strays(cid: str) -> None:
+        """A start cut short (its CLI killed between the shim's "ok" and the record) leaves a shim
+        and init nobody wrote down: end them before their network goes. Killing init, PID 1 of the
+        container's PID namespace, ends every process in it."""
+        for pid in process.container_pids(cid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            process.wait_gone(pid, None, 5.0)
 
     @staticmethod
     def _end_shim(cid: str, pid: int) -> None:

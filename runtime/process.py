@@ -87,6 +87,19 @@ def is_shim_of(pid: int, cid: str) -> bool:
     return b"runtime.shim" in argv and cid.encode() in argv
 
 
+def container_pids(cid: str) -> list[int]:
+    """The shim and init of container ``cid``, found by their exact command line (its full id).
+
+    For the one case no record covers: a CLI killed after the shim reported "ok" but before it
+    wrote the shim's PID down. The id is 64 random hex digits, so nothing else can match.
+    """
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and is_shim_of(int(entry), cid):
+            pids.append(int(entry))
+    return pids
+
+
 def exit_code(status: int) -> int:
     """A wait status as a shell would report it: the code, or 128+signal."""
     code = os.waitstatus_to_exitcode(status)

@@ -107,3 +107,28 @@ def test_foreground_run_passes_signals_through(bare_host: Host) -> None:
     assert "got-term" in out, err
     assert proc.returncode == 7, err
     assert h.ps()["fg"]["Status"] == "exited" and h.ps()["fg"]["ExitCode"] == 7
+
+
+def test_rm_ends_a_container_whose_start_was_never_recorded(bare_host: Host) -> None:
+    """A CLI killed right after the shim said "ok" leaves a record without PIDs; rm -f still ends it all."""
+    h = bare_host
+    h.cli("run", "-d", "--name", "stray", "--", "sleep", "1000")
+    (row,) = h.json("inspect", "stray")
+    cid = row["Id"]
+    state_path = h.state_dir / "containers" / cid / "state.json"
+    state = json.loads(state_path.read_text())
+    pids = [state["shim_pid"], state["init_pid"], state["pid"]]
+    state.update(status="created", shim_pid=0, init_pid=0, pid=0)       # what the killed CLI never wrote
+    state_path.write_text(json.dumps(state))
+    h.cli("rm", "-f", "stray")
+    assert [p for p in pids if _running(p)] == [], "every process of the container is gone"
+    assert not (h.state_dir / "containers" / cid).exists()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process lingers as Z until its reaper collects it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
