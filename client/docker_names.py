@@ -11,28 +11,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
+
+from client.transport import UnixHTTPConnection
 
 DOCKER_SOCKET = os.environ.get("CNMKIT_DOCKER_SOCKET", "/var/run/docker.sock")
-
-
-class _DockerConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 def docker_network_names(path: str = DOCKER_SOCKET, timeout: float = 1.0) -> dict[str, str]:
     """{network id: name} from dockerd, or {} when dockerd is absent, slow or answers oddly."""
     if not os.path.exists(path):
         return {}
-    conn = _DockerConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request("GET", "/v1.41/networks")
         resp = conn.getresponse()

@@ -23,7 +23,9 @@ class PluginError(Exception):
     """The plugin answered with an error; the message is the plugin's own."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket: the plugin sockets, and dockerd's API socket."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -43,12 +45,12 @@ class PluginTransport:
     def __init__(self, socket_path: str, timeout: float = 120.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        self._conn: UnixHTTPConnection | None = None
 
     def call(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         payload = b"" if body is None else (json.dumps(body) + "\n").encode()
         for attempt in (0, 1):
-            conn = self._conn or _UnixConnection(self.socket_path, self.timeout)
+            conn = self._conn or UnixHTTPConnection(self.socket_path, self.timeout)
             try:
                 conn.request("POST", f"/{method}", body=payload, headers={"Accept": ACCEPT, "Host": ""})
                 resp = conn.getresponse()

@@ -168,8 +168,7 @@ class NetworkManager:
                                f"{network.name or network.network_id[:12]}")
         found = self._endpoint(spec.network_id, spec.endpoint_id)
         if found is not None:
-            stored, rec = found
-            return EndpointResult(**rec.get("Result", {}))
+            return EndpointResult(**found[1].get("Result", {}))
         result = driver.create_endpoint(network, spec)
         stored = replace(spec, mac=spec.mac or result.mac)
         value = {"Spec": records.endpoint_to_dict(stored), "Result": {"mac": result.mac}, "Sandbox": ""}
@@ -324,26 +323,30 @@ class NetworkManager:
         for kv in eps:
             nid = kv.key[len(records.ENDPOINTS):].split("/", 1)[0]
             counts[nid] = counts.get(nid, 0) + 1
-        out = []
-        for kv in kvs:
-            rec = json.loads(kv.value)
-            spec = rec["Spec"]
-            out.append({"Id": spec["NetworkID"], "Name": spec.get("Name", ""), "Driver": rec["Driver"],
-                        "Internal": spec.get("Internal", False), "EnableIPv6": spec.get("EnableIPv6", False),
-                        "IPv4": spec.get("IPv4", []), "IPv6": spec.get("IPv6", []),
-                        "Options": spec.get("Options", {}), "Endpoints": counts.get(spec["NetworkID"], 0)})
-        return out
+        return [self._summary(json.loads(kv.value), counts.get(kv.key[len(records.NETWORKS):], 0)) for kv in kvs]
+
+    @staticmethod
+    def _summary(rec: dict[str, Any], endpoints: int) -> dict[str, Any]:
+        spec = rec["Spec"]
+        return {"Id": spec["NetworkID"], "Name": spec.get("Name", ""), "Driver": rec["Driver"],
+                "Internal": spec.get("Internal", False), "EnableIPv6": spec.get("EnableIPv6", False),
+                "IPv4": spec.get("IPv4", []), "IPv6": spec.get("IPv6", []),
+                "Options": spec.get("Options", {}), "Endpoints": endpoints}
 
     async def inspect_network(self, ref: str) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
 
     def _inspect_network(self, ref: str) -> dict[str, Any]:
+        """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
         network_id = self.resolve(ref)
-        summary = next(n for n in self._list_networks() if n["Id"] == network_id)
+        rec, _ = self._read(records.network_key(network_id))
+        if rec is None:
+            raise NotFound(f"network {ref!r} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
+        summary = self._summary(rec, len(eps))
         summary["EndpointList"] = [
-            {**rec["Spec"], "Sandbox": rec.get("Sandbox", ""), "Ports": rec.get("Ports", [])}
-            for rec in (json.loads(kv.value) for kv in eps)
+            {**ep["Spec"], "Sandbox": ep.get("Sandbox", ""), "Ports": ep.get("Ports", [])}
+            for ep in (json.loads(kv.value) for kv in eps)
         ]
         return summary
 

@@ -82,10 +82,7 @@ async def pool_list(request: web.Request) -> web.Response:
 
 
 async def cleanup(request: web.Request) -> web.Response:
-    body = await _body(request)
-    dry_run = body.get("DryRun", False)
-    if not isinstance(dry_run, bool):
-        raise BadRequest("DryRun", f"expected a boolean, got {dry_run!r}")
+    dry_run = p.decode_cleanup(await _body(request))
     return reply({"Actions": await request.app[MANAGER].cleanup(dry_run)})
 
 

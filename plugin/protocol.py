@@ -309,3 +309,10 @@ def decode_release_address(body: dict[str, Any]) -> tuple[str, str]:
     except (AddrFormatError, ValueError):
         raise BadRequest("Address", f"{address!r} is not a valid IP address") from None
     return decode_pool_id(body), address
+
+
+def decode_cleanup(body: dict[str, Any]) -> bool:
+    dry_run = body.get("DryRun", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("DryRun", f"expected a boolean, got {dry_run!r}")
+    return dry_run
