@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from netaddr import IPAddress
+from netaddr import INET_PTON, AddrFormatError, IPAddress
 
 from drivers import naming
 from drivers.base import (
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
+OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 OPT_NAME = "cnmkit.name"
 DOCKER_OPTION_PREFIX = "com.docker.network."
 DEFAULT_MTU = 1500
@@ -60,15 +63,26 @@ class BridgeConfig:
     bridge: str
     mtu: int
     custom_name: bool
+    masquerade: bool = True            # Docker's defaults for the three options below
+    icc: bool = True
+    host_binding_ipv4: str = ""        # "" (or 0.0.0.0): every address of the host
 
     @classmethod
     def parse(cls, spec: NetworkSpec) -> BridgeConfig:
         mtu = DEFAULT_MTU
         bridge = naming.bridge_name(spec.network_id)
         custom = False
+        masquerade = icc = True
+        host_binding = ""
         for key, value in spec.options.items():
             if key == OPT_MTU:
                 mtu = _parse_mtu(str(value))
+            elif key == OPT_MASQUERADE:
+                masquerade = _parse_bool(key, value)
+            elif key == OPT_ICC:
+                icc = _parse_bool(key, value)
+            elif key == OPT_HOST_BINDING:
+                host_binding = _parse_host_binding(str(value))
             elif key == OPT_BRIDGE_NAME:
                 if not naming.valid_ifname(str(value)):
                     raise InvalidOption(key, f"{value!r} is not a valid interface name (1..15 chars, "
@@ -78,7 +92,36 @@ class BridgeConfig:
                 continue                      # Docker's own keys, passed through; harmless
             else:
                 raise InvalidOption(key, "unknown option for the cnmkit-bridge driver")
-        return cls(bridge=bridge, mtu=mtu, custom_name=custom)
+        return cls(bridge=bridge, mtu=mtu, custom_name=custom, masquerade=masquerade, icc=icc,
+                   host_binding_ipv4=host_binding)
+
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _parse_bool(option: str, value: object) -> bool:
+    """Go's strconv.ParseBool, which Docker's bridge uses for its enable_* options."""
+    if isinstance(value, bool):
+        return value
+    text = str(value)
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidOption(option, f"{text[:64]!r} is not a boolean (true or false)")
+
+
+def _parse_host_binding(value: str) -> str:
+    """The default host address of published ports; IPv4 only, as only IPv4 ports are published."""
+    try:
+        ip = IPAddress(value, flags=INET_PTON)
+    except (AddrFormatError, ValueError, TypeError):
+        raise InvalidOption(OPT_HOST_BINDING, f"{value[:64]!r} is not an IPv4 address") from None
+    if ip.version != 4:
+        raise InvalidOption(OPT_HOST_BINDING, f"{value[:64]!r} is not an IPv4 address "
+                                              "(ports are published on IPv4 only)")
+    return "" if ip.value == 0 else str(ip)
 
 
 def _parse_mtu(value: str) -> int:
@@ -145,7 +188,7 @@ class BridgeDriver:
         return NetworkRules(network_id=spec.network_id, bridge=cfg.bridge,
                             subnets_v4=tuple(str(p.pool) for p in spec.ipv4),
                             subnets_v6=tuple(str(p.pool) for p in spec.ipv6),
-                            internal=spec.internal)
+                            internal=spec.internal, icc=cfg.icc, masquerade=cfg.masquerade)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -192,7 +235,16 @@ class BridgeDriver:
             return
         cfg = BridgeConfig.parse(network)
         self.firewall.publish(self._rules(network, cfg), endpoint.endpoint_id, str(endpoint.address.ip),
-                              [(p.proto, p.host_port, p.port, p.host_ip) for p in ports])
+                              [(p.proto, p.host_port, p.port, p.host_ip or cfg.host_binding_ipv4)
+                               for p in ports])
+
+    def default_host_ip(self, network: NetworkSpec) -> str:
+        """``host_binding_ipv4``: the HostIP of a port whose request names none ("" = all addresses).
+
+        The manager applies it before choosing host ports, so the port-conflict check and the
+        bindings it answers (and records) carry the address the rules really use.
+        """
+        return BridgeConfig.parse(network).host_binding_ipv4
 
     def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         self.firewall.unpublish(network.network_id, endpoint.endpoint_id)
@@ -207,8 +259,6 @@ class BridgeDriver:
         links = self.kernel.links_owned(naming.ALIAS_ROOT)
         marks = self.firewall.marks()
         networks, endpoints = known()                      # after the scan: see drivers/base.py
-        prefixes = {n[:12] for n in networks}
-        ep_prefixes = {e[:12] for e in endpoints}
         actions: list[str] = []
         for name, alias in sorted(links, key=lambda link: link[1].startswith(naming.ALIAS_ROOT + "net:")):
             kind, _, owner = alias[len(naming.ALIAS_ROOT):].partition(":")
@@ -219,11 +269,16 @@ class BridgeDriver:
             actions.append(f"delete link {name} ({what} {owner[:12]} is not on record)")
             if not dry_run:
                 self.kernel.link_delete(name, alias=alias)
-        for net in sorted({n for n, _ in marks} - prefixes):
+        # Marks carry whole ids and are compared whole. A short mark (an older cnmkit's 12-digit
+        # prefix) is left alone while it could belong to a network on record: it cannot be told apart.
+        def unknown(mark_id: str, on_record: set[str]) -> bool:
+            return not any(k == mark_id or (len(mark_id) < 64 and k.startswith(mark_id)) for k in on_record)
+
+        for net in sorted(n for n in {n for n, _ in marks} if unknown(n, networks)):
             actions.append(f"remove iptables rules marked {naming.ALIAS_ROOT}{net} (network not on record)")
             if not dry_run:
                 self.firewall.remove_network(net)
-        for net, ep in sorted(m for m in marks if m[0] in prefixes and m[1] and m[1] not in ep_prefixes):
+        for net, ep in sorted(m for m in marks if not unknown(m[0], networks) and m[1] and unknown(m[1], endpoints)):
             actions.append(f"remove published ports marked {naming.ALIAS_ROOT}{net}:{ep} (endpoint not on record)")
             if not dry_run:
                 self.firewall.unpublish(net, ep)

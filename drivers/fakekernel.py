@@ -4,15 +4,16 @@
 ``drivers.kernel.Kernel`` for the same situations (a missing master, a name owned by someone
 else, a link gone), so driver tests assert end state rather than call shapes. ``fail_on`` lets a
 test make one verb fail, to exercise rollback. ``FakeIptables`` is a runner for
-``drivers.firewall.Firewall`` that emulates the handful of iptables commands it uses, chains and
-rule order included.
+``drivers.firewall.Firewall`` that emulates the iptables and iptables-restore commands it uses,
+chains, rule order and the exact ``-S`` text included.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
+import ipaddress
 import itertools
-import shlex
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -157,15 +158,24 @@ class FakeKernel:
 
 
 class FakeIptables:
-    """A runner for ``Firewall`` that emulates iptables' -N -S -C -A -I -D -F -X on dict chains."""
+    """A runner for ``Firewall`` that emulates iptables and iptables-restore --noflush on dict chains.
+
+    Faithful where the firewall looks: rules are stored in the canonical form iptables itself
+    keeps (``-s -d -i -o -p`` first, addresses with a prefix length, the implicit ``-m tcp``), so
+    ``-C``/``-D`` by spec compare as the kernel does, and ``-S`` prints exactly what iptables
+    prints (comments quoted by xtables_save_string, interface names raw). The kernel tier's
+    tests/kernel/test_firewall_parity.py feeds the same commands to both and compares ``-S``.
+    """
 
     BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
                "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.stdins: list[str] = []
         self.tables: dict[tuple[str, str], dict[str, list[tuple[str, ...]]]] = {}
         self.fail_on: set[str] = set()                       # operations ("-A", ...) that fail
+        self._lock = threading.Lock()
 
     def chains(self, binary: str, table: str) -> dict[str, list[tuple[str, ...]]]:
         key = (binary, table)
@@ -173,44 +183,207 @@ class FakeIptables:
             self.tables[key] = {c: [] for c in self.BUILTIN[table]}
         return self.tables[key]
 
-    def __call__(self, argv: Sequence[str]) -> tuple[int, str, str]:
-        self.calls.append(list(argv))
-        binary, args = argv[0], [a for a in argv[1:] if a != "-w"]
-        table = "filter"
-        if args[:1] == ["-t"]:
-            table, args = args[1], args[2:]
-        op, chain, rest = args[0], args[1], tuple(args[2:])
+    def __call__(self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None,
+                 ) -> tuple[int, str, str]:
+        with self._lock:
+            self.calls.append(list(argv))
+            binary, args = argv[0], _strip_wait(list(argv[1:]))
+            if binary.endswith("-restore"):
+                self.stdins.append(stdin or "")
+                return self._restore(binary[:-len("-restore")], args, stdin or "")
+            table = "filter"
+            if args[:1] == ["-t"]:
+                table, args = args[1], args[2:]
+            return self._command(binary, table, args)
+
+    # -- iptables ---------------------------------------------------------------------------
+
+    def _command(self, binary: str, table: str, args: list[str],
+                 tables: dict[tuple[str, str], dict[str, list[tuple[str, ...]]]] | None = None,
+                 ) -> tuple[int, str, str]:
+        if tables is None:
+            chains = self.chains(binary, table)
+        else:
+            chains = tables.setdefault((binary, table), {c: [] for c in self.BUILTIN[table]})
+        op, chain, rest = args[0], args[1] if len(args) > 1 else "", list(args[2:])
         if op in self.fail_on:
             return 4, "", f"injected failure of {op}"
-        chains = self.chains(binary, table)
         if op == "-N":
             if chain in chains:
                 return 1, "", "iptables: Chain already exists."
             chains[chain] = []
             return 0, "", ""
+        if op == "-S" and not chain:                          # the whole table, in iptables' order
+            builtin = [c for c in chains if self._builtin(c)]
+            user = [c for c in chains if not self._builtin(c)]
+            text = "".join(f"-P {c} ACCEPT\n" for c in builtin) + "".join(f"-N {c}\n" for c in user)
+            text += "".join(f"-A {c} {save_rule(r)}\n" for c in builtin + user for r in chains[c])
+            return 0, text, ""
         if chain not in chains:
             return 1, "", f"iptables: No chain/target/match by that name ({chain})."
         rules = chains[chain]
         if op == "-S":
-            lines = [f"-N {chain}"] + [shlex.join(["-A", chain, *r]) for r in rules]
-            return 0, "\n".join(lines) + "\n", ""
+            return 0, self._save(binary, chain, rules), ""
+        if op == "-D" and len(rest) == 1 and rest[0].isdigit():
+            n = int(rest[0])
+            if not 1 <= n <= len(rules):
+                return 1, "", "iptables: Index of deletion too big."
+            del rules[n - 1]
+            return 0, "", ""
         if op in ("-C", "-D"):
-            if rest not in rules:
+            rule = canonical(binary, rest)
+            if rule not in rules:
                 return 1, "", "iptables: Bad rule (does a matching rule exist in that chain?)."
             if op == "-D":
-                rules.remove(rest)
+                rules.remove(rule)
             return 0, "", ""
         if op == "-A":
-            rules.append(rest)
+            rules.append(canonical(binary, rest))
         elif op == "-I":
-            rules.insert(int(rest[0]) - 1, rest[1:])
+            at = 1
+            if rest and rest[0].isdigit():
+                at, rest = int(rest[0]), rest[1:]
+            if not 1 <= at <= len(rules) + 1:
+                return 1, "", "iptables: Index of insertion too big."
+            rules.insert(at - 1, canonical(binary, rest))
         elif op == "-F":
             rules.clear()
         elif op == "-X":
+            if rules:
+                return 1, "", "iptables: Directory not empty."
             del chains[chain]
         else:
             return 2, "", f"unsupported {op}"
         return 0, "", ""
+
+    def _builtin(self, chain: str) -> bool:
+        return chain in self.BUILTIN["filter"] or chain in self.BUILTIN["nat"]
+
+    def _save(self, binary: str, chain: str, rules: list[tuple[str, ...]]) -> str:
+        head = f"-P {chain} ACCEPT\n" if self._builtin(chain) else f"-N {chain}\n"
+        return head + "".join(f"-A {chain} {save_rule(r)}\n" for r in rules)
+
+    # -- iptables-restore --noflush -----------------------------------------------------------
+
+    def _restore(self, binary: str, args: list[str], text: str) -> tuple[int, str, str]:
+        if "--noflush" not in args and "-n" not in args:
+            return 2, "", "FakeIptables emulates only iptables-restore --noflush"
+        work = copy.deepcopy(self.tables)
+        table = ""
+        for number, line in enumerate(text.split("\n"), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("*"):
+                table = line[1:]
+                continue
+            if line == "COMMIT":
+                table = ""
+                continue
+            argv = restore_tokens(line)
+            if not table or not argv:
+                return 1, "", f"{binary}-restore: line {number} failed"
+            rc, _, err = self._command(binary, table, argv, work)
+            if rc != 0:
+                return 1, "", f"{binary}-restore: line {number} failed: {err}"
+        self.tables = work                    # all or nothing
+        return 0, "", ""
+
+
+def _strip_wait(args: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == "-w":
+            i += 2 if i + 1 < len(args) and args[i + 1].isdigit() else 1
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
+_BASE = ("-s", "-d", "-i", "-o", "-p")
+
+
+def canonical(binary: str, argv: Sequence[str]) -> tuple[str, ...]:
+    """A rule the way iptables keeps and prints it: base matches in fixed order, then the rest."""
+    base: dict[str, tuple[str, ...]] = {}
+    rest: list[str] = []
+    proto = ""
+    current_match = ""
+    i, neg = 0, False
+    host_len = "/128" if binary.startswith("ip6") else "/32"
+    while i < len(argv):
+        t = argv[i]
+        if t == "!":
+            neg = True
+            i += 1
+            continue
+        if t in _BASE:
+            value = argv[i + 1]
+            if t in ("-s", "-d"):
+                value = str(ipaddress.ip_network(value if "/" in value else value + host_len, strict=False))
+            if t == "-p":
+                proto = value
+            base[t] = (("!",) if neg else ()) + (t, value)
+        elif t == "-m":
+            current_match = argv[i + 1]
+            rest += ["-m", current_match]
+        elif t in ("--dport", "--sport") and current_match != proto:
+            current_match = proto
+            rest += ["-m", proto] + (["!"] if neg else []) + [t, argv[i + 1]]
+        else:
+            rest += (["!"] if neg else []) + [t]
+            if t.startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                rest.append(argv[i + 1])
+            else:
+                i -= 1
+        neg = False
+        i += 2
+    return tuple(itertools.chain.from_iterable(base[k] for k in _BASE if k in base)) + tuple(rest)
+
+
+_SAVE_PLAIN = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def save_string(value: str) -> str:
+    """xtables_save_string(): plain when only [_-0-9a-zA-Z], else quoted with \\ " ' escaped."""
+    if value and set(value) <= _SAVE_PLAIN:
+        return value
+    return '"' + "".join("\\" + c if c in "\"\\'" else c for c in value) + '"'
+
+
+def save_rule(rule: Sequence[str]) -> str:
+    """One rule as ``iptables -S`` prints it: only a comment's text is quoted."""
+    return " ".join(save_string(t) if i and rule[i - 1] == "--comment" else t for i, t in enumerate(rule))
+
+
+def restore_tokens(line: str) -> list[str]:
+    """Split one iptables-restore line as add_param_to_argv() does: "..." with \\ escapes."""
+    tokens: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
+    for c in line:
+        if quoted:
+            if escaped:
+                buf.append(c)
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+            else:
+                buf.append(c)
+        elif c == '"':
+            quoted = True
+        elif c in " \t":
+            if buf:
+                tokens.append("".join(buf))
+                buf = []
+        else:
+            buf.append(c)
+    if buf:
+        tokens.append("".join(buf))
+    return tokens
 
 
 class FakeSysctl:

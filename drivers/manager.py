@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from drivers import records
 from drivers.base import (
@@ -44,6 +44,17 @@ T = TypeVar("T")
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 
 
+@runtime_checkable
+class HostBindingDefault(Protocol):
+    """Optional capability of a PortPublisher: the host address of ports whose request names none.
+
+    (Docker's ``com.docker.network.bridge.host_binding_ipv4``.) Applied before host ports are
+    chosen, so conflicts are judged, and bindings answered, with the address really used.
+    """
+
+    def default_host_ip(self, network: NetworkSpec) -> str: ...
+
+
 class NetworkManager:
     def __init__(self, store: Store, drivers: dict[str, NetworkDriver], executor: ThreadPoolExecutor) -> None:
         self.store = store
@@ -57,11 +68,14 @@ class NetworkManager:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
+    def _lock_for(self, network_id: str) -> asyncio.Lock:
         lock = self._locks.get(network_id)
         if lock is None:
             lock = self._locks[network_id] = asyncio.Lock()
-        async with lock:
+        return lock
+
+    async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
+        async with self._lock_for(network_id):
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _read(self, key: str) -> tuple[dict[str, Any] | None, int]:
@@ -231,24 +245,69 @@ class NetworkManager:
 
     async def program_external(self, network_id: str, endpoint_id: str,
                                requests: tuple[PortRequest, ...]) -> list[PortBinding]:
-        # Host ports are host-wide, so choosing them is serialised across networks.
-        async with self._ports_lock:
-            return await self._run(network_id, self._program_external, network_id, endpoint_id, requests)
+        """Choose and reserve host ports, then program them; only the choice is serialised host-wide.
 
-    def _program_external(self, network_id: str, endpoint_id: str,
-                          requests: tuple[PortRequest, ...]) -> list[PortBinding]:
+        Host ports are host-wide, so choosing them is serialised across networks (``_ports_lock``),
+        but that critical section is store work only: read what is taken, write this endpoint's
+        choice with a compare-and-swap on its record. The kernel work (seconds for thousands of
+        ports) runs after it, under this network's own lock alone, so it never holds up another
+        network's create, publish or delete. Lock order is always network lock, then ports lock.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._lock_for(network_id):
+            async with self._ports_lock:
+                reserved = await loop.run_in_executor(self.executor, self._reserve_ports,
+                                                      network_id, endpoint_id, requests)
+            if reserved is None:
+                return []
+            bindings, previous = reserved
+            try:
+                await loop.run_in_executor(self.executor, self._publish, network_id, endpoint_id, bindings)
+            except Exception:
+                # The firewall replaces an endpoint's rules in one commit, so a failure left the
+                # previous ones in place: the record says so again.
+                await loop.run_in_executor(self.executor, self._set_ports, network_id, endpoint_id, previous)
+                raise
+            return bindings
+
+    def _reserve_ports(self, network_id: str, endpoint_id: str, requests: tuple[PortRequest, ...],
+                       ) -> tuple[list[PortBinding], list[dict[str, Any]] | None] | None:
+        """Pick host ports and record them with the endpoint (CAS); returns them and the previous ones."""
+        network, driver = self._network(network_id)
+        key = records.endpoint_key(network_id, endpoint_id)
+        rec, mod_rev = self._read(key)
+        if rec is None:
+            raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
+        if not requests or not isinstance(driver, PortPublisher):
+            return None
+        if isinstance(driver, HostBindingDefault):
+            default = driver.default_host_ip(network)
+            requests = tuple(replace(r, host_ip=r.host_ip or default) for r in requests)
+        bindings = self._choose_host_ports(endpoint_id, requests)
+        previous = rec.get("Ports")
+        rec["Ports"] = [asdict(b) for b in bindings]
+        if not self.store.cas(key, json.dumps(rec).encode(), mod_rev).succeeded:
+            raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]} changed while its ports were chosen")
+        return bindings, previous
+
+    def _publish(self, network_id: str, endpoint_id: str, bindings: list[PortBinding]) -> None:
         network, driver = self._network(network_id)
         found = self._endpoint(network_id, endpoint_id)
         if found is None:
             raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
-        spec, rec = found
-        if not requests or not isinstance(driver, PortPublisher):
-            return []
-        bindings = self._choose_host_ports(endpoint_id, requests)
-        driver.publish(network, spec, tuple(bindings))
-        rec["Ports"] = [asdict(b) for b in bindings]
+        if isinstance(driver, PortPublisher):
+            driver.publish(network, found[0], tuple(bindings))
+
+    def _set_ports(self, network_id: str, endpoint_id: str, ports: list[dict[str, Any]] | None) -> None:
+        found = self._endpoint(network_id, endpoint_id)
+        if found is None:
+            return
+        rec = found[1]
+        if ports:
+            rec["Ports"] = ports
+        else:
+            rec.pop("Ports", None)
         self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
-        return bindings
 
     def _choose_host_ports(self, endpoint_id: str, requests: tuple[PortRequest, ...]) -> list[PortBinding]:
         """Resolve ranges and ``-P`` (0) to free host ports; refuse a port another endpoint publishes."""

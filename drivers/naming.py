@@ -60,8 +60,12 @@ def endpoint_alias(endpoint_id: str) -> str:
 
 
 def firewall_mark(network_id: str) -> str:
-    """The iptables comment on every rule of one network (iptables comments are short)."""
-    return f"{ALIAS_ROOT}{check_id(network_id, 'network id')[:12]}"
+    """The iptables comment on every rule of one network: ``cnmkit:<the whole network id>``.
+
+    The whole id (comments hold up to 256 chars), never a prefix: with ``id[:12]``, deleting a
+    network removed the rules of every other network whose id began with the same 12 digits.
+    """
+    return f"{ALIAS_ROOT}{check_id(network_id, 'network id')}"
 
 
 def valid_ifname(name: str) -> bool:

@@ -26,7 +26,7 @@ def test_host_and_container_ends_differ() -> None:
 def test_aliases_and_firewall_mark() -> None:
     assert naming.network_alias(NID) == f"cnmkit:net:{NID}"
     assert naming.endpoint_alias(EID) == f"cnmkit:ep:{EID}"
-    assert naming.firewall_mark(NID) == "cnmkit:3f6caaaaaaaa"
+    assert naming.firewall_mark(NID) == f"cnmkit:{NID}"            # the whole id, never a prefix
 
 
 @pytest.mark.parametrize("bad", ["", "ABCDEF" + "0" * 58, "xyz" + "0" * 61, "12ab", "0" * 65, "../etc"])

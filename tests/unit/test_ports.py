@@ -110,13 +110,13 @@ def test_bridge_programs_and_withdraws_port_rules() -> None:
     ports = (PortBinding("tcp", 80, 8080), PortBinding("udp", 53, 5353, "192.0.2.7"))
     driver.publish(net, ep, ports)
     driver.publish(net, ep, ports)                              # converges, no duplicates
-    mark = f"{naming.firewall_mark(NID)}:{EID[:12]}"
+    mark = f"{naming.firewall_mark(NID)}:{EID}"                # whole ids, never prefixes
     dnat = [r for r in ipt.chains("iptables", "nat")[DNAT_CHAIN] if mark in r]
     assert len(dnat) == 2 and any("10.88.0.2:80" in r and "8080" in r for r in dnat)
-    assert any("-d" in r and "192.0.2.7" in r for r in dnat)
+    assert any("-d" in r and "192.0.2.7/32" in r for r in dnat)
     assert len([r for r in ipt.chains("iptables", "filter")[FORWARD_CHAIN] if mark in r]) == 2
     assert len([r for r in ipt.chains("iptables", "nat")[NAT_CHAIN] if mark in r]) == 2
-    assert fw.marks() >= {(NID[:12], EID[:12])}
+    assert fw.marks() >= {(NID, EID)}
     driver.unpublish(net, ep)
     assert all(mark not in r for chains in ipt.tables.values() for rules in chains.values() for r in rules)
     driver.publish(net, ep, ports)
