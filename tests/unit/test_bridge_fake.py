@@ -309,3 +309,57 @@ def test_reconcile_removes_only_marked_objects_that_nothing_records(driver: Brid
     assert kernel.link_get(BR) is not None and kernel.link_get(naming.host_veth_name(EID)) is not None
     assert driver.firewall.marks() == {(NID, "")}
     assert driver.reconcile(known, dry_run=False) == []
+
+
+# -- Docker's enable_icc / enable_ip_masquerade / host_binding_ipv4 ----------------------------
+
+ICC = "com.docker.network.bridge.enable_icc"
+MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+BIND = "com.docker.network.bridge.host_binding_ipv4"
+
+
+@pytest.mark.parametrize("option,value", [
+    (ICC, "no"), (ICC, ""), (ICC, "yes"), (MASQ, "off"), (MASQ, "2"), (MASQ, "TRUE "),
+    (BIND, "1.2.3"), (BIND, "::1"), (BIND, "localhost"), (BIND, "01.2.3.4"), (BIND, ""),
+])
+def test_malformed_docker_bridge_options_are_refused_naming_the_option(
+        driver: BridgeDriver, kernel: FakeKernel, ipt: FakeIptables, option: str, value: str) -> None:
+    with pytest.raises(InvalidOption) as exc:
+        driver.create_network(net(options={option: value}))
+    assert exc.value.option == option and option in str(exc.value)
+    assert kernel.links() == [] and ipt.calls == []
+
+
+@pytest.mark.parametrize("value,icc", [("true", True), ("1", True), ("T", True), ("false", False),
+                                       ("0", False), ("False", False)])
+def test_enable_icc_as_docker_parses_it(driver: BridgeDriver, ipt: FakeIptables, value: str, icc: bool) -> None:
+    driver.create_network(net(options={ICC: value}))
+    first = marked(ipt, "iptables", "filter", FORWARD_CHAIN)[0]
+    assert first == ("-i", BR, "-o", BR, "-m", "comment", "--comment", naming.firewall_mark(NID),
+                     "-j", "ACCEPT" if icc else "DROP")
+
+
+def test_enable_ip_masquerade_false_has_no_masquerade(driver: BridgeDriver, ipt: FakeIptables,
+                                                      sysctl: FakeSysctl) -> None:
+    driver.create_network(net(options={MASQ: "false"}))
+    assert marked(ipt, "iptables", "nat", NAT_CHAIN) == []
+    assert len(marked(ipt, "iptables", "filter", FORWARD_CHAIN)) == 4       # still forwarded, not NATed
+    driver.create_network(net(NID2, ipv4=(v4("10.30.0.0/24", "10.30.0.1/24"),), options={MASQ: "true"}))
+    assert len(marked(ipt, "iptables", "nat", NAT_CHAIN, NID2)) == 1
+
+
+def test_host_binding_ipv4_is_parsed(driver: BridgeDriver) -> None:
+    assert driver.default_host_ip(net(options={BIND: "127.0.0.9"})) == "127.0.0.9"
+    assert driver.default_host_ip(net(options={BIND: "0.0.0.0"})) == ""       # Docker's default: all
+    assert driver.default_host_ip(net()) == ""
+
+
+def test_reconcile_compares_whole_ids(driver: BridgeDriver, ipt: FakeIptables) -> None:
+    """A lost network whose id shares 12+ digits with a live one is still found, and only it goes."""
+    live, lost = "ab" * 10 + "0" * 44, "ab" * 10 + "1" * 44
+    driver.create_network(net(live))
+    driver.firewall.ensure_network(NetworkRules(network_id=lost, bridge="cnm-lost"))
+    assert driver.reconcile(lambda: ({live}, set()), dry_run=False) == [
+        f"remove iptables rules marked cnmkit:{lost} (network not on record)"]
+    assert driver.firewall.marks() == {(live, "")}
+    assert len(marked(ipt, "iptables", "filter", FORWARD_CHAIN, live)) == 4

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,14 +13,17 @@ from netaddr import IPNetwork
 
 from client.transport import PluginError, PluginTransport
 from drivers import naming
-from drivers.base import EndpointSpec, IPAMData, NetworkSpec, PortBinding
+from drivers.base import EndpointSpec, IPAMData, NetworkSpec, PortBinding, PortRequest
 from drivers.bridge import BridgeDriver
+from drivers.errors import Conflict, KernelError
 from drivers.fakekernel import FakeIptables, FakeKernel, FakeSysctl
 from drivers.firewall import DNAT_CHAIN, FORWARD_CHAIN, NAT_CHAIN, Firewall
+from drivers.manager import NetworkManager
 from drivers.null import NullDriver
 from plugin.errors import BadRequest
 from plugin.protocol import PORTMAP, decode_port_requests
 from plugin.server import DaemonConfig
+from store.memory import MemoryStore
 from tests.daemon_thread import DaemonThread
 
 NID, EID, EID2 = "1" * 64, "e" * 64, "f" * 64
@@ -124,3 +130,111 @@ def test_bridge_programs_and_withdraws_port_rules() -> None:
     leftover = {name: rules for chains in ipt.tables.values() for name, rules in chains.items()
                 if rules or name.startswith("CNMKIT")}
     assert leftover == {}, "nothing of ours is left: no rule, no jump, no chain"
+
+
+# -- the host-wide port choice is short; kernel work holds only its own network -----------------
+
+class HeldPublisher(RecordingPublisher):
+    """Publishes of network ``held`` wait in the "kernel" until the test lets them go."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.log: list[str] = []
+
+    def publish(self, network: NetworkSpec, endpoint: EndpointSpec, ports: tuple[PortBinding, ...]) -> None:
+        if network.network_id == self.held:
+            self.entered.set()
+            # The bound only turns a deadlock (the bug) into a failed ordering assertion below.
+            self.release.wait(60)
+            self.log.append("held publish done")
+        super().publish(network, endpoint, ports)
+
+
+def test_a_big_publish_in_flight_blocks_no_other_network() -> None:
+    other, eid_other = "2" * 64, "3" * 64
+    driver = HeldPublisher(held=NID)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            mgr = NetworkManager(MemoryStore(), {"cnmkit-null": driver}, pool)
+            loop = asyncio.get_running_loop()
+            await mgr.create_network("cnmkit-null", NetworkSpec(network_id=NID))
+            await mgr.create_endpoint(EndpointSpec(network_id=NID, endpoint_id=EID))
+            big = tuple(PortRequest("tcp", 80, host_port_first=20000 + i, host_port_last=20000 + i)
+                        for i in range(1000))
+            held = asyncio.create_task(mgr.program_external(NID, EID, big))
+            await loop.run_in_executor(None, driver.entered.wait)
+            # While network NID's publish is in the kernel: another network is created, gets an
+            # endpoint and publishes; a port NID reserved is refused, a free one is given.
+            await mgr.create_network("cnmkit-null", NetworkSpec(network_id=other))
+            await mgr.create_endpoint(EndpointSpec(network_id=other, endpoint_id=eid_other))
+            with pytest.raises(Conflict, match="20000/tcp is already published"):
+                await mgr.program_external(other, eid_other, (PortRequest("tcp", 80, host_port_first=20000,
+                                                                          host_port_last=20000),))
+            got = await mgr.program_external(other, eid_other, (PortRequest("tcp", 80, host_port_first=20000,
+                                                                            host_port_last=21000),))
+            assert got[0].host_port == 21000
+            await mgr.revoke_external(other, eid_other)
+            driver.log.append("other network done")
+            driver.release.set()
+            assert len(await held) == 1000
+
+    asyncio.run(scenario())
+    assert driver.log == ["other network done", "held publish done"]
+
+
+def test_a_failed_publish_frees_the_ports_it_reserved() -> None:
+    class Failing(RecordingPublisher):
+        def publish(self, network: NetworkSpec, endpoint: EndpointSpec, ports: tuple[PortBinding, ...]) -> None:
+            if ports[0].host_port == 9999:
+                raise KernelError("injected")
+            super().publish(network, endpoint, ports)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            mgr = NetworkManager(MemoryStore(), {"cnmkit-null": Failing()}, pool)
+            await mgr.create_network("cnmkit-null", NetworkSpec(network_id=NID))
+            for eid in (EID, EID2):
+                await mgr.create_endpoint(EndpointSpec(network_id=NID, endpoint_id=eid))
+            await mgr.program_external(NID, EID, (PortRequest("tcp", 80, host_port_first=8080, host_port_last=8080),))
+            with pytest.raises(KernelError):
+                await mgr.program_external(NID, EID, (PortRequest("tcp", 80, host_port_first=9999,
+                                                                  host_port_last=9999),))
+            # 8080 is still EID's (its rules were kept), 9999 is free again.
+            with pytest.raises(Conflict):
+                await mgr.program_external(NID, EID2, (PortRequest("tcp", 80, host_port_first=8080,
+                                                                   host_port_last=8080),))
+            await mgr.program_external(NID, EID2, (PortRequest("tcp", 80, host_port_first=9998,
+                                                               host_port_last=9999),))
+            info = await mgr.inspect_network(NID)
+            ports = {ep["EndpointID"]: [p["host_port"] for p in ep["Ports"]] for ep in info["EndpointList"]}
+            assert ports == {EID: [8080], EID2: [9998]}
+
+    asyncio.run(scenario())
+
+
+def test_host_binding_ipv4_is_the_default_host_ip_of_published_ports() -> None:
+    ipt = FakeIptables()
+    driver = BridgeDriver(FakeKernel(), Firewall(run=ipt, sysctl=FakeSysctl()))
+    opts = {"com.docker.network.bridge.host_binding_ipv4": "127.0.0.9"}
+    net = NetworkSpec(network_id=NID, options=opts,
+                      ipv4=(IPAMData(pool=IPNetwork("10.88.0.0/24"), gateway=IPNetwork("10.88.0.1/24")),))
+
+    async def scenario() -> list[PortBinding]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            mgr = NetworkManager(MemoryStore(), {"cnmkit-bridge": driver}, pool)
+            await mgr.create_network("cnmkit-bridge", net)
+            await mgr.create_endpoint(EndpointSpec(network_id=NID, endpoint_id=EID,
+                                                   address=IPNetwork("10.88.0.2/24")))
+            return await mgr.program_external(NID, EID, (
+                PortRequest("tcp", 80, host_port_first=8080, host_port_last=8080),
+                PortRequest("tcp", 81, host_ip="192.0.2.7", host_port_first=8081, host_port_last=8081)))
+
+    bindings = asyncio.run(scenario())
+    assert [b.host_ip for b in bindings] == ["127.0.0.9", "192.0.2.7"]
+    dnat = [" ".join(r) for r in ipt.chains("iptables", "nat")[DNAT_CHAIN]]
+    assert any("-d 127.0.0.9/32" in r and "--dport 8080" in r for r in dnat)
+    assert any("-d 192.0.2.7/32" in r and "--dport 8081" in r for r in dnat)
