@@ -215,7 +215,7 @@ class FakeIptables:
             return 0, "", ""
         if op == "-S" and not chain:                          # the whole table, in iptables' order
             builtin = [c for c in chains if self._builtin(c)]
-            user = [c for c in chains if not self._builtin(c)]
+            user = sorted(c for c in chains if not self._builtin(c))       # iptables sorts them
             text = "".join(f"-P {c} ACCEPT\n" for c in builtin) + "".join(f"-N {c}\n" for c in user)
             text += "".join(f"-A {c} {save_rule(r)}\n" for c in builtin + user for r in chains[c])
             return 0, text, ""

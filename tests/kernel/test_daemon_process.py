@@ -106,7 +106,7 @@ def test_cleanup_removes_marked_orphans_only(host: HostDaemon, netns: str) -> No
     ip("link", "set", "dev", "cnm-lost0", "alias", f"cnmkit:net:{lost}")
     ip("link", "add", "theirs0", "type", "bridge")
     subprocess.run(["ip", "netns", "exec", netns, "iptables", "-A", "CNMKIT-FORWARD", "-i", "cnm-lost0", "-m",
-                    "comment", "--comment", f"cnmkit:{lost[:12]}", "-j", "ACCEPT"], check=True)
+                    "comment", "--comment", f"cnmkit:{lost}", "-j", "ACCEPT"], check=True)
 
     dry = host.cli("cleanup", "--dry-run")
     assert dry.returncode == 0 and "would delete link cnm-lost0" in dry.stdout and lost[:12] in dry.stdout
