@@ -130,10 +130,12 @@ class Engine:
         if not name:
             raise PluginError("name: a network needs a name")
         try:
-            self.inspect_network(name)
+            found = self.inspect_network(name)
         except PluginError:
-            pass
-        else:
+            found = {}
+        # Only an exact name clashes: inspect also resolves id prefixes, and a random id of
+        # another network may well start with the new name ("b", "cafe").
+        if found.get("Name") == name:
             raise PluginError(f"network name {name!r} is already in use")
         transport = self.driver(driver)
         transport.call("Plugin.Activate")
