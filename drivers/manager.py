@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -49,20 +48,28 @@ class NetworkManager:
         self.store = store
         self.drivers = drivers
         self.executor = executor
-        # Weak: a lock lives while some call holds or awaits it, so ids from bad input or deleted
-        # networks leave nothing behind.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # network id -> (lock, number of calls holding or awaiting it). The entry goes when the
+        # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
+        # deterministically (a weak table depended on when the garbage collector ran).
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._create_lock = asyncio.Lock()
         self._ports_lock = asyncio.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
-        lock = self._locks.get(network_id)
-        if lock is None:
-            lock = self._locks[network_id] = asyncio.Lock()
-        async with lock:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        lock, users = self._locks.get(network_id) or (asyncio.Lock(), 0)
+        self._locks[network_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            # Runs on the event loop thread, like the increment: no other coroutine interleaves.
+            lock, users = self._locks[network_id]
+            if users == 1:
+                del self._locks[network_id]
+            else:
+                self._locks[network_id] = (lock, users - 1)
 
     def _read(self, key: str) -> tuple[dict[str, Any] | None, int]:
         kv = self.store.get(key)
