@@ -31,8 +31,9 @@ from drivers.base import (
     NetworkSpec,
     PortBinding,
 )
-from drivers.errors import InvalidOption
+from drivers.errors import DriverError, InvalidOption
 from drivers.firewall import NetworkRules
+from plugin.quoting import shown
 
 if TYPE_CHECKING:
     from drivers.kernel import KernelOps
@@ -40,8 +41,16 @@ if TYPE_CHECKING:
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_NAME = "cnmkit.name"
-DOCKER_OPTION_PREFIX = "com.docker.network."
+CNMKIT_OPTION_PREFIX = "cnmkit."
+# Implemented elsewhere (Docker's own bridge semantics); parsed by their own branch of parse().
+OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 DEFAULT_MTU = 1500
+# Where engines and our runtime pin sandbox namespaces: dockerd's, and runtime/containers.py's
+# <run_dir>/netns with the default run dir. A direct Join opens SandboxKey as a namespace, so
+# any other path is refused (the daemon passes the runtime's actual dir with --sandbox-dir).
+DEFAULT_SANDBOX_DIRS = ("/var/run/docker/netns", "/run/docker/netns", "/run/cnmkit/netns")
 
 
 class FirewallOps(Protocol):
@@ -60,32 +69,39 @@ class BridgeConfig:
     bridge: str
     mtu: int
     custom_name: bool
+    unknown: tuple[str, ...] = ()        # options kept with the network but not acted on
 
     @classmethod
     def parse(cls, spec: NetworkSpec) -> BridgeConfig:
         mtu = DEFAULT_MTU
         bridge = naming.bridge_name(spec.network_id)
         custom = False
+        unknown: list[str] = []
         for key, value in spec.options.items():
             if key == OPT_MTU:
                 mtu = _parse_mtu(str(value))
             elif key == OPT_BRIDGE_NAME:
                 if not naming.valid_ifname(str(value)):
-                    raise InvalidOption(key, f"{value!r} is not a valid interface name (1..15 chars, "
-                                             "no '/', ':' or spaces)")
+                    raise InvalidOption(key, f"{shown(value)} is not a valid interface name (1..15 of "
+                                             "letters, digits, '_', '.', '-'; not starting with '.' or '-')")
                 bridge, custom = str(value), True
-            elif key == OPT_NAME or key.startswith(DOCKER_OPTION_PREFIX):
-                continue                      # Docker's own keys, passed through; harmless
+            elif key in (OPT_NAME, OPT_MASQUERADE, OPT_ICC, OPT_HOST_BINDING):
+                continue
+            elif key.startswith(CNMKIT_OPTION_PREFIX):
+                # Our own namespace: a key we do not implement is a typo or a newer client.
+                raise InvalidOption(key, "unknown cnmkit option for the cnmkit-bridge driver")
             else:
-                raise InvalidOption(key, "unknown option for the cnmkit-bridge driver")
-        return cls(bridge=bridge, mtu=mtu, custom_name=custom)
+                # As Docker's bridge does: tools pass their own labels this way. Kept, and the
+                # manager logs them, so a mistyped Docker option does not go unnoticed.
+                unknown.append(key)
+        return cls(bridge=bridge, mtu=mtu, custom_name=custom, unknown=tuple(unknown))
 
 
 def _parse_mtu(value: str) -> int:
     try:
         mtu = int(value)
     except ValueError:
-        raise InvalidOption(OPT_MTU, f"{value!r} is not an integer") from None
+        raise InvalidOption(OPT_MTU, f"{shown(value)} is not an integer") from None
     if not 68 <= mtu <= 65535:
         raise InvalidOption(OPT_MTU, f"{mtu} is outside 68..65535")
     return mtu
@@ -104,15 +120,18 @@ class BridgeDriver:
     connectivity_scope: Literal["local", "global"] = "local"
 
     def __init__(self, kernel: KernelOps, firewall: FirewallOps, *,
-                 mac_factory: Callable[[], str] = naming.random_mac) -> None:
+                 mac_factory: Callable[[], str] = naming.random_mac,
+                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS) -> None:
         self.kernel = kernel
         self.firewall = firewall
         self._new_mac = mac_factory
+        self.sandbox_dirs = tuple(dict.fromkeys(os.path.realpath(d) for d in sandbox_dirs))
 
     # -- networks ---------------------------------------------------------------------------
 
-    def validate(self, spec: NetworkSpec) -> None:
-        BridgeConfig.parse(spec)
+    def validate(self, spec: NetworkSpec) -> list[str]:
+        """Refuse bad options; answer the keys accepted without being acted on (the manager warns)."""
+        return list(BridgeConfig.parse(spec).unknown)
 
     def create_network(self, spec: NetworkSpec) -> None:
         """Make (or re-ensure) the network's bridge and rules; a half-done create is undone.
@@ -162,7 +181,10 @@ class BridgeDriver:
         cfg = BridgeConfig.parse(network)
         eid = endpoint.endpoint_id
         peer = naming.container_veth_name(eid)
-        direct = request.direct and bool(request.sandbox_key) and os.path.exists(request.sandbox_key)
+        direct = request.direct and bool(request.sandbox_key)
+        if direct:
+            self._check_sandbox(request.sandbox_key)
+            direct = os.path.exists(request.sandbox_key)
         self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
                                 alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
                                 peer_mac=endpoint.mac or None, master=cfg.bridge,
@@ -172,6 +194,23 @@ class BridgeDriver:
             return JoinResult(src_name=peer, dst_prefix="eth", disable_gateway_service=True)
         return JoinResult(src_name=peer, dst_prefix="eth", gateway=_gateway(network.ipv4),
                           gateway_v6=_gateway(network.ipv6))
+
+    def _check_sandbox(self, key: str) -> None:
+        """A direct Join opens SandboxKey as a network namespace: only files directly inside the
+        namespace directories engines and our runtime use, so a client on the socket cannot put
+        an interface into any other process's namespace (``/proc/1/ns/net``, a path with ``..``,
+        a symlink out of the directory)."""
+        allowed = ", ".join(self.sandbox_dirs)
+        if not os.path.isabs(key) or ".." in key.split("/"):
+            raise DriverError(f"SandboxKey: {shown(key)} is not an absolute path without '..' "
+                              f"(allowed: files in {allowed})")
+        try:
+            real = os.path.realpath(key)
+        except (OSError, ValueError):                # an unreadable link on the way: not ours either
+            real = ""
+        if os.path.dirname(real) not in self.sandbox_dirs or os.path.basename(real) in ("", ".", ".."):
+            raise DriverError(f"SandboxKey: {shown(key)} is not a namespace file directly inside one of "
+                              f"{allowed}")
 
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""

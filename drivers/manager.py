@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -36,9 +37,11 @@ from drivers.base import (
     Reconciler,
 )
 from drivers.errors import Conflict, NotFound
+from plugin.quoting import shown, shown_key
 from store.base import Cmp, Delete, Put, Store
 
 T = TypeVar("T")
+log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 
@@ -98,7 +101,13 @@ class NetworkManager:
 
     def _create_network(self, driver_name: str, spec: NetworkSpec) -> None:
         driver = self.drivers[driver_name]
-        driver.validate(spec)
+        unknown = driver.validate(spec) or []
+        if unknown:
+            # Kept with the network (inspect shows them) as Docker's bridge keeps them; said here
+            # so that a mistyped option does not silently do nothing.
+            log.warning("network %s (%s): driver %s does not use option(s) %s; kept as given",
+                        spec.network_id[:12], shown(spec.name or "unnamed"), driver_name,
+                        ", ".join(shown_key(k) for k in unknown))
         key = records.network_key(spec.network_id)
         existing, _ = self._read(key)
         if existing is not None:
@@ -117,7 +126,7 @@ class NetworkManager:
         if not result.succeeded:
             for failed_key, kv in result.failed:
                 if failed_key.startswith(records.NAMES) and kv is not None:
-                    raise Conflict(f"network name {spec.name!r} is already used by network "
+                    raise Conflict(f"network name {shown(spec.name)} is already used by network "
                                    f"{kv.value.decode()[:12]}")
             raise Conflict(f"NetworkID: network {spec.network_id[:12]} is being created concurrently")
         try:
@@ -348,7 +357,7 @@ class NetworkManager:
         network_id = self.resolve(ref)
         rec, _ = self._read(records.network_key(network_id))
         if rec is None:
-            raise NotFound(f"network {ref!r} not found")
+            raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
         summary["EndpointList"] = [
@@ -370,5 +379,5 @@ class NetworkManager:
         if len(kvs) == 1:
             return kvs[0].key[len(records.NETWORKS):]
         if len(kvs) > 1:
-            raise Conflict(f"network id prefix {ref!r} is ambiguous")
-        raise NotFound(f"network {ref!r} not found")
+            raise Conflict(f"network id prefix {shown(ref)} is ambiguous")
+        raise NotFound(f"network {shown(ref)} not found")
