@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
     daemon.add_argument("--driver", action="append", dest="drivers", help="drivers to serve (default: bridge)")
+    daemon.add_argument("--sandbox-dir", action="append", dest="sandbox_dirs", metavar="DIR",
+                        help="a directory whose files a direct Join may open as network namespaces; repeat "
+                             "(default: /var/run/docker/netns, /run/docker/netns and $CNMKIT_RUN_DIR/netns "
+                             "or /run/cnmkit/netns)")
     daemon.set_defaults(func=cmd_daemon, needs_engine=False)
 
     cleanup = sub.add_parser("cleanup", help="remove kernel objects of cnmkit's that no record explains")
@@ -48,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:
-    from plugin.server import DaemonConfig, run_daemon
+    from plugin.server import DaemonConfig, default_sandbox_dirs, run_daemon
 
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
-                          drivers=args.drivers or ["bridge"])
+                          drivers=args.drivers or ["bridge"],
+                          sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs())
     try:
         run_daemon(config)
     except (RuntimeError, ValueError, OSError) as exc:

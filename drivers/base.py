@@ -13,7 +13,7 @@ option map as ``NetworkSpec.options``; each driver parses them into its own type
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -122,8 +122,12 @@ class NetworkDriver(Protocol):
     scope: Literal["local", "global"]
     connectivity_scope: Literal["local", "global"]
 
-    def validate(self, spec: NetworkSpec) -> None:
-        """Raise ``InvalidOption`` for options this driver cannot take, before anything is made."""
+    def validate(self, spec: NetworkSpec) -> Sequence[str] | None:
+        """Raise ``InvalidOption`` for options this driver cannot take, before anything is made.
+
+        May answer the option keys it accepts without acting on them (kept with the network, as
+        Docker's bridge keeps unknown options; the manager logs a warning naming them).
+        """
         ...
 
     def create_network(self, spec: NetworkSpec) -> None: ...

@@ -31,8 +31,9 @@ from drivers.base import (
     NetworkSpec,
     PortBinding,
 )
-from drivers.errors import InvalidOption
+from drivers.errors import DriverError, InvalidOption
 from drivers.firewall import NetworkRules
+from plugin.quoting import shown
 
 if TYPE_CHECKING:
     from drivers.kernel import KernelOps
@@ -43,8 +44,12 @@ OPT_MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 OPT_NAME = "cnmkit.name"
-DOCKER_OPTION_PREFIX = "com.docker.network."
+CNMKIT_OPTION_PREFIX = "cnmkit."
 DEFAULT_MTU = 1500
+# Where engines and our runtime pin sandbox namespaces: dockerd's, and runtime/containers.py's
+# <run_dir>/netns with the default run dir. A direct Join opens SandboxKey as a namespace, so
+# any other path is refused (the daemon passes the runtime's actual dir with --sandbox-dir).
+DEFAULT_SANDBOX_DIRS = ("/var/run/docker/netns", "/run/docker/netns", "/run/cnmkit/netns")
 
 
 class FirewallOps(Protocol):
@@ -66,6 +71,7 @@ class BridgeConfig:
     masquerade: bool = True            # Docker's defaults for the three options below
     icc: bool = True
     host_binding_ipv4: str = ""        # "" (or 0.0.0.0): every address of the host
+    unknown: tuple[str, ...] = ()      # options kept with the network but not acted on
 
     @classmethod
     def parse(cls, spec: NetworkSpec) -> BridgeConfig:
@@ -74,6 +80,7 @@ class BridgeConfig:
         custom = False
         masquerade = icc = True
         host_binding = ""
+        unknown: list[str] = []
         for key, value in spec.options.items():
             if key == OPT_MTU:
                 mtu = _parse_mtu(str(value))
@@ -85,15 +92,21 @@ class BridgeConfig:
                 host_binding = _parse_host_binding(str(value))
             elif key == OPT_BRIDGE_NAME:
                 if not naming.valid_ifname(str(value)):
-                    raise InvalidOption(key, f"{value!r} is not a valid interface name (1..15 chars, "
-                                             "no '/', ':' or spaces)")
+                    raise InvalidOption(key, f"{shown(value)} is not a valid interface name (1..15 of "
+                                             "letters, digits, '_', '.', '-'; not starting with '.' or '-')")
                 bridge, custom = str(value), True
-            elif key == OPT_NAME or key.startswith(DOCKER_OPTION_PREFIX):
-                continue                      # Docker's own keys, passed through; harmless
+            elif key == OPT_NAME:
+                continue
+            elif key.startswith(CNMKIT_OPTION_PREFIX):
+                # Our own namespace: a key we do not implement is a typo or a newer client.
+                raise InvalidOption(key, "unknown cnmkit option for the cnmkit-bridge driver")
             else:
-                raise InvalidOption(key, "unknown option for the cnmkit-bridge driver")
+                # As Docker's bridge does: tools pass their own labels this way. Kept, and the
+                # manager logs them, so a mistyped Docker option does not go unnoticed.
+                unknown.append(key)
         return cls(bridge=bridge, mtu=mtu, custom_name=custom, masquerade=masquerade, icc=icc,
-                   host_binding_ipv4=host_binding)
+                   host_binding_ipv4=host_binding, unknown=tuple(unknown))
+
 
 
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
@@ -109,7 +122,7 @@ def _parse_bool(option: str, value: object) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise InvalidOption(option, f"{text[:64]!r} is not a boolean (true or false)")
+    raise InvalidOption(option, f"{shown(text)} is not a boolean (true or false)")
 
 
 def _parse_host_binding(value: str) -> str:
@@ -117,9 +130,9 @@ def _parse_host_binding(value: str) -> str:
     try:
         ip = IPAddress(value, flags=INET_PTON)
     except (AddrFormatError, ValueError, TypeError):
-        raise InvalidOption(OPT_HOST_BINDING, f"{value[:64]!r} is not an IPv4 address") from None
+        raise InvalidOption(OPT_HOST_BINDING, f"{shown(value)} is not an IPv4 address") from None
     if ip.version != 4:
-        raise InvalidOption(OPT_HOST_BINDING, f"{value[:64]!r} is not an IPv4 address "
+        raise InvalidOption(OPT_HOST_BINDING, f"{shown(value)} is not an IPv4 address "
                                               "(ports are published on IPv4 only)")
     return "" if ip.value == 0 else str(ip)
 
@@ -128,7 +141,7 @@ def _parse_mtu(value: str) -> int:
     try:
         mtu = int(value)
     except ValueError:
-        raise InvalidOption(OPT_MTU, f"{value!r} is not an integer") from None
+        raise InvalidOption(OPT_MTU, f"{shown(value)} is not an integer") from None
     if not 68 <= mtu <= 65535:
         raise InvalidOption(OPT_MTU, f"{mtu} is outside 68..65535")
     return mtu
@@ -147,15 +160,18 @@ class BridgeDriver:
     connectivity_scope: Literal["local", "global"] = "local"
 
     def __init__(self, kernel: KernelOps, firewall: FirewallOps, *,
-                 mac_factory: Callable[[], str] = naming.random_mac) -> None:
+                 mac_factory: Callable[[], str] = naming.random_mac,
+                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS) -> None:
         self.kernel = kernel
         self.firewall = firewall
         self._new_mac = mac_factory
+        self.sandbox_dirs = tuple(dict.fromkeys(os.path.realpath(d) for d in sandbox_dirs))
 
     # -- networks ---------------------------------------------------------------------------
 
-    def validate(self, spec: NetworkSpec) -> None:
-        BridgeConfig.parse(spec)
+    def validate(self, spec: NetworkSpec) -> list[str]:
+        """Refuse bad options; answer the keys accepted without being acted on (the manager warns)."""
+        return list(BridgeConfig.parse(spec).unknown)
 
     def create_network(self, spec: NetworkSpec) -> None:
         """Make (or re-ensure) the network's bridge and rules; a half-done create is undone.
@@ -205,7 +221,10 @@ class BridgeDriver:
         cfg = BridgeConfig.parse(network)
         eid = endpoint.endpoint_id
         peer = naming.container_veth_name(eid)
-        direct = request.direct and bool(request.sandbox_key) and os.path.exists(request.sandbox_key)
+        direct = request.direct and bool(request.sandbox_key)
+        if direct:
+            self._check_sandbox(request.sandbox_key)
+            direct = os.path.exists(request.sandbox_key)
         self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
                                 alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
                                 peer_mac=endpoint.mac or None, master=cfg.bridge,
@@ -215,6 +234,23 @@ class BridgeDriver:
             return JoinResult(src_name=peer, dst_prefix="eth", disable_gateway_service=True)
         return JoinResult(src_name=peer, dst_prefix="eth", gateway=_gateway(network.ipv4),
                           gateway_v6=_gateway(network.ipv6))
+
+    def _check_sandbox(self, key: str) -> None:
+        """A direct Join opens SandboxKey as a network namespace: only files directly inside the
+        namespace directories engines and our runtime use, so a client on the socket cannot put
+        an interface into any other process's namespace (``/proc/1/ns/net``, a path with ``..``,
+        a symlink out of the directory)."""
+        allowed = ", ".join(self.sandbox_dirs)
+        if not os.path.isabs(key) or ".." in key.split("/"):
+            raise DriverError(f"SandboxKey: {shown(key)} is not an absolute path without '..' "
+                              f"(allowed: files in {allowed})")
+        try:
+            real = os.path.realpath(key)
+        except (OSError, ValueError):                # an unreadable link on the way: not ours either
+            real = ""
+        if os.path.dirname(real) not in self.sandbox_dirs or os.path.basename(real) in ("", ".", ".."):
+            raise DriverError(f"SandboxKey: {shown(key)} is not a namespace file directly inside one of "
+                              f"{allowed}")
 
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""

@@ -15,9 +15,10 @@ mature driver needs and that no single driver should re-implement:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import weakref
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from functools import partial
@@ -37,9 +38,11 @@ from drivers.base import (
     Reconciler,
 )
 from drivers.errors import Conflict, NotFound
+from plugin.quoting import shown, shown_key
 from store.base import Cmp, Delete, Put, Store
 
 T = TypeVar("T")
+log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 
@@ -60,22 +63,36 @@ class NetworkManager:
         self.store = store
         self.drivers = drivers
         self.executor = executor
-        # Weak: a lock lives while some call holds or awaits it, so ids from bad input or deleted
-        # networks leave nothing behind.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # network id -> (lock, number of calls holding or awaiting it). The entry goes when the
+        # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
+        # deterministically (a weak table depended on when the garbage collector ran).
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._create_lock = asyncio.Lock()
         self._ports_lock = asyncio.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _lock_for(self, network_id: str) -> asyncio.Lock:
-        lock = self._locks.get(network_id)
-        if lock is None:
-            lock = self._locks[network_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _network_lock(self, network_id: str) -> AsyncIterator[None]:
+        """Hold this network's lock; the table entry lives exactly as long as a holder or waiter.
+
+        Counted, not weakly referenced, so a bad id leaves no entry whatever the garbage collector does.
+        """
+        lock, users = self._locks.get(network_id) or (asyncio.Lock(), 0)
+        self._locks[network_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            # Runs on the event loop thread, like the increment: no other coroutine interleaves.
+            lock, users = self._locks[network_id]
+            if users == 1:
+                del self._locks[network_id]
+            else:
+                self._locks[network_id] = (lock, users - 1)
 
     async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
-        async with self._lock_for(network_id):
+        async with self._network_lock(network_id):
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _read(self, key: str) -> tuple[dict[str, Any] | None, int]:
@@ -105,7 +122,13 @@ class NetworkManager:
 
     def _create_network(self, driver_name: str, spec: NetworkSpec) -> None:
         driver = self.drivers[driver_name]
-        driver.validate(spec)
+        unknown = driver.validate(spec) or []
+        if unknown:
+            # Kept with the network (inspect shows them) as Docker's bridge keeps them; said here
+            # so that a mistyped option does not silently do nothing.
+            log.warning("network %s (%s): driver %s does not use option(s) %s; kept as given",
+                        spec.network_id[:12], shown(spec.name or "unnamed"), driver_name,
+                        ", ".join(shown_key(k) for k in unknown))
         key = records.network_key(spec.network_id)
         existing, _ = self._read(key)
         if existing is not None:
@@ -124,7 +147,7 @@ class NetworkManager:
         if not result.succeeded:
             for failed_key, kv in result.failed:
                 if failed_key.startswith(records.NAMES) and kv is not None:
-                    raise Conflict(f"network name {spec.name!r} is already used by network "
+                    raise Conflict(f"network name {shown(spec.name)} is already used by network "
                                    f"{kv.value.decode()[:12]}")
             raise Conflict(f"NetworkID: network {spec.network_id[:12]} is being created concurrently")
         try:
@@ -254,7 +277,7 @@ class NetworkManager:
         network's create, publish or delete. Lock order is always network lock, then ports lock.
         """
         loop = asyncio.get_running_loop()
-        async with self._lock_for(network_id):
+        async with self._network_lock(network_id):
             async with self._ports_lock:
                 reserved = await loop.run_in_executor(self.executor, self._reserve_ports,
                                                       network_id, endpoint_id, requests)
@@ -400,7 +423,7 @@ class NetworkManager:
         network_id = self.resolve(ref)
         rec, _ = self._read(records.network_key(network_id))
         if rec is None:
-            raise NotFound(f"network {ref!r} not found")
+            raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
         summary["EndpointList"] = [
@@ -422,5 +445,5 @@ class NetworkManager:
         if len(kvs) == 1:
             return kvs[0].key[len(records.NETWORKS):]
         if len(kvs) > 1:
-            raise Conflict(f"network id prefix {ref!r} is ambiguous")
-        raise NotFound(f"network {ref!r} not found")
+            raise Conflict(f"network id prefix {shown(ref)} is ambiguous")
+        raise NotFound(f"network {shown(ref)} not found")

@@ -24,14 +24,27 @@ BRIDGE_PREFIX = "cnm-"
 HOST_VETH_PREFIX = "cnv"
 CONTAINER_VETH_PREFIX = "cni"
 
-_HEX_ID = re.compile(r"^[0-9a-f]{12,64}$")
+_HEX_ID = re.compile(r"[0-9a-f]{64}")          # always fullmatch: "$" lets a trailing newline in
+# Interface names a client may choose (-o com.docker.network.bridge.name): the kernel's rules
+# (1..15 bytes, not "." or "..", no "/", ":" or whitespace) are not enough, because names reach
+# iptables (where "+" is a wildcard, "!" a negation, a leading "-" an option), the kernel's name
+# templates ("%d") and our rule parser (quotes, backslashes). Only this alphabet is let through.
+_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 
 
 def check_id(value: str, what: str = "id") -> str:
-    """Docker ids are lowercase hex; anything else would make names collide or break iptables."""
-    if not _HEX_ID.match(value):
-        raise ValueError(f"{what} {value!r} is not a lowercase hex id of 12..64 digits")
+    """A full Docker id: exactly 64 lowercase hex digits, nothing before or after.
+
+    Anything else would make names collide, break iptables, or smuggle a newline into a name.
+    """
+    if not isinstance(value, str) or not _HEX_ID.fullmatch(value):
+        raise ValueError(f"{what} {_short(value)} is not a 64-digit lowercase hex id")
     return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + f"...({len(text)} chars)"
 
 
 def bridge_name(network_id: str) -> str:
@@ -69,10 +82,12 @@ def firewall_mark(network_id: str) -> str:
 
 
 def valid_ifname(name: str) -> bool:
-    """The kernel's dev_valid_name(), so a bad option fails at create instead of in netlink."""
-    if not name or len(name.encode()) > IFNAMSIZ or name in (".", ".."):
-        return False
-    return not any(c in "/:" or c.isspace() for c in name)
+    """A name safe for the kernel, iptables and our rule parser alike (see ``_IFNAME``).
+
+    Stricter than the kernel's dev_valid_name(), so a bad option fails at create instead of in
+    netlink, and so a name like ``eth+`` never becomes an iptables wildcard.
+    """
+    return isinstance(name, str) and bool(_IFNAME.fullmatch(name)) and len(name.encode()) <= IFNAMSIZ
 
 
 def random_mac() -> str:

@@ -8,28 +8,37 @@ for, so unit tiers and the null driver need neither root nor pyroute2 sockets.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from drivers.base import NetworkDriver
 from drivers.null import NullDriver
 from store.base import Store
 
 
-def _bridge(store: Store) -> NetworkDriver:
-    from drivers.bridge import BridgeDriver
+@dataclass(frozen=True)
+class DriverSettings:
+    """Daemon settings some drivers need; empty ``sandbox_dirs`` means the driver's defaults."""
+
+    sandbox_dirs: tuple[str, ...] = field(default=())
+
+
+def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
+    from drivers.bridge import DEFAULT_SANDBOX_DIRS, BridgeDriver
     from drivers.firewall import Firewall
     from drivers.kernel import Kernel
 
-    return BridgeDriver(Kernel(), Firewall())
+    return BridgeDriver(Kernel(), Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
 
 
-FACTORIES: dict[str, Callable[[Store], NetworkDriver]] = {
+FACTORIES: dict[str, Callable[[Store, DriverSettings], NetworkDriver]] = {
     "bridge": _bridge,
-    "null": lambda store: NullDriver(),
+    "null": lambda store, settings: NullDriver(),
 }
 
 
-def build_drivers(names: Sequence[str], store: Store) -> list[NetworkDriver]:
+def build_drivers(names: Sequence[str], store: Store,
+                  settings: DriverSettings | None = None) -> list[NetworkDriver]:
     unknown = [n for n in names if n not in FACTORIES]
     if unknown:
         raise ValueError(f"unknown driver {unknown[0]!r}; available: {', '.join(sorted(FACTORIES))}")
-    return [FACTORIES[n](store) for n in dict.fromkeys(names)]
+    return [FACTORIES[n](store, settings or DriverSettings()) for n in dict.fromkeys(names)]

@@ -21,20 +21,24 @@ from dataclasses import dataclass
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from ipam.errors import AddressOutOfPool, InvalidRequest
+from plugin.quoting import shown
 
 # 2**128 - 1 is 32 hex digits: one width for both families keeps every key the same length.
 OFFSET_WIDTH = 32
 _PREFIX_RE = re.compile(r"[0-9]{1,3}")
+# Shortest pool prefix per IP version. A /0 overlaps every network and NATs the whole world;
+# nothing shorter than a /8 (IPv4) or a /16 (IPv6) is a plausible container network either.
+MIN_POOL_PREFIX = {4: 8, 6: 16}
 
 
 def parse_address(field: str, text: object) -> IPAddress:
     """A plain IP (no prefix, no zone, no shorthand such as 127.1), or InvalidRequest naming ``field``."""
     if not isinstance(text, str) or not text:
-        raise InvalidRequest(field, f"{text!r} is not an IP address")
+        raise InvalidRequest(field, f"{shown(text)} is not an IP address")
     try:
         return IPAddress(text)
     except (AddrFormatError, ValueError, TypeError):
-        raise InvalidRequest(field, f"{text!r} is not a valid IP address") from None
+        raise InvalidRequest(field, f"{shown(text)} is not a valid IP address") from None
 
 
 def parse_cidr(field: str, text: object) -> IPNetwork:
@@ -44,17 +48,17 @@ def parse_cidr(field: str, text: object) -> IPNetwork:
     with host bits set is almost always a typo for a different network, so both are refused.
     """
     if not isinstance(text, str) or "/" not in text:
-        raise InvalidRequest(field, f"{text!r} is not a valid CIDR")
+        raise InvalidRequest(field, f"{shown(text)} is not a valid CIDR")
     addr_text, _, prefix_text = text.partition("/")
     if not _PREFIX_RE.fullmatch(prefix_text):
-        raise InvalidRequest(field, f"{text!r} is not a valid CIDR")
+        raise InvalidRequest(field, f"{shown(text)} is not a valid CIDR")
     try:
         addr = IPAddress(addr_text)
         net = IPNetwork(f"{addr}/{int(prefix_text)}")
     except (AddrFormatError, ValueError, TypeError):
-        raise InvalidRequest(field, f"{text!r} is not a valid CIDR") from None
+        raise InvalidRequest(field, f"{shown(text)} is not a valid CIDR") from None
     if net.ip != net.network:
-        raise InvalidRequest(field, f"{text!r} has host bits set (did you mean {net.cidr}?)")
+        raise InvalidRequest(field, f"{shown(text)} has host bits set (did you mean {net.cidr}?)")
     return net
 
 
@@ -137,6 +141,8 @@ class PoolSpec:
 def make_pool_spec(pool: str, sub_pool: str, v6: bool) -> PoolSpec:
     """Validate a RequestPool's Pool/SubPool/V6 triple; errors name the offending field."""
     net = parse_cidr("Pool", pool)
+    if net.prefixlen < MIN_POOL_PREFIX[net.version]:
+        raise InvalidRequest("Pool", f"{shown(pool)}: a pool must be a /{MIN_POOL_PREFIX[net.version]} or longer")
     if (net.version == 6) != v6:
         fam = "IPv6" if net.version == 6 else "IPv4"
         raise InvalidRequest("V6", f"is {str(v6).lower()} but Pool {pool} is {fam}")

@@ -7,6 +7,8 @@ The classes exist so that callers (plugin, CLI, tests) can tell failures apart b
 
 from __future__ import annotations
 
+from plugin.quoting import shown
+
 
 class IpamError(Exception):
     """Base class of every IPAM failure; ``str(err)`` is what Docker shows the user."""
@@ -14,13 +16,13 @@ class IpamError(Exception):
 
 class PoolNotFound(IpamError):
     def __init__(self, pool_id: str) -> None:
-        super().__init__(f"pool {pool_id!r} not found")
+        super().__init__(f"pool {shown(pool_id)} not found")
         self.pool_id = pool_id
 
 
 class PoolOverlap(IpamError):
     def __init__(self, requested: str, existing: str, existing_id: str) -> None:
-        super().__init__(f"pool {requested} overlaps existing pool {existing} (PoolID {existing_id!r})")
+        super().__init__(f"pool {requested} overlaps existing pool {existing} (PoolID {shown(existing_id)})")
         self.requested = requested
         self.existing = existing
         self.existing_id = existing_id
@@ -34,7 +36,7 @@ class PoolExhausted(IpamError):
 
 class AddressInUse(IpamError):
     def __init__(self, address: str, pool_id: str) -> None:
-        super().__init__(f"address {address} is already allocated in pool {pool_id!r}")
+        super().__init__(f"address {address} is already allocated in pool {shown(pool_id)}")
         self.address = address
         self.pool_id = pool_id
 

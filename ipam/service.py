@@ -55,6 +55,7 @@ from ipam.errors import (
     StoreContention,
 )
 from ipam.pools import DEFAULT_ADDRESS_SPACES, pick_predefined
+from plugin.quoting import shown
 from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
 from store.records import Record, TxnBuilder, decode
 
@@ -130,14 +131,14 @@ class IpamService:
         space = _check_space(address_space)
         opts = _check_options(options)
         if not isinstance(v6, bool):
-            raise InvalidRequest("V6", f"{v6!r} is not a boolean")
+            raise InvalidRequest("V6", f"{shown(v6)} is not a boolean")
         if sub_pool is None:
             sub_pool = ""
         spec: PoolSpec | None = None
         if pool:
             spec = make_pool_spec(pool, sub_pool, v6)
         elif sub_pool:
-            raise InvalidRequest("SubPool", f"{sub_pool!r} given without a Pool")
+            raise InvalidRequest("SubPool", f"{shown(sub_pool)} given without a Pool")
         # A default route (prefix 0) overlaps everything, and Docker ignores it too.
         avoid = [] if spec else [n for n in self._avoid() if n.prefixlen > 0]
         for _ in _attempts():
@@ -219,7 +220,7 @@ class IpamService:
                    else self._try_dynamic(pool, record))
             if got is not None:
                 return pool.spec.with_prefix(got), {}
-        raise StoreContention(f"RequestAddress in pool {pool_id!r}: store contention, try again")
+        raise StoreContention(f"RequestAddress in pool {shown(pool_id)}: store contention, try again")
 
     def release_address(self, pool_id: str, address: str) -> None:
         """Free ``address``. Unknown pools and addresses succeed: Docker releases gateways it never
@@ -242,7 +243,7 @@ class IpamService:
                 txn.ops.append(Put(pool.free_key(offset), b"{}"))  # the cursor passed it: keep it findable
             if self._commit(txn):
                 return
-        raise StoreContention(f"ReleaseAddress {address} in pool {pool_id!r}: store contention, try again")
+        raise StoreContention(f"ReleaseAddress {address} in pool {shown(pool_id)}: store contention, try again")
 
     # -- allocation steps (one CAS round each; None = lost a race, retry) -----------------------
 
@@ -288,7 +289,7 @@ class IpamService:
         """The range was walked once: reuse the lowest released offset."""
         kvs, _ = self._store.list(f"{FREE}{pool.id}/", limit=1)
         if not kvs:
-            raise PoolExhausted(f"{pool.record['pool']} (PoolID {pool.id!r})")
+            raise PoolExhausted(f"{pool.record['pool']} (PoolID {shown(pool.id)})")
         free = kvs[0]
         addr = pool.spec.address_at(parse_offset_key(free.key.rsplit("/", 1)[1]))
         txn = _stepping_over(TxnBuilder(), skipped)
@@ -370,20 +371,20 @@ def _pool_record(spec: PoolSpec, space: str, options: dict[str, str]) -> Record:
 
 def _check_space(space: object) -> str:
     if not isinstance(space, str) or not _SPACE_RE.fullmatch(space):
-        raise InvalidRequest("AddressSpace", f"{space!r} is not a valid address space name "
+        raise InvalidRequest("AddressSpace", f"{shown(space)} is not a valid address space name "
                              "(letters, digits, '.', '_', '-')")
     return space
 
 
 def _check_pool_id(pool_id: object) -> str:
     if not isinstance(pool_id, str) or pool_id.count("/") != 2:
-        raise InvalidRequest("PoolID", f"{pool_id!r} is not a PoolID of this driver")
+        raise InvalidRequest("PoolID", f"{shown(pool_id)} is not a PoolID of this driver")
     space, cidr = pool_id.split("/", 1)
     _check_space(space)
     try:
         parse_cidr("PoolID", cidr)
     except InvalidRequest:
-        raise InvalidRequest("PoolID", f"{pool_id!r} is not a PoolID of this driver") from None
+        raise InvalidRequest("PoolID", f"{shown(pool_id)} is not a PoolID of this driver") from None
     return pool_id
 
 
@@ -392,7 +393,7 @@ def _check_options(options: object) -> dict[str, str]:
         return {}
     if not isinstance(options, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
-        raise InvalidRequest("Options", f"{options!r} is not a map of strings to strings")
+        raise InvalidRequest("Options", f"{shown(options)} is not a map of strings to strings")
     return dict(options)
 
 

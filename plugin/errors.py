@@ -15,9 +15,12 @@ from aiohttp import web
 
 from drivers.errors import DriverError
 from ipam.errors import IpamError
+from plugin.quoting import bounded, shown, shown_key
 from store.base import StoreError
 
 log = logging.getLogger("cnmkit.plugin")
+
+__all__ = ["BadRequest", "bounded", "error_middleware", "error_reply", "reply", "shown", "shown_key"]
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
@@ -51,15 +54,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return reply({"Err": f"{path.lstrip('/')} is not implemented"}, status=404)
+        return reply({"Err": f"{shown(path.lstrip('/'))} is not implemented"}, status=404)
     except web.HTTPException:
         raise
     except (BadRequest, DriverError, IpamError) as exc:
-        log.info("%s refused: %s", path, exc)
-        return error_reply(path, str(exc))
+        message = bounded(str(exc))
+        log.info("%s refused: %s", shown(path), message)
+        return error_reply(path, message)
     except StoreError as exc:
-        log.error("%s: store failure: %s", path, exc)
-        return error_reply(path, f"state store failure: {exc}")
+        message = bounded(f"state store failure: {exc}")
+        log.error("%s: %s", shown(path), message)
+        return error_reply(path, message)
+    except RecursionError:  # a nesting the body check missed: answer as bad input, never a traceback
+        log.info("%s refused: body nested too deeply", shown(path))
+        return error_reply(path, "body: nested too deeply")
     except Exception as exc:  # the daemon keeps serving whatever one request did
-        log.exception("%s failed", path)
-        return error_reply(path, f"internal error: {exc.__class__.__name__}: {exc}")
+        log.exception("%s failed", shown(path))
+        return error_reply(path, bounded(f"internal error: {exc.__class__.__name__}: {exc}"))

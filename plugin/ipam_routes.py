@@ -12,7 +12,7 @@ from aiohttp import web
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
 from plugin import protocol as p
-from plugin.errors import BadRequest, reply
+from plugin.errors import reply
 
 IPAM = web.AppKey("ipam", IpamService)
 MANAGER = web.AppKey("manager", NetworkManager)
@@ -68,10 +68,7 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    body = await _body(request)
-    ref = body.get("Network")
-    if not isinstance(ref, str) or not ref:
-        raise BadRequest("Network", "missing network name or id")
+    ref = p.decode_network_ref(await _body(request))
     return reply({"Network": await request.app[MANAGER].inspect_network(ref)})
 
 

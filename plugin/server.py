@@ -23,7 +23,7 @@ from aiohttp import web
 
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
-from drivers.registry import build_drivers
+from drivers.registry import DriverSettings, build_drivers
 from ipam.hostroutes import host_networks
 from ipam.service import IpamService
 from plugin.app import build_ipam_app, build_network_app
@@ -35,6 +35,17 @@ log = logging.getLogger("cnmkit.daemon")
 DEFAULT_PLUGIN_DIR = "/run/docker/plugins"
 DEFAULT_STATE_DIR = "/var/lib/cnmkit"
 IPAM_SOCKET = "cnmkit.sock"
+ENGINE_NETNS_DIRS = ("/var/run/docker/netns", "/run/docker/netns")
+
+
+def default_sandbox_dirs() -> list[str]:
+    """Where sandboxes a direct Join may open live: dockerd's, and our runtime's <run_dir>/netns.
+
+    The runtime's run dir follows CNMKIT_RUN_DIR (as the runtime's --run-dir default does), so a
+    daemon started from the same environment as the runtime agrees with it without options.
+    """
+    run_dir = os.environ.get("CNMKIT_RUN_DIR") or "/run/cnmkit"
+    return [*ENGINE_NETNS_DIRS, os.path.join(os.path.abspath(run_dir), "netns")]
 
 
 @dataclass
@@ -44,6 +55,7 @@ class DaemonConfig:
     store_url: str = ""                     # empty: sqlite under state_dir
     drivers: list[str] = field(default_factory=lambda: ["bridge"])
     workers: int = 4
+    sandbox_dirs: list[str] = field(default_factory=default_sandbox_dirs)
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -82,7 +94,8 @@ class Daemon:
         self.config = config
         self.store = store or open_store(config.resolved_store_url())
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
-        self.drivers = drivers if drivers is not None else build_drivers(config.drivers, self.store)
+        self.drivers = drivers if drivers is not None else build_drivers(
+            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor)
         self.ipam = IpamService(self.store, avoid=host_networks)
         self._runners: list[web.AppRunner] = []

@@ -75,7 +75,8 @@ def kernel(host: HostThread) -> Iterator[Kernel]:
 
 @pytest.fixture
 def driver(kernel: Kernel) -> BridgeDriver:
-    return BridgeDriver(kernel, Firewall())
+    # The test's sandboxes are `ip netns` namespaces, pinned under /var/run/netns.
+    return BridgeDriver(kernel, Firewall(), sandbox_dirs=["/var/run/netns"])
 
 
 def network(nid: str, subnet: str, gateway: str, **kw: Any) -> NetworkSpec:

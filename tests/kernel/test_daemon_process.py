@@ -67,12 +67,18 @@ def host(netns: str, tmp_path: Path) -> Iterator[HostDaemon]:
     ("com.docker.network.driver.mtu=abc", "com.docker.network.driver.mtu"),
     ("com.docker.network.driver.mtu=20", "com.docker.network.driver.mtu"),
     ("com.docker.network.bridge.name=this-name-is-far-too-long", "com.docker.network.bridge.name"),
-    ("colour=blue", "colour"),
+    ("cnmkit.colour=blue", "cnmkit.colour"),                 # our namespace; other unknown keys are kept
+    ("com.docker.network.bridge.name=eth+", "com.docker.network.bridge.name"),
+    ("com.docker.network.bridge.name=br%d", "com.docker.network.bridge.name"),
+    ("com.docker.network.bridge.name=-x", "com.docker.network.bridge.name"),
+    ('com.docker.network.bridge.name=q"', "com.docker.network.bridge.name"),
 ])
 def test_bad_options_name_the_option_and_leave_nothing(host: HostDaemon, opt: str, message: str) -> None:
+    links = {link["ifname"] for link in ip_json("link", "show", netns=host.netns)}
     proc = host.cli("network", "create", "--subnet", "10.95.0.0/24", "-o", opt, "bad")
     assert proc.returncode == 1 and message in proc.stderr and proc.stderr.count("\n") == 1
     assert host.bridges() == []
+    assert {link["ifname"] for link in ip_json("link", "show", netns=host.netns)} == links   # no br0 from br%d
     assert json.loads(host.cli("--format", "json", "network", "ls").stdout) == []
     assert host.cli("network", "create", "--subnet", "10.95.0.0/24", "good").returncode == 0
 

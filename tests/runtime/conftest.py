@@ -68,7 +68,9 @@ class Host:
 
     def start_daemon(self) -> None:
         log = open(self.tmp / "daemon.log", "ab")
-        self.daemon = subprocess.Popen(self.argv("daemon"), env=self.env(), stdin=subprocess.DEVNULL,
+        # The daemon lets a direct Join open only namespace files under this host's run dir.
+        argv = self.argv("daemon", "--sandbox-dir", str(self.run_dir / "netns"))
+        self.daemon = subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=log, start_new_session=True, cwd=str(ROOT))
         log.close()
         for _ in range(300):

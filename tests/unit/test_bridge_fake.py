@@ -50,8 +50,9 @@ def sysctl() -> FakeSysctl:
 
 
 @pytest.fixture
-def driver(kernel: FakeKernel, ipt: FakeIptables, sysctl: FakeSysctl) -> BridgeDriver:
-    return BridgeDriver(kernel, Firewall(run=ipt, sysctl=sysctl), mac_factory=lambda: "02:11:22:33:44:55")
+def driver(kernel: FakeKernel, ipt: FakeIptables, sysctl: FakeSysctl, tmp_path: Path) -> BridgeDriver:
+    return BridgeDriver(kernel, Firewall(run=ipt, sysctl=sysctl), mac_factory=lambda: "02:11:22:33:44:55",
+                        sandbox_dirs=[str(tmp_path)])   # direct joins open sandboxes made in tmp_path
 
 
 def marked(ipt: FakeIptables, binary: str, table: str, chain: str, nid: str = NID) -> list[tuple[str, ...]]:
@@ -67,7 +68,7 @@ def marked(ipt: FakeIptables, binary: str, table: str, chain: str, nid: str = NI
     ({"com.docker.network.driver.mtu": "65536"}, "com.docker.network.driver.mtu"),
     ({"com.docker.network.bridge.name": "much-too-long-name"}, "com.docker.network.bridge.name"),
     ({"com.docker.network.bridge.name": "br/x"}, "com.docker.network.bridge.name"),
-    ({"parent": "eth1"}, "parent"),
+    ({"cnmkit.parent": "eth1"}, "cnmkit.parent"),          # our namespace: unknown keys refused
 ])
 def test_bad_options_are_refused_naming_the_option_and_nothing_is_made(
         driver: BridgeDriver, kernel: FakeKernel, ipt: FakeIptables, options: dict[str, str],

@@ -6,10 +6,13 @@ empty Host, an empty body for argument-less calls.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,10 @@ import pytest
 from client.engine import Engine
 from client.transport import PluginError, PluginTransport
 from drivers.base import EndpointSpec, JoinRequest, JoinResult, NetworkSpec
+from drivers.manager import NetworkManager
 from drivers.null import NullDriver
 from plugin.server import DaemonConfig
+from store.memory import MemoryStore
 from store.sqlite import SQLiteStore
 from tests.daemon_thread import DaemonThread
 
@@ -312,6 +317,9 @@ def test_bad_ids_leave_no_per_network_state(tmp_path: Path) -> None:
     config = DaemonConfig(plugin_dir=str(tmp_path / "p"), state_dir=str(tmp_path / "s"),
                           store_url=f"sqlite://{tmp_path}/state.db", drivers=["null"])
     daemon = DaemonThread(config).start()
+    # With the collector off, only the lock table's own bookkeeping can empty it: a failed call's
+    # traceback keeps its frames (and a lock they hold) in a reference cycle until a collection.
+    gc.disable()
     try:
         n = PluginTransport(str(tmp_path / "p" / "cnmkit-null.sock"))
         for i in range(50):
@@ -322,7 +330,40 @@ def test_bad_ids_leave_no_per_network_state(tmp_path: Path) -> None:
         assert daemon.daemon is not None
         assert len(daemon.daemon.manager._locks) == 0
     finally:
+        gc.enable()
         daemon.stop()
+
+
+def test_lock_table_counts_holders_and_waiters() -> None:
+    """Calls on one network share one lock while any holds or awaits it; the entry goes with the last."""
+    executor = ThreadPoolExecutor(max_workers=2)
+    manager = NetworkManager(MemoryStore(), {}, executor)
+    release, entered = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow(tag: str) -> str:
+        order.append(f"{tag} in")
+        entered.set()
+        release.wait()
+        order.append(f"{tag} out")
+        return tag
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(manager._run(NID, slow, "a"))
+        second = asyncio.ensure_future(manager._run(NID, slow, "b"))
+        await asyncio.to_thread(entered.wait)             # "a" holds the lock, in the executor
+        lock, users = manager._locks[NID]
+        assert users == 2 and lock.locked()
+        release.set()
+        assert await first == "a" and await second == "b"
+        assert manager._locks == {}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        executor.shutdown(wait=True)
+    assert order == ["a in", "a out", "b in", "b out"]       # serialised by the one shared lock
 
 
 class SlowValidateDriver(NullDriver):
