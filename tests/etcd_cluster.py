@@ -43,7 +43,9 @@ def _free_port() -> int:
 class EtcdCluster:
     """Three members ``m0..m2`` with data under one temporary directory."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, *, netns: str | None = None) -> None:
+        # In a test namespace, the members listen on that namespace's loopback.
+        self.wrap = ["ip", "netns", "exec", netns] if netns else []
         self.dir = tempfile.mkdtemp(prefix="cnmkit-etcd-")
         self.names = [f"m{i}" for i in range(size)]
         self.client_ports = [_free_port() for _ in self.names]
@@ -69,7 +71,7 @@ class EtcdCluster:
         client, peer = f"http://127.0.0.1:{self.client_ports[i]}", f"http://127.0.0.1:{self.peer_ports[i]}"
         log = open(os.path.join(self.dir, f"{self.names[i]}.log"), "ab")
         self.procs[i] = subprocess.Popen(
-            [ETCD or "etcd", "--name", self.names[i], "--data-dir", os.path.join(self.dir, self.names[i]),
+            [*self.wrap, ETCD or "etcd", "--name", self.names[i], "--data-dir", os.path.join(self.dir, self.names[i]),
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self.initial, "--initial-cluster-state", state,
@@ -89,8 +91,8 @@ class EtcdCluster:
 
     def status(self, i: int) -> dict | None:
         """``etcdctl endpoint status`` of member ``i``, or None if it does not answer."""
-        out = subprocess.run([ETCDCTL or "etcdctl", "--endpoints", self.endpoints[i], "--dial-timeout", "1s",
-                              "--command-timeout", "2s", "endpoint", "status", "-w", "json"],
+        out = subprocess.run([*self.wrap, ETCDCTL or "etcdctl", "--endpoints", self.endpoints[i],
+                              "--dial-timeout", "1s", "--command-timeout", "2s", "endpoint", "status", "-w", "json"],
                              capture_output=True, text=True, check=False, env={**os.environ, "ETCDCTL_API": "3"})
         if out.returncode != 0:
             return None
@@ -121,10 +123,17 @@ class EtcdCluster:
 
     def get_on(self, i: int, key: str) -> str | None:
         """Linearizable read of ``key`` through member ``i`` (None: no such key or no answer)."""
-        out = subprocess.run([ETCDCTL or "etcdctl", "--endpoints", self.endpoints[i], "--command-timeout", "2s",
-                              "get", key, "--print-value-only"], capture_output=True, text=True, check=False,
-                             env={**os.environ, "ETCDCTL_API": "3"})
+        out = subprocess.run([*self.wrap, ETCDCTL or "etcdctl", "--endpoints", self.endpoints[i],
+                              "--command-timeout", "2s", "get", key, "--print-value-only"],
+                             capture_output=True, text=True, check=False, env={**os.environ, "ETCDCTL_API": "3"})
         return out.stdout.rstrip("\n") if out.returncode == 0 and out.stdout else None
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, read with etcdctl (an oracle independent of our client)."""
+        out = subprocess.run([*self.wrap, ETCDCTL or "etcdctl", "--endpoints", ",".join(self.endpoints),
+                              "--command-timeout", "5s", "get", "--prefix", "--keys-only", prefix],
+                             capture_output=True, text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"})
+        return [line for line in out.stdout.splitlines() if line]
 
     def log(self, i: int) -> str:
         with open(os.path.join(self.dir, f"{self.names[i]}.log"), errors="replace") as f:
