@@ -18,7 +18,9 @@ def open_store(url: str) -> Store:
 
     - ``sqlite:///abs/path/state.db`` or a bare filesystem path: ``SQLiteStore``;
     - ``memory://``: a fresh ``MemoryStore`` (per call: nothing is shared between calls);
-    - ``etcd://host:port[,host:port]``: reserved for the etcd backend of a later release.
+    - ``etcd://host:port[,host:port...][/root/]``: ``EtcdStore`` on those members of one cluster,
+      with every key under the optional ``root`` prefix. Nothing connects here: an unreachable
+      cluster surfaces as ``Unavailable`` on the first call, within a bounded time.
     """
     if not url:
         raise ValueError("empty store URL")
@@ -39,5 +41,12 @@ def open_store(url: str) -> Store:
 
         return MemoryStore()
     if scheme == "etcd":
-        raise ValueError(f"etcd store arrives with a later release; use sqlite:///path for now (got {url!r})")
+        from store.etcd import EtcdStore, parse_endpoints
+
+        hosts, _, root = url.split("://", 1)[1].partition("/")
+        try:
+            endpoints = parse_endpoints(hosts)
+        except ValueError as err:
+            raise ValueError(f"{err} in store URL {url!r} (expected etcd://h1:2379,h2:2379,h3:2379)") from None
+        return EtcdStore(endpoints, root=root)
     raise ValueError(f"unknown store URL scheme {scheme!r} in {url!r}; expected sqlite, memory or etcd")

@@ -12,8 +12,12 @@ import itertools
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.etcd_cluster import EtcdCluster
 
 _counter = itertools.count()
 
@@ -87,3 +91,36 @@ def socket_answers(path: str) -> bool:
         return False
     finally:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """One real 3-member etcd cluster for the session (tests that kill members start their own)."""
+    from tests.etcd_cluster import EtcdCluster, require_etcd
+
+    require_etcd()
+    cluster = EtcdCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def etcd_cluster_factory() -> Iterator[Callable[[], EtcdCluster]]:
+    """Fresh clusters for tests that kill members; all stopped and removed after the test."""
+    from tests.etcd_cluster import EtcdCluster, require_etcd
+
+    require_etcd()
+    made: list[EtcdCluster] = []
+
+    def make() -> EtcdCluster:
+        cluster = EtcdCluster()
+        made.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
