@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape_char(ch: str) -> str:
@@ -28,12 +28,13 @@ def _escape_char(ch: str) -> str:
 def safe(value: object) -> str:
     """``value`` as text with no control or other non-printable character, escaped as Python does.
 
-    A backslash is doubled, so an escaped name and a name spelling the escape are told apart.
-    Printable non-ASCII (accents, CJK) stays as it is; format characters such as the bidi
+    A backslash is left as it is: messages already hold ``repr`` output (``'a\\nb'``), which
+    must not come out doubled; what matters is that nothing reaches the terminal as a control
+    character. Printable non-ASCII (accents, CJK) stays as it is; format characters such as the bidi
     overrides are escaped, since they reorder what the terminal shows.
     """
     text = str(value)
-    if text.isprintable() and "\\" not in text:
+    if text.isprintable():
         return text
     return "".join(_escape_char(ch) for ch in text)
 

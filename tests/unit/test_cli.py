@@ -170,7 +170,8 @@ def test_network_ls_format_json_after_the_command(cli) -> None:
     ("a\tb\r", "a\\tb\\r"),
     ("a\x7fb\x9bc", "a\\x7fb\\x9bc"),
     ("evil\u202etxt", "evil\\u202etxt"),
-    ("back\\slash", "back\\\\slash"),
+    ("back\\slash", "back\\slash"),
+    ("'a\\nb'", "'a\\nb'"),                              # repr output in a message is not doubled
 ])
 def test_safe_escapes_control_characters(raw: str, shown: str) -> None:
     assert safe(raw) == shown
