@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cli.output import emit_json, fail, table
+from cli.output import emit_json, fail, line, table, warn
 from client.engine import DaemonUnavailable, PluginError, ensure_daemon
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ def _command(values: list[str]) -> list[str]:
 
 def _add(sub: argparse._SubParsersAction, name: str, help_: str,
          fn: Callable[[argparse.Namespace, ContainerService], int | None]) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_)
-    p.add_argument("--run-dir", default=os.environ.get("CNMKIT_RUN_DIR") or None,
-                   help="where container network namespaces are pinned (default /run/cnmkit)")
+    p = sub.add_parser(name, help=help_)         # --run-dir and the other global options: cli/main.py
     p.set_defaults(func=_guarded(fn), needs_engine=False)
     return p
 
@@ -124,8 +122,11 @@ def register_network_verbs(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace, svc: ContainerService) -> int:
     if args.start_daemon:
+        from plugin.server import ENGINE_NETNS_DIRS
+
         ensure_daemon(args.plugin_dir, args.state_dir,
-                      args.store or f"sqlite:///{os.path.abspath(args.state_dir)}/state.db")
+                      args.store or f"sqlite:///{os.path.abspath(args.state_dir)}/state.db",
+                      sandbox_dirs=(*ENGINE_NETNS_DIRS, os.path.join(svc.run_dir, "netns")))
     from runtime import process
 
     pending = [] if args.detach else process.defer_signals()
@@ -137,7 +138,7 @@ def cmd_run(args: argparse.Namespace, svc: ContainerService) -> int:
             process.restore_signals()
         raise
     if args.detach:
-        print(cid)
+        line(cid)
         return 0
     return svc.wait_foreground(shim, pending)
 
@@ -159,7 +160,7 @@ def cmd_ps(args: argparse.Namespace, svc: ContainerService) -> None:
         emit_json(rows)
     elif args.quiet:
         for r in rows:
-            print(r["Id"][:12])
+            line(r["Id"][:12])
     else:
         sys.stdout.write(table(["ID", "NAME", "STATUS", "PID", "NETWORKS", "COMMAND"], [
             (r["Id"][:12], r["Name"], _status(r), r["Pid"] if r["Status"] == "running" else "",
@@ -181,9 +182,9 @@ def _each(refs: list[str], fn: Callable[[str], str]) -> int:
     for ref in refs:
         try:
             fn(ref)
-            print(ref)
+            line(ref)
         except ContainerError as exc:
-            sys.stderr.write(f"cnmkit: {exc}\n")
+            warn(str(exc))
             failed = 1
     return failed
 
@@ -226,7 +227,7 @@ def cmd_stats(args: argparse.Namespace, svc: ContainerService) -> None:
 
 def cmd_connect(args: argparse.Namespace, svc: ContainerService) -> None:
     record = svc.connect(args.network, args.container, ip=args.ip, aliases=args.alias)
-    print(f"{record['ifname']} {record['address'] or record['address_v6']}")
+    line(record["ifname"], record["address"] or record["address_v6"])
 
 
 def cmd_disconnect(args: argparse.Namespace, svc: ContainerService) -> None:

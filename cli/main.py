@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import network
-from cli.output import fail
+from cli.output import fail, line
 from client.engine import Engine
 from client.transport import DaemonUnavailable, PluginError
 
@@ -17,15 +17,75 @@ DEFAULT_PLUGIN_DIR = os.environ.get("CNMKIT_PLUGIN_DIR", "/run/docker/plugins")
 DEFAULT_STATE_DIR = os.environ.get("CNMKIT_STATE_DIR", "/var/lib/cnmkit")
 
 
+# Which global options each command uses. Every parser accepts them before the subcommand (the
+# top-level parser holds the defaults); after it, each subcommand accepts the ones that apply to it.
+ALL_GLOBALS = ("plugin_dir", "state_dir", "store", "run_dir", "format", "log_level")
+_ENGINE = ("plugin_dir", "log_level")
+_CONTAINER = ("plugin_dir", "state_dir", "run_dir", "log_level")
+GLOBALS_FOR: dict[str, tuple[str, ...]] = {
+    "daemon": ("plugin_dir", "state_dir", "store", "log_level"),
+    "cleanup": _ENGINE,
+    "network": ALL_GLOBALS,
+    "network create": _ENGINE,
+    "network ls": (*_ENGINE, "format"),
+    "network inspect": _ENGINE,
+    "network rm": _ENGINE,
+    "network connect": _CONTAINER,
+    "network disconnect": _CONTAINER,
+    "run": (*_CONTAINER, "store"),                     # --store: for --start-daemon
+    "ps": (*_CONTAINER, "format"),
+    "stats": (*_CONTAINER, "format"),
+}
+
+
+def add_global_options(parser: argparse.ArgumentParser, only: Sequence[str] = ALL_GLOBALS, *,
+                       top: bool = False) -> None:
+    """Add the global options to ``parser``.
+
+    On a subcommand's parser the default is ``argparse.SUPPRESS``: argparse copies every attribute
+    of the subparser's namespace over the parent's, so a real default there would overwrite the
+    value given before the subcommand (``cnmkit --format json network ls`` would print a table).
+    With SUPPRESS the attribute is only set when the option is given after the subcommand, and
+    the top-level parser's defaults apply otherwise. The help text states the real default.
+    """
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (also accepted before the command)") if not top else parser
+    if "plugin_dir" in only:
+        group.add_argument("--plugin-dir", default=default(DEFAULT_PLUGIN_DIR),
+                           help=f"where the plugin sockets live (default {DEFAULT_PLUGIN_DIR})")
+    if "state_dir" in only:
+        group.add_argument("--state-dir", default=default(DEFAULT_STATE_DIR),
+                           help=f"state: store, containers (default {DEFAULT_STATE_DIR})")
+    if "store" in only:
+        group.add_argument("--store", default=default(os.environ.get("CNMKIT_STORE", "")),
+                           help="store URL (default sqlite:///<state-dir>/state.db)")
+    if "run_dir" in only:
+        group.add_argument("--run-dir", default=default(os.environ.get("CNMKIT_RUN_DIR") or None),
+                           help="where container network namespaces are pinned (default /run/cnmkit)")
+    if "format" in only:
+        group.add_argument("--format", choices=["table", "json"], default=default("table"),
+                           help="output format (default table)")
+    if "log_level" in only:
+        group.add_argument("--log-level", default=default("info"), choices=["debug", "info", "warning", "error"],
+                           help="log level (default info)")
+
+
+def _add_globals_everywhere(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command's parser the global options that apply to it, recursively."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                full = f"{path} {name}".strip()
+                add_global_options(sub, GLOBALS_FOR.get(full, _CONTAINER if path == "" else _ENGINE))
+                _add_globals_everywhere(sub, full)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnmkit", description="Container networking: Docker CNM plugins, "
                                      "IPAM, an embedded runtime and labs.")
-    parser.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR, help="where the plugin sockets live")
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state (store, containers)")
-    parser.add_argument("--store", default=os.environ.get("CNMKIT_STORE", ""),
-                        help="store URL (default sqlite:///<state-dir>/state.db)")
-    parser.add_argument("--format", choices=["table", "json"], default="table")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
@@ -48,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     if containers is not None:
         containers.register(sub)
         containers.register_network_verbs(network_verbs)
+    _add_globals_everywhere(parser)
     return parser
 
 
@@ -67,9 +128,9 @@ def cmd_cleanup(args: argparse.Namespace, engine: Engine) -> None:
     actions = engine.cleanup(dry_run=args.dry_run)
     prefix = "would " if args.dry_run else ""
     for action in actions:
-        print(f"{prefix}{action}")
+        line(f"{prefix}{action}")
     if not actions:
-        print("nothing to clean up: every marked kernel object is on record")
+        line("nothing to clean up: every marked kernel object is on record")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from cli.output import emit_json, fail, table
+from cli.output import emit_json, fail, line, table
 from client.docker_names import docker_network_names
 from client.engine import Engine
 
@@ -56,7 +57,7 @@ def cmd_create(args: argparse.Namespace, engine: Engine) -> None:
         args.name, driver=args.driver, subnets=args.subnet, gateways=args.gateway, ip_ranges=args.ip_range,
         aux_addresses=_kv_list(args.aux_address, "aux-address"), ipv6=args.ipv6, internal=args.internal,
         options=_kv_list(args.opt, "opt"), ipam_options=_kv_list(args.ipam_opt, "ipam-opt"))
-    print(network_id)
+    line(network_id)
 
 
 def _subnets(net: dict[str, Any]) -> str:
@@ -82,11 +83,12 @@ def cmd_ls(args: argparse.Namespace, engine: Engine) -> None:
     if args.format == "json":
         emit_json(nets)
     elif args.quiet:
-        print("\n".join(n["Id"][:12] for n in nets))
+        for n in nets:
+            line(n["Id"][:12])
     else:
         rows = [(n["Id"][:12], _label(n), n["Driver"], _subnets(n),
                  "internal" if n["Internal"] else "", n["Endpoints"]) for n in nets]
-        print(table(["NETWORK ID", "NAME", "DRIVER", "SUBNETS", "FLAGS", "ENDPOINTS"], rows), end="")
+        sys.stdout.write(table(["NETWORK ID", "NAME", "DRIVER", "SUBNETS", "FLAGS", "ENDPOINTS"], rows))
 
 
 def cmd_inspect(args: argparse.Namespace, engine: Engine) -> None:
@@ -96,4 +98,4 @@ def cmd_inspect(args: argparse.Namespace, engine: Engine) -> None:
 def cmd_rm(args: argparse.Namespace, engine: Engine) -> None:
     for name in args.name:
         engine.remove_network(name)
-        print(name)
+        line(name)

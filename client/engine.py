@@ -305,8 +305,13 @@ class Engine:
             raise PluginError("; ".join(errors))
 
 
-def ensure_daemon(plugin_dir: str, state_dir: str, store_url: str, wait: float = 15.0) -> None:
-    """Start ``cnmkit daemon`` in the background unless one already answers on the socket."""
+def ensure_daemon(plugin_dir: str, state_dir: str, store_url: str, wait: float = 15.0,
+                  sandbox_dirs: Sequence[str] = ()) -> None:
+    """Start ``cnmkit daemon`` in the background unless one already answers on the socket.
+
+    ``sandbox_dirs`` are passed as ``--sandbox-dir``: the daemon opens a direct Join's sandbox
+    only there, so a runtime with its own ``--run-dir`` must name its netns dir to the daemon.
+    """
     probe = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout=5)
     try:
         probe.call("Plugin.Activate")
@@ -321,7 +326,9 @@ def ensure_daemon(plugin_dir: str, state_dir: str, store_url: str, wait: float =
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     with open(log_path, "ab") as log:
         subprocess.Popen([sys.executable, "-m", "cli.main", "--plugin-dir", plugin_dir, "--state-dir", state_dir,
-                          "--store", store_url, "daemon"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                          "--store", store_url, "daemon",
+                          *(arg for d in sandbox_dirs for arg in ("--sandbox-dir", d))],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True, close_fds=True, cwd="/", env=env)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import time
@@ -26,7 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from client.engine import Attachment, DaemonUnavailable, Engine, PluginError
-from runtime import hosts, process, sandbox
+from runtime import hosts, names, process, sandbox
 from runtime.state import (
     STATUS_CREATED,
     STATUS_EXITED,
@@ -39,7 +38,6 @@ from runtime.state import (
 )
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 EXIT_UNKNOWN = -1
 
 
@@ -85,8 +83,17 @@ class ContainerService:
         """Validate everything that can be validated up front, then write the record (locked)."""
         if not command:
             raise ContainerError("run: no command given (use: cnmkit run [OPTIONS] -- CMD [ARG...])")
-        if name is not None and not _NAME_RE.match(name):
-            raise ContainerError(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
+        try:
+            if name is not None:
+                names.check_container_name(name)
+            if hostname is not None:
+                names.check_hostname(hostname)
+            requests = [NetworkRequest.parse(n) for n in networks]
+            for req in requests:
+                for alias in req.aliases:
+                    names.check_alias(alias, "--network alias")
+        except ValueError as exc:
+            raise ContainerError(str(exc)) from None
         if rootfs is not None:
             if not os.path.isdir(rootfs):
                 raise ContainerError(f"rootfs {rootfs}: no such directory")
@@ -97,10 +104,6 @@ class ContainerService:
             if not sep or not key:
                 raise ContainerError(f"bad -e {item!r}: expected KEY=VALUE")
             environment[key] = value
-        try:
-            requests = [NetworkRequest.parse(n) for n in networks]
-        except ValueError as exc:
-            raise ContainerError(str(exc)) from None
         seen: set[str] = set()
         for req in requests:
             net = self._inspect_network(req.network)
@@ -331,6 +334,11 @@ class ContainerService:
 
     def connect(self, network: str, ref: str, *, ip: str | None = None, aliases: Sequence[str] = ()
                 ) -> dict[str, Any]:
+        try:
+            for alias in aliases:
+                names.check_alias(alias)
+        except ValueError as exc:
+            raise ContainerError(str(exc)) from None
         cid = self.resolve(ref)
         self._require_running(cid)
         net = self._inspect_network(network)

@@ -4,6 +4,10 @@
 # and everything is removed at the end, whatever happens. Run as root from the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/demo.sh: run as root (it makes network namespaces)" >&2
+  exit 1
+fi
 bash scripts/install.sh
 
 NS="cnmkit-demo-$$"

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Installs everything cnmkit and its test tiers need on a fresh Debian 12 machine (as root):
-# the kernel tools, a real Docker engine, the CNI reference plugins (a benchmark baseline),
-# and a virtualenv at .venv with cnmkit installed in editable mode.
+# Installs everything cnmkit and its test tiers need on a fresh Debian 12 machine (as root; it
+# never calls sudo, which such a machine may not have): Python with venv and the CA certificates
+# pip needs, the kernel tools, a real Docker engine, the CNI reference plugins (a benchmark
+# baseline), and a virtualenv at .venv with cnmkit installed in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 iputils-ping busybox-static iptables kmod procps util-linux
-          docker.io containernetworking-plugins etcd-server etcd-client)
+packages=(python3 python3-venv ca-certificates iproute2 iputils-ping busybox-static iptables kmod procps
+          util-linux docker.io containernetworking-plugins etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/install.sh: missing ${missing[*]}; run as root to install them with apt-get" >&2
+    exit 1
+  fi
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

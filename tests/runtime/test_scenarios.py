@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.conftest import Host
+from tests.runtime.conftest import Host, require_tool
 
 pytestmark = pytest.mark.runtime
 
@@ -126,9 +126,7 @@ def test_kill_9_then_ps_and_rm_release_everything(host: Host) -> None:
 
 
 def test_busybox_rootfs_container(host: Host, tmp_path: Path) -> None:
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox-static not installed")
+    busybox = require_tool("busybox", "busybox-static")
     root = tmp_path / "bb"
     (root / "bin").mkdir(parents=True)
     shutil.copy(busybox, root / "bin" / "busybox")
@@ -159,6 +157,13 @@ def test_busybox_rootfs_container(host: Host, tmp_path: Path) -> None:
     (["--network", "n1"], "no command"),
     (["--rootfs", "/nonexistent-rootfs", "--network", "n1", "--", "true"], "no such directory"),
     (["--network", "n1", "--network", "n2", "--", "true"], "n2"),              # fails on the second network
+    # Names that would write lines into other containers' hosts files, or escape sequences.
+    (["--name", "a\nb", "--network", "n1", "--", "true"], "--name"),
+    (["--name", "evil\n", "--network", "n1", "--", "true"], "--name"),
+    (["--hostname", "x 10.77.0.10 evil", "--network", "n1", "--", "true"], "--hostname"),
+    (["--hostname", "x\n10.77.0.10 evil", "--network", "n1", "--", "true"], "--hostname"),
+    (["--network", "n1,alias=x 10.77.0.10 evil", "--", "true"], "--network alias"),
+    (["--name", "t\x1b]0;owned\x07", "--network", "n1", "--", "true"], "--name"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(host: Host, args: list[str], message: str) -> None:
     h = host
@@ -167,9 +172,24 @@ def test_bad_input_is_one_line_and_leaves_nothing(host: Host, args: list[str], m
     r = h.cli("run", *args, check=False)
     assert r.returncode == 1
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("cnmkit: ") and message in r.stderr
+    assert r.stderr[:-1].isprintable()                                   # nothing raw on the terminal
     assert list(h.ps()) == ["holder"]
     assert _endpoints(h, "n1") == 1
     assert len(list((h.run_dir / "netns").iterdir())) == 1
+    assert "evil" not in _hosts(h, "holder")
+
+
+def test_connect_with_a_bad_alias_is_refused_and_changes_nothing(host: Host) -> None:
+    h = host
+    h.cli("network", "create", "n1", "--subnet", "10.78.1.0/24")
+    h.cli("network", "create", "n2", "--subnet", "10.78.2.0/24")
+    h.cli("run", "-d", "--name", "a", "--network", "n1", "--", "sleep", "1000")
+    h.cli("run", "-d", "--name", "b", "--network", "n2", "--", "sleep", "1000")
+    before = _hosts(h, "b")
+    r = h.cli("network", "connect", "--alias", "x\n10.78.2.99 evil", "n2", "a", check=False)
+    assert r.returncode == 1 and r.stderr.startswith("cnmkit: --alias ") and r.stderr.count("\n") == 1
+    assert _endpoints(h, "n2") == 1 and _hosts(h, "b") == before
+    assert list(h.inspect("a")["NetworkSettings"]["Networks"]) == ["n1"]
 
 
 def test_unknown_container_verbs_fail_in_one_line(host: Host) -> None:
@@ -187,7 +207,11 @@ def test_start_daemon_dual_stack_static_v6_and_env(bare_host: Host) -> None:
 
     h = bare_host
     try:
-        h.cli("run", "--start-daemon", "-d", "--name", "first", "--", "sleep", "1000")
+        # The run dir is named by the option only: the daemon started for it must still accept
+        # direct joins of sandboxes under it (ensure_daemon passes it on as --sandbox-dir).
+        bare_env = {k: v for k, v in h.env().items() if k != "CNMKIT_RUN_DIR"}
+        h.cli("run", "--run-dir", str(h.run_dir), "--start-daemon", "-d", "--name", "first", "--", "sleep", "1000",
+              env=bare_env)
         h.cli("network", "create", "--subnet", "10.61.0.0/24", "--ipv6", "--subnet", "fd00:61::/64", "dual")
         h.cli("run", "-d", "--name", "a", "--network", "dual", "-e", "GREETING=hello there", "--", "sleep", "1000")
         h.cli("run", "-d", "--name", "b", "--network", "dual,ip6=fd00:61::61", "--", "sleep", "1000")
