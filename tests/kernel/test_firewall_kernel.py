@@ -161,7 +161,7 @@ def host(netns: str) -> Iterator[HostThread]:
 @pytest.fixture
 def driver(host: HostThread) -> Iterator[BridgeDriver]:
     kernel = host.run(Kernel)
-    yield BridgeDriver(kernel, Firewall())
+    yield BridgeDriver(kernel, Firewall(), sandbox_dirs=["/var/run/netns"])
     host.run(kernel.close)
 
 
