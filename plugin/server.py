@@ -27,6 +27,7 @@ from drivers.registry import DriverSettings, build_drivers
 from ipam.hostroutes import host_networks
 from ipam.service import IpamService
 from plugin.app import build_ipam_app, build_network_app
+from plugin.listener import BoundedSockSite
 from store.base import Store
 from store.url import open_store
 
@@ -56,6 +57,11 @@ class DaemonConfig:
     drivers: list[str] = field(default_factory=lambda: ["bridge"])
     workers: int = 4
     sandbox_dirs: list[str] = field(default_factory=default_sandbox_dirs)
+    # Per socket. dockerd keeps a handful of connections per plugin; the cap stops idle or
+    # hostile clients from using up the daemon's fds (issue 6), the timeout frees idle ones.
+    max_connections: int = 128
+    idle_timeout: float = 75.0              # seconds a connection may wait for its next request
+    accept_retry_delay: float = 1.0         # seconds without accepting after running out of fds
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -107,10 +113,12 @@ class Daemon:
         apps += [(f"{d.name}.sock", build_network_app(d, self.manager)) for d in self.drivers]
         for filename, app in apps:
             path = os.path.join(self.config.plugin_dir, filename)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                   keepalive_timeout=self.config.idle_timeout)
             await runner.setup()
             sock = _prepare_socket(path)
-            await web.SockSite(runner, sock).start()
+            await BoundedSockSite(runner, sock, limit=self.config.max_connections,
+                                  retry_delay=self.config.accept_retry_delay).start()
             self._runners.append(runner)
             self.socket_paths.append(path)
             log.info("serving %s", path)

@@ -21,6 +21,10 @@ from typing import Literal, Protocol
 
 MAX_VALUE = 256 * 1024
 MAX_TXN_OPS = 64
+# Revisions of history every backend keeps for watch replay; older ones are compacted away on
+# write (etcd's revision-based auto-compaction), so history costs a bounded amount of memory or
+# disk however long the daemon runs. A watcher further behind than this gets ``Compacted``.
+DEFAULT_HISTORY = 10_000
 
 
 class StoreError(Exception):

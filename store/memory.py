@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 from store.base import (
+    DEFAULT_HISTORY,
     KV,
     Cmp,
     Compacted,
@@ -28,7 +29,7 @@ from store.base import (
     prefix_end,
 )
 
-DEFAULT_HISTORY = 10_000  # revisions kept for watch replay before the oldest are dropped
+__all__ = ["DEFAULT_HISTORY", "MemoryStore"]
 
 
 class MemoryStore(TxnShortcuts):

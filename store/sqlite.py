@@ -7,6 +7,12 @@ read-modify-write txn/s with zero lost updates and stayed consistent after repea
 writers (design/store.md section 4). etcd semantics are emulated: one ``meta.revision`` bumped
 once per write txn, per-key mod/create revisions for CAS, and a changelog table that watchers
 poll so that a watch can resume from a revision and report ``Compacted`` below the kept history.
+
+The changelog keeps the last ``history`` revisions (``store.base.DEFAULT_HISTORY``): every write
+txn deletes the rows that fell out of that window and advances ``meta.compact_rev`` with them,
+so an endpoint lifecycle (~9 rows) no longer adds to the file for ever (issue 6: 142k rows,
+39 MB for 2 live keys). New files use ``auto_vacuum=INCREMENTAL`` and give freed pages back
+every ``VACUUM_EVERY`` revisions; a file made before that is converted once, on open.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from store.base import (
+    DEFAULT_HISTORY,
     KV,
     Cmp,
     Compacted,
@@ -37,6 +44,9 @@ from store.base import (
 POLL_INTERVAL = 0.025  # seconds between changelog polls of an idle watch
 WATCH_CHUNK = 1000  # revisions read per poll, so a far-behind watcher does not load all history at once
 BUSY_TIMEOUT_MS = 30_000
+VACUUM_EVERY = 1000  # revisions between incremental vacuums (each frees what compaction emptied)
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
+AUTO_VACUUM_INCREMENTAL = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -90,9 +100,12 @@ def _kv(row: tuple[Any, ...]) -> KV:
 class SQLiteStore(TxnShortcuts):
     """``store.base.Store`` on one SQLite file, safe across threads and processes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
         if not path or path == ":memory:":
             raise ValueError("SQLiteStore needs a file path (use MemoryStore for an in-memory store)")
+        if history < 1:
+            raise ValueError("history must keep at least one revision")
+        self.history = history
         self.path = os.path.abspath(path)
         parent = os.path.dirname(self.path)
         # The db holds every allocation and network record: keep it private to root.
@@ -104,7 +117,8 @@ class SQLiteStore(TxnShortcuts):
         self._local = threading.local()
         self._pid = os.getpid()
         self._closed = False
-        self._conn()  # create the schema now, so that a bad path fails here and not on first use
+        conn = self._conn()  # create the schema now, so that a bad path fails here and not on first use
+        self._convert_legacy(conn)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -134,10 +148,13 @@ class SQLiteStore(TxnShortcuts):
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # Only takes effect on a file with no tables yet, hence before anything else.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise Unavailable(f"{self.path}: could not switch to WAL (journal_mode={mode})")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in _SCHEMA.split(";"):
@@ -246,7 +263,50 @@ class SQLiteStore(TxnShortcuts):
         if sub == 0:
             return TxnResult(True, rev), False
         conn.execute("UPDATE meta SET revision = ?", (new_rev,))
+        self._trim_history(conn, new_rev)
         return TxnResult(True, new_rev), True
+
+    def _trim_history(self, conn: sqlite3.Connection, rev: int) -> None:
+        """Inside a write txn at ``rev``: drop changelog rows older than the last ``history`` revisions.
+
+        One range delete on the primary key per txn (usually one revision's rows), so the cost is
+        flat. A watcher that had not read the dropped revisions gets ``Compacted`` at its next poll.
+        """
+        floor = rev - self.history + 1
+        if floor <= 1:
+            return
+        compact_rev = conn.execute("SELECT compact_rev FROM meta").fetchone()[0]
+        if floor <= compact_rev:
+            return
+        conn.execute("DELETE FROM changelog WHERE rev < ?", (floor,))
+        conn.execute("UPDATE meta SET compact_rev = ?", (floor,))
+        if rev % VACUUM_EVERY == 0:
+            # Hand the pages compaction emptied back to the file system (auto_vacuum=INCREMENTAL;
+            # a no-op on a legacy file). fetchall: the pragma frees one page per step.
+            conn.execute("PRAGMA incremental_vacuum").fetchall()
+
+    def _convert_legacy(self, conn: sqlite3.Connection) -> None:
+        """Bring a file made before compaction existed down to the window, once.
+
+        Such a file has auto_vacuum=NONE (it can only be switched by a VACUUM) and may hold
+        hundreds of thousands of changelog rows: trim them, then rewrite the file in incremental
+        mode. Best effort: if another process holds the file, the trim still happens on the next
+        write and the file stops growing (freed pages are reused); only the shrink waits.
+        """
+        try:
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._trim_history(conn, conn.execute("SELECT revision FROM meta").fetchone()[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+        except sqlite3.Error:
+            return
 
     # -- history -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 from drivers.errors import KernelError, LinkExists, LinkNotFound
 from drivers.fakekernel import FakeKernel
 from drivers.kernel import Kernel
-from tests.conftest import ip_json
+from tests.conftest import in_netns, ip_json
 
 pytestmark = pytest.mark.kernel
 
@@ -242,3 +242,40 @@ def test_contract_shared_by_kernel_and_fake(ops: tuple[Any, Callable[[str], None
     assert k.link_delete("cnvc", alias=EP_ALIAS) is True
     assert k.link_get("cnic") is None
     assert k.link_delete("cnvc", alias=EP_ALIAS) is False
+
+
+def v6_addrs(ns: str, dev: str) -> dict[str, dict]:
+    """Global IPv6 addresses of ``dev`` as ``ip -j -6 addr`` shows them (flags included)."""
+    shown = ip_json("-6", "addr", "show", "dev", dev, netns=ns)[0]
+    return {f"{a['local']}/{a['prefixlen']}": a for a in shown["addr_info"] if a["scope"] == "global"}
+
+
+def test_ipv6_addresses_are_usable_at_once(netns_factory: Callable[[str], str]) -> None:
+    """Container and gateway IPv6 addresses skip DAD (IFA_F_NODAD), as libnetwork's do.
+
+    Under DAD an address stays "tentative" for ~1.5 s after the link comes up: a container's
+    first ``ping -6`` fails (issue 6, scripts/demo.sh). Checked right after the runtime's own
+    configure step, with nothing in between, and by one ping from the new address.
+    """
+    from runtime import sandbox
+
+    host, box = netns_factory("h"), netns_factory("c")
+    k = Kernel.for_netns(path(host))
+    try:
+        k.ensure_bridge("cnm-d", alias=ALIAS, mtu=1500)
+        k.addr_ensure("cnm-d", "fd00:66::1/64")
+        k.addr_ensure("cnm-d", "10.66.0.1/24")
+        k.set_up("cnm-d")
+        k.ensure_veth("cnvd", "cnid", alias=EP_ALIAS, mtu=1500, peer_mac="02:00:00:00:66:02",
+                      master="cnm-d", peer_netns_path=path(box))
+        sandbox.configure(path(box), {"src_name": "cnid", "address": "10.66.0.2/24",
+                                      "address_v6": "fd00:66::2/64", "mac": "02:00:00:00:66:02",
+                                      "mtu": 1500, "gateway": "10.66.0.1", "gateway_v6": "fd00:66::1"},
+                          "eth0", True)
+        for ns, dev, cidr in ((box, "eth0", "fd00:66::2/64"), (host, "cnm-d", "fd00:66::1/64")):
+            addr = v6_addrs(ns, dev)[cidr]
+            assert addr.get("nodad") is True and "tentative" not in addr, (dev, addr)
+        assert "nodad" not in ip_json("-4", "addr", "show", "dev", "eth0", netns=box)[0]["addr_info"][0]
+        assert in_netns(box, "ping", "-6", "-c", "1", "-W", "2", "fd00:66::1", check=False).returncode == 0
+    finally:
+        k.close()

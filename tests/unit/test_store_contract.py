@@ -42,6 +42,12 @@ BACKENDS: dict[str, Callable[[Path], Store]] = {
 # key root there: revisions are shared by the whole cluster, keys are not.
 ALL_BACKENDS = [*sorted(BACKENDS), "etcd"]
 
+# The same backends with a short history window, to see compaction on write in a few hundred writes.
+BOUNDED: dict[str, Callable[[Path, int], Store]] = {
+    "memory": lambda tmp, history: MemoryStore(history=history),
+    "sqlite": lambda tmp, history: SQLiteStore(str(tmp / "state" / "kv.db"), history=history),
+}
+
 WATCH_SAFETY = 10.0  # seconds a watch may idle before it ends; a hang becomes a failed assertion
 
 
@@ -287,6 +293,33 @@ def test_watch_overtaken_by_compaction(history_store: Store) -> None:
     store.compact(last)  # the watcher has not read r+1..last-1 yet: it lost history
     with pytest.raises(Compacted):
         list(it)
+
+
+@pytest.mark.parametrize("backend", sorted(BOUNDED))
+def test_history_is_compacted_on_write(backend: str, tmp_path: Path) -> None:
+    """History is a window of the last ``history`` revisions, however many writes came before."""
+    store = BOUNDED[backend](tmp_path, 50)
+    try:
+        first = store.put("ep/x", b"0")
+        it = store.watch("ep/", first, timeout=WATCH_SAFETY)
+        assert next(it).revision == first  # a watcher that then stops reading falls behind
+        for _ in range(300):  # an endpoint's life: put, update, delete
+            store.put("ep/x", b"a")
+            store.put("ep/x", b"b")
+            store.delete("ep/x")
+        rev = store.put("live/k", b"1")
+        assert rev == first + 901
+        with pytest.raises(Compacted) as err:
+            store.watch("ep/", first, timeout=0.2)
+        assert err.value.compact_rev == rev - 49  # exactly the last 50 revisions are kept
+        with pytest.raises(Compacted):
+            list(it)  # the stalled watcher learns it must relist
+        recent = list(store.watch("", rev - 49, timeout=0.2))
+        assert [e.revision for e in recent] == list(range(rev - 49, rev + 1))
+        assert (recent[-1].type, recent[-1].key) == ("PUT", "live/k")
+        assert [e.type for e in recent[-4:-1]] == ["PUT", "PUT", "DELETE"]
+    finally:
+        store.close()
 
 
 # -- concurrency ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 import store.sqlite as sqlite_backend
 from store.base import Put
-from store.sqlite import SQLiteStore, list_query
+from store.sqlite import _SCHEMA, SQLiteStore, list_query
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -200,3 +200,74 @@ def test_creates_private_parent_dirs(tmp_path: Path) -> None:
     SQLiteStore(str(db)).close()
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def changelog_rows(db: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM changelog").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def file_bytes(db: str) -> int:
+    """Size of the main file once the WAL is checkpointed into it (and truncated)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
+    return os.path.getsize(db)
+
+
+def test_changelog_rows_and_file_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endpoint lifecycles for ever: the changelog stays a window and the file does not grow."""
+    monkeypatch.setattr(sqlite_backend, "VACUUM_EVERY", 100)
+    db = str(tmp_path / "kv.db")
+    store = SQLiteStore(db, history=200)
+    value = b"x" * 2000  # an endpoint record's size, so a leak shows in pages quickly
+
+    def lifecycles(n: int) -> None:
+        for i in range(n):
+            store.put(f"ep/{i % 7}", value)
+            store.put(f"ep/{i % 7}", value + b"!")
+            store.delete(f"ep/{i % 7}")
+
+    try:
+        lifecycles(200)
+        assert changelog_rows(db) == 200
+        settled = file_bytes(db)
+        lifecycles(1000)
+        assert changelog_rows(db) == 200
+        assert file_bytes(db) <= settled + 64 * 1024  # 3000 more revisions (6 MB of values) later
+        rev = store.put("live", b"1")
+        assert [e.key for e in store.watch("", rev - 1, timeout=0)] == ["ep/5", "live"]  # 999 % 7
+    finally:
+        store.close()
+
+
+def test_legacy_file_is_trimmed_and_shrunk_on_open(tmp_path: Path) -> None:
+    """A file from before compaction (auto_vacuum off, 20k changelog rows) is brought down once."""
+    db = str(tmp_path / "kv.db")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_SCHEMA)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO changelog (rev, sub, key, op, value) VALUES (?, 0, 'ep/x', 'PUT', ?)",
+                     [(rev, b"x" * 500) for rev in range(1, 20_001)])
+    conn.execute("INSERT INTO kv VALUES ('ep/x', ?, 1, 20000, 20000)", (b"x" * 500,))
+    conn.execute("UPDATE meta SET revision = 20000")
+    conn.execute("COMMIT")
+    conn.close()
+    before = file_bytes(db)
+    store = SQLiteStore(db, history=100)
+    try:
+        assert changelog_rows(db) == 100
+        assert file_bytes(db) < before // 10
+        check = sqlite3.connect(db)
+        assert check.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
+        check.close()
+        assert [e.revision for e in store.watch("ep/", 19_999, timeout=0)] == [19_999, 20_000]
+        assert store.get("ep/x").mod_rev == 20_000  # type: ignore[union-attr]
+    finally:
+        store.close()
