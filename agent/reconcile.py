@@ -62,11 +62,21 @@ class Agent:
         self.executor = executor
         self._lock = lock
 
-    async def reconcile(self, *, dry_run: bool = False, cleanup: bool = True) -> list[str]:
-        """One pass over every network on record, then (with ``cleanup``) the orphans; the actions."""
+    async def reconcile(self, *, dry_run: bool = False, cleanup: bool = True, unattended: bool = False,
+                        ) -> list[str]:
+        """One pass over every network on record, then (with ``cleanup``) the orphans; the actions.
+
+        ``unattended`` (the daemon's own passes): a store with no network at all is more likely the
+        wrong store (a mistyped ``--store``, a fresh state dir) than a host whose every network
+        was deleted, so orphans are then left for ``cnmkit reconcile`` to remove when asked.
+        """
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         network_ids = await loop.run_in_executor(self.executor, self._network_ids)
+        if cleanup and unattended and not network_ids:
+            log.info("reconcile: the store holds no network; marked kernel objects are left alone "
+                     "(run 'cnmkit reconcile' to remove them)")
+            cleanup = False
         # Networks are independent: converged side by side, each under its own lock.
         per_network = await asyncio.gather(*(self._converge(nid, dry_run) for nid in network_ids))
         actions = [action for chunk in per_network for action in chunk]
@@ -87,7 +97,7 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.reconcile(cleanup=cleanup)
+                await self.reconcile(cleanup=cleanup, unattended=True)
             except Exception as exc:                 # the store away, a stuck iptables: try next time
                 log.warning("periodic reconcile failed: %s", exc)
 

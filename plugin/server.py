@@ -138,7 +138,7 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         # -- reconciling agent (agent/reconcile.py): the kernel made to match the store before
         # dockerd can reach us, then again every reconcile_interval seconds.
-        await self.agent.reconcile(cleanup=self.config.cleanup)
+        await self.agent.reconcile(cleanup=self.config.cleanup, unattended=True)
         periodic = None
         if self.config.reconcile_interval > 0:
             periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
