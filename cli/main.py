@@ -94,7 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a directory whose files a direct Join may open as network namespaces; repeat "
                              "(default: /var/run/docker/netns, /run/docker/netns and $CNMKIT_RUN_DIR/netns "
                              "or /run/cnmkit/netns)")
+    daemon.add_argument("--no-cleanup", action="store_true",
+                        help="reconcile without removing marked kernel objects that no record explains")
+    daemon.add_argument("--reconcile-interval", type=_seconds, default=60.0, metavar="SECONDS",
+                        help="make the kernel match the store every SECONDS (default 60; 0: only at start)")
     daemon.set_defaults(func=cmd_daemon, needs_engine=False)
+
+    reconcile = sub.add_parser("reconcile", help="make the kernel match the store now (what the daemon "
+                               "does at start): re-make missing bridges, links, rules; remove marked orphans")
+    reconcile.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    reconcile.add_argument("--no-cleanup", action="store_true", help="do not remove marked orphans")
+    reconcile.set_defaults(func=cmd_reconcile)
 
     cleanup = sub.add_parser("cleanup", help="remove kernel objects of cnmkit's that no record explains")
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -117,11 +127,33 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
                           drivers=args.drivers or ["bridge"],
-                          sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs())
+                          sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
+                          cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval)
     try:
         run_daemon(config)
     except (RuntimeError, ValueError, OSError) as exc:
         fail(str(exc))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0..86400 seconds")
+    return value
+
+
+def cmd_reconcile(args: argparse.Namespace, engine: Engine) -> None:
+    actions = engine.reconcile(dry_run=args.dry_run, cleanup=not args.no_cleanup)
+    prefix = "would " if args.dry_run else ""
+    for action in actions:
+        print(action if action.startswith("error:") else f"{prefix}{action}")
+    if not actions:
+        print("nothing to do: the kernel matches the store")
+    if any(action.startswith("error:") for action in actions):
+        raise SystemExit(1)
 
 
 def cmd_cleanup(args: argparse.Namespace, engine: Engine) -> None:

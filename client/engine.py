@@ -114,6 +114,11 @@ class Engine:
         """Kernel objects carrying cnmkit's mark that no record explains (left by a crash): removed."""
         return [str(a) for a in self.ipam.call("Cnmkit.Cleanup", {"DryRun": dry_run})["Actions"]]
 
+    def reconcile(self, dry_run: bool = False, cleanup: bool = True) -> list[str]:
+        """Make the kernel match the store now (agent/reconcile.py); the actions taken or planned."""
+        body = {"DryRun": dry_run, "Cleanup": cleanup}
+        return [str(a) for a in self.ipam.call("Cnmkit.Reconcile", body)["Actions"]]
+
     def _pool_id(self, cidr: str, space: str) -> str:
         for pool in self.list_pools():
             if pool.get("Pool") == cidr and (not space or pool.get("AddressSpace") == space):

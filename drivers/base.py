@@ -160,6 +160,34 @@ class Reconciler(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EndpointState:
+    """What the store says one endpoint should have in the kernel: the agent's input per endpoint.
+
+    ``joined``: a Join succeeded and no Leave followed (the record's Sandbox is set), so its
+    host-side link must exist; ``ports``: the published ports on record.
+    """
+
+    spec: EndpointSpec
+    joined: bool = False
+    ports: tuple[PortBinding, ...] = ()
+
+
+@runtime_checkable
+class Converger(Protocol):
+    """Optional capability: make one network's kernel objects match its records (agent/reconcile.py).
+
+    Each method looks first and acts only on what is missing or half-made, so a pass over a
+    network that is already right changes nothing (no flap of a bridge that carries traffic).
+    Answers one human-readable line per action, taken unless ``dry_run``.
+    """
+
+    def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]: ...
+
+    def ensure_endpoints(self, network: NetworkSpec, endpoints: Sequence[EndpointState], *,
+                         dry_run: bool) -> list[str]: ...
+
+
 @runtime_checkable
 class PortPublisher(Protocol):
     """Optional capability: ProgramExternalConnectivity/RevokeExternalConnectivity with port maps."""

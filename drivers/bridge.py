@@ -25,13 +25,14 @@ from drivers import naming
 from drivers.base import (
     EndpointResult,
     EndpointSpec,
+    EndpointState,
     IPAMData,
     JoinRequest,
     JoinResult,
     NetworkSpec,
     PortBinding,
 )
-from drivers.errors import DriverError, InvalidOption
+from drivers.errors import DriverError, InvalidOption, LinkExists
 from drivers.firewall import NetworkRules
 from plugin.quoting import shown
 
@@ -55,6 +56,7 @@ DEFAULT_SANDBOX_DIRS = ("/var/run/docker/netns", "/run/docker/netns", "/run/cnmk
 class FirewallOps(Protocol):
     def ensure_network(self, net: NetworkRules) -> None: ...
     def remove_network(self, network_id: str) -> int: ...
+    def missing(self, net: NetworkRules) -> list[str]: ...
     def marks(self) -> set[tuple[str, str]]: ...
     def publish(self, net: NetworkRules, endpoint_id: str, container_ip: str,
                 ports: Sequence[tuple[str, int, int, str]]) -> None: ...
@@ -225,6 +227,11 @@ class BridgeDriver:
         if direct:
             self._check_sandbox(request.sandbox_key)
             direct = os.path.exists(request.sandbox_key)
+        if direct and self.kernel.link_get(peer) is not None:
+            # A pair the reconciler re-made (container end in the host netns): a direct Join wants
+            # the end born in the sandbox, so the pair is made again there.
+            with contextlib.suppress(LinkExists):
+                self.kernel.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
         self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
                                 alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
                                 peer_mac=endpoint.mac or None, master=cfg.bridge,
@@ -284,6 +291,94 @@ class BridgeDriver:
 
     def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         self.firewall.unpublish(network.network_id, endpoint.endpoint_id)
+
+    # -- convergence (agent/reconcile.py): look first, act only on what is missing ------------
+
+    def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]:
+        """Re-make what the network's record implies and the kernel lacks: bridge, addresses, rules.
+
+        A complete network is left untouched. Otherwise ``create_network`` runs, which is
+        idempotent and never flaps an existing bridge (same alias and MTU set again, addresses
+        added with EEXIST tolerated, rules checked with ``-C`` before ``-A``, nothing flushed).
+        A link of that name that is not ours raises LinkExists: the caller skips the network.
+        """
+        cfg = BridgeConfig.parse(spec)
+        alias = naming.network_alias(spec.network_id)
+        short = spec.network_id[:12]
+        link = self.kernel.link_get(cfg.bridge)
+        todo: list[str] = []
+        if link is None:
+            gateways = ", ".join(str(p.gateway) for p in (*spec.ipv4, *spec.ipv6) if p.gateway) or "none"
+            todo.append(f"create bridge {cfg.bridge} of network {short} (mtu {cfg.mtu}, gateways {gateways})")
+        else:
+            if link["alias"] != alias:
+                # Our derived name without any alias: a create killed between link add and the
+                # alias (the kernel ignores IFLA_IFALIAS on RTM_NEWLINK). The record names it, so
+                # it is ours; a custom name or any other alias could be somebody else's bridge.
+                if link["alias"] or cfg.custom_name or link["kind"] != "bridge":
+                    raise LinkExists(f"link {cfg.bridge} of network {short} is not ours (alias "
+                                     f"{shown(link['alias'])}, kind {shown(link['kind'])}): left alone")
+                todo.append(f"adopt bridge {cfg.bridge} of network {short} (our name, no alias: a create cut short)")
+            if link["mtu"] != cfg.mtu:
+                todo.append(f"set mtu {cfg.mtu} on bridge {cfg.bridge} (was {link['mtu']})")
+            if not link["up"]:
+                todo.append(f"set bridge {cfg.bridge} up")
+            have = set(self.kernel.addrs(cfg.bridge))
+            todo += [f"add gateway {p.gateway} to bridge {cfg.bridge}" for p in (*spec.ipv4, *spec.ipv6)
+                     if p.gateway is not None and str(p.gateway) not in have]
+        missing = self.firewall.missing(self._rules(spec, cfg))
+        if missing:
+            todo.append(f"add {len(missing)} iptables rule(s) of network {short} (first: {missing[0]})")
+        if todo and not dry_run:
+            self.create_network(spec)
+        return todo
+
+    def ensure_endpoints(self, network: NetworkSpec, endpoints: Sequence[EndpointState], *,
+                         dry_run: bool) -> list[str]:
+        """Host-side veths of joined endpoints, half-made veths adopted, published ports re-programmed.
+
+        A joined endpoint whose link is gone (a reboot, its netns died) gets a fresh pair with the
+        container end left in the host netns: the next Join finds it and dockerd moves it, as
+        after any Join. A link with our derived name and no alias is adopted because a record
+        names it (a Join killed between link add and alias); any other alias is left alone.
+        """
+        cfg = BridgeConfig.parse(network)
+        published: set[str] = set()
+        if any(state.ports for state in endpoints):
+            published = {ep for net, ep in self.firewall.marks() if net == network.network_id and ep}
+        actions: list[str] = []
+        for state in endpoints:
+            try:
+                actions += self._ensure_endpoint(network, cfg, state, state.spec.endpoint_id in published,
+                                                 dry_run=dry_run)
+            except DriverError as exc:           # one endpoint's trouble does not stop the others
+                actions.append(f"error: endpoint {state.spec.endpoint_id[:12]}: {exc}")
+        return actions
+
+    def _ensure_endpoint(self, network: NetworkSpec, cfg: BridgeConfig, state: EndpointState,
+                         published: bool, *, dry_run: bool) -> list[str]:
+        eid = state.spec.endpoint_id
+        host, alias = naming.host_veth_name(eid), naming.endpoint_alias(eid)
+        link = self.kernel.link_get(host)
+        todo: list[str] = []
+        if link is None:
+            if state.joined:
+                todo.append(f"create veth {host} of joined endpoint {eid[:12]} on bridge {cfg.bridge}")
+        elif link["alias"] != alias:
+            if link["alias"] or link["kind"] != "veth":
+                raise LinkExists(f"link {host} is not ours (alias {shown(link['alias'])}, "
+                                 f"kind {shown(link['kind'])}): left alone")
+            todo.append(f"adopt veth {host} of endpoint {eid[:12]} (our name, no alias: a join cut short)")
+        elif link["master"] != cfg.bridge or not link["up"]:
+            todo.append(f"attach veth {host} of endpoint {eid[:12]} to bridge {cfg.bridge} and set it up")
+        if todo and not dry_run:
+            self.kernel.ensure_veth(host, naming.container_veth_name(eid), alias=alias, mtu=cfg.mtu,
+                                    peer_mac=state.spec.mac or None, master=cfg.bridge)
+        if state.ports and not published:
+            todo.append(f"publish {len(state.ports)} port(s) of endpoint {eid[:12]}")
+            if not dry_run:
+                self.publish(network, state.spec, state.ports)
+        return todo
 
     # -- reconciliation ---------------------------------------------------------------------
 

@@ -217,6 +217,26 @@ class Firewall:
             # and without NAT66 outside reach needs a routed prefix the operator sets up anyway.
             self._sysctl.ensure(IPV4_FORWARD, "1")
 
+    def missing(self, net: NetworkRules) -> list[str]:
+        """What ``ensure_network`` would add, found with ``-C`` only: the reconciler's read-only check.
+
+        Lets a periodic reconcile pass leave a complete network's chains untouched (no append, no
+        jump re-insert) and lets ``cnmkit reconcile --dry-run`` say what it would do.
+        """
+        mark = naming.firewall_mark(net.network_id)
+        wanted: list[tuple[str, str, str, Rule]] = []
+        with self._lock:
+            families = [self.iptables] + ([self.ip6tables] if net.subnets_v6 else [])
+            for binary in families:
+                wanted.append((binary, "filter", "FORWARD", _jump(FORWARD_CHAIN)))
+                wanted += [(binary, "filter", ISOLATION_CHAIN, _marked(r, mark)) for r in isolation_rules(net)]
+                wanted += [(binary, "filter", FORWARD_CHAIN, _marked(r, mark)) for r in forward_rules(net)]
+            if nat_rules(net):
+                wanted.append((self.iptables, "nat", "POSTROUTING", _jump(NAT_CHAIN)))
+            wanted += [(self.iptables, "nat", NAT_CHAIN, _marked(r, mark)) for r in nat_rules(net)]
+            return [f"{binary} -t {table} -A {chain} {' '.join(rule)}" for binary, table, chain, rule in wanted
+                    if self._cmd(binary, "-t", table, "-C", chain, *rule)[0] != 0]
+
     def remove_network(self, network_id: str) -> int:
         """Delete every rule marked with exactly this network id (its ports' too); returns how many."""
         _check_hex(network_id, "network id")

@@ -91,6 +91,10 @@ class NetworkManager:
             else:
                 self._locks[network_id] = (lock, users - 1)
 
+    def network_lock(self, network_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The lock every call on this network holds; the reconciling agent takes it too."""
+        return self._network_lock(network_id)
+
     async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
         async with self._network_lock(network_id):
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

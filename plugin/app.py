@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
@@ -46,8 +47,10 @@ def build_network_app(driver: NetworkDriver, manager: NetworkManager) -> web.App
     return app
 
 
-def build_ipam_app(ipam: IpamService, manager: NetworkManager, executor: ThreadPoolExecutor) -> web.Application:
+def build_ipam_app(ipam: IpamService, manager: NetworkManager, executor: ThreadPoolExecutor,
+                   agent: Agent | None = None) -> web.Application:
     app = _app(ipam_routes.ROUTES)
+    app[ipam_routes.AGENT] = agent or Agent(manager.store, manager.drivers, executor, manager.network_lock)
     app[ipam_routes.IPAM] = ipam
     app[ipam_routes.MANAGER] = manager
     app[ipam_routes.EXECUTOR] = executor

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from agent.reconcile import Agent
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
 from plugin import protocol as p
@@ -17,6 +18,7 @@ from plugin.errors import reply
 IPAM = web.AppKey("ipam", IpamService)
 MANAGER = web.AppKey("manager", NetworkManager)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+AGENT = web.AppKey("agent", Agent)
 
 T = TypeVar("T")
 
@@ -83,6 +85,11 @@ async def cleanup(request: web.Request) -> web.Response:
     return reply({"Actions": await request.app[MANAGER].cleanup(dry_run)})
 
 
+async def reconcile(request: web.Request) -> web.Response:
+    dry_run, cleanup_too = p.decode_reconcile(await _body(request))
+    return reply({"Actions": await request.app[AGENT].reconcile(dry_run=dry_run, cleanup=cleanup_too)})
+
+
 ROUTES = {
     "/Plugin.Activate": activate,
     "/IpamDriver.GetCapabilities": capabilities,
@@ -95,4 +102,5 @@ ROUTES = {
     "/Cnmkit.NetworkInspect": network_inspect,
     "/Cnmkit.PoolList": pool_list,
     "/Cnmkit.Cleanup": cleanup,
+    "/Cnmkit.Reconcile": reconcile,
 }

@@ -388,3 +388,12 @@ def decode_cleanup(body: dict[str, Any]) -> bool:
     if not isinstance(dry_run, bool):
         raise BadRequest("DryRun", f"expected a boolean, got {shown(dry_run)}")
     return dry_run
+
+
+def decode_reconcile(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``{"DryRun": bool, "Cleanup": bool}`` (both optional; Cleanup defaults to true)."""
+    dry_run = decode_cleanup(body)
+    cleanup = body.get("Cleanup", True)
+    if not isinstance(cleanup, bool):
+        raise BadRequest("Cleanup", f"expected a boolean, got {shown(cleanup)}")
+    return dry_run, cleanup

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
 from drivers.registry import DriverSettings, build_drivers
@@ -62,6 +63,8 @@ class DaemonConfig:
     max_connections: int = 128
     idle_timeout: float = 75.0              # seconds a connection may wait for its next request
     accept_retry_delay: float = 1.0         # seconds without accepting after running out of fds
+    cleanup: bool = True                    # reconcile removes marked orphans (--no-cleanup: not)
+    reconcile_interval: float = 60.0        # seconds between periodic passes; 0: only at start
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -104,12 +107,13 @@ class Daemon:
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor)
         self.ipam = IpamService(self.store, avoid=host_networks)
+        self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock)
         self._runners: list[web.AppRunner] = []
         self.socket_paths: list[str] = []
 
     async def start(self) -> None:
         os.makedirs(self.config.plugin_dir, mode=0o755, exist_ok=True)
-        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor))]
+        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor, self.agent))]
         apps += [(f"{d.name}.sock", build_network_app(d, self.manager)) for d in self.drivers]
         for filename, app in apps:
             path = os.path.join(self.config.plugin_dir, filename)
@@ -140,6 +144,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # -- reconciling agent (agent/reconcile.py): the kernel made to match the store before
+        # dockerd can reach us, then again every reconcile_interval seconds.
+        await self.agent.reconcile(cleanup=self.config.cleanup, unattended=True)
+        periodic = None
+        if self.config.reconcile_interval > 0:
+            periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
+                                                                cleanup=self.config.cleanup))
+        # -- end of reconciling agent
         await self.start()
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
@@ -148,6 +160,8 @@ class Daemon:
             await stop.wait()
         finally:
             log.info("stopping: sockets removed, kernel state kept")
+            if periodic is not None:
+                periodic.cancel()
             await self.stop()
             try:
                 os.unlink(pid_path)

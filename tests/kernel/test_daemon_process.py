@@ -28,11 +28,11 @@ class HostDaemon:
         self.netns, self.plugins, self.state = netns, tmp / "plugins", tmp / "state"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *daemon_args: str) -> None:
         self.log = open(self.state.parent / "daemon.log", "ab")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, sys.executable, "-m", "cli.main", "--plugin-dir", str(self.plugins),
-             "--state-dir", str(self.state), "daemon"], cwd=REPO, stdout=self.log, stderr=self.log)
+             "--state-dir", str(self.state), "daemon", *daemon_args], cwd=REPO, stdout=self.log, stderr=self.log)
         while not all(socket_answers(str(self.plugins / s)) for s in ("cnmkit.sock", "cnmkit-bridge.sock")):
             assert self.proc.poll() is None, (self.state.parent / "daemon.log").read_text()
             time.sleep(0.05)

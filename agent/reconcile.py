@@ -1,0 +1,155 @@
+"""The reconciling agent: the store is the desired state, the kernel is made to agree with it.
+
+Requests change the kernel only while they run; a reboot (bridges, veths and iptables rules
+gone, the store kept), a ``kill -9`` between two kernel writes, or somebody's ``ip link del``
+leave the kernel behind the store, and nothing else would ever repair it. The agent does, in
+one pass that runs
+
+- at daemon start, before any socket is served (dockerd's first Join after a reboot then finds
+  its bridge: that Join failed with ``link cnm-...: No such device`` before the agent existed);
+- on demand: ``cnmkit reconcile [--dry-run]`` (Cnmkit.Reconcile on the IPAM socket);
+- periodically: ``cnmkit daemon --reconcile-interval SECONDS`` (0 disables).
+
+A pass, per network on record and under the network's own lock (the one every request on that
+network holds, so a pass never interleaves with a create, join or delete of the same network):
+read the network and endpoint records, then ask the network's driver to make each object right
+(``Converger.ensure_network`` / ``ensure_endpoints``: look first, act only on what is missing or
+half-made, never flush or re-create what exists, so running containers keep their traffic).
+Then orphans: kernel objects carrying our mark that no record explains are removed by the
+driver's ``Reconciler.reconcile``, which scans the kernel *before* it reads the store (records
+are written before kernel objects and removed after them, so nothing in flight looks orphaned).
+``--no-cleanup`` skips that step. Objects without our mark are never touched; a link with our
+derived name but no mark is adopted only when a record names it (the drivers decide that).
+
+Every action is logged as one line and returned, so the CLI can print what was (or, with
+``dry_run``, would be) done. The loop lives here, between the store and the drivers; drivers
+only know how to make one object right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, nullcontext
+from functools import partial
+from typing import Any
+
+from drivers import records
+from drivers.base import Converger, EndpointState, NetworkDriver, PortBinding, Reconciler
+from drivers.errors import DriverError
+from store.base import Store
+
+log = logging.getLogger("cnmkit.agent")
+
+LockFactory = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+def _no_lock(network_id: str) -> AbstractAsyncContextManager[None]:
+    return nullcontext()
+
+
+class Agent:
+    """One host's reconciler: ``reconcile()`` is a pass; ``run_every()`` repeats it."""
+
+    def __init__(self, store: Store, drivers: Mapping[str, NetworkDriver], executor: Executor,
+                 lock: LockFactory = _no_lock) -> None:
+        self.store = store
+        self.drivers = drivers
+        self.executor = executor
+        self._lock = lock
+
+    async def reconcile(self, *, dry_run: bool = False, cleanup: bool = True, unattended: bool = False,
+                        ) -> list[str]:
+        """One pass over every network on record, then (with ``cleanup``) the orphans; the actions.
+
+        ``unattended`` (the daemon's own passes): a store with no network at all is more likely the
+        wrong store (a mistyped ``--store``, a fresh state dir) than a host whose every network
+        was deleted, so orphans are then left for ``cnmkit reconcile`` to remove when asked.
+        """
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        network_ids = await loop.run_in_executor(self.executor, self._network_ids)
+        if cleanup and unattended and not network_ids:
+            log.info("reconcile: the store holds no network; marked kernel objects are left alone "
+                     "(run 'cnmkit reconcile' to remove them)")
+            cleanup = False
+        # Networks are independent: converged side by side, each under its own lock.
+        per_network = await asyncio.gather(*(self._converge(nid, dry_run) for nid in network_ids))
+        actions = [action for chunk in per_network for action in chunk]
+        if cleanup:
+            for driver in self.drivers.values():
+                if isinstance(driver, Reconciler):
+                    removed = await loop.run_in_executor(
+                        self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
+                    for action in removed:
+                        self._log(action, dry_run)
+                    actions += removed
+        log.info("reconcile%s: %d network(s), %d action(s) in %.2f s", " (dry run)" if dry_run else "",
+                 len(network_ids), len(actions), time.monotonic() - started)
+        return actions
+
+    async def run_every(self, interval: float, *, cleanup: bool) -> None:
+        """Repeat the pass every ``interval`` seconds until cancelled; a failed pass is logged, not fatal."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile(cleanup=cleanup, unattended=True)
+            except Exception as exc:                 # the store away, a stuck iptables: try next time
+                log.warning("periodic reconcile failed: %s", exc)
+
+    # -- one network ------------------------------------------------------------------------------
+
+    async def _converge(self, network_id: str, dry_run: bool) -> list[str]:
+        async with self._lock(network_id):
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._converge_network, network_id, dry_run)
+
+    def _converge_network(self, network_id: str, dry_run: bool) -> list[str]:
+        """Read the records under the lock (a delete may have won the race) and converge them."""
+        kv = self.store.get(records.network_key(network_id))
+        if kv is None:
+            return []
+        rec = json.loads(kv.value)
+        driver = self.drivers.get(rec.get("Driver", ""))
+        if not isinstance(driver, Converger):
+            return []
+        spec = records.network_from_dict(rec["Spec"])
+        try:
+            actions = driver.ensure_network(spec, dry_run=dry_run)
+        except DriverError as exc:
+            # Its bridge is missing a part we cannot make, or a name is somebody else's: the
+            # endpoints are skipped too, so nothing of ours is hung on a bridge that is not ours.
+            actions = [f"error: network {network_id[:12]}: {exc}"]
+            self._log(actions[0], dry_run)
+            return actions
+        eps, _ = self.store.list(records.endpoints_prefix(network_id))
+        states = [_endpoint_state(json.loads(e.value)) for e in eps]
+        actions += driver.ensure_endpoints(spec, states, dry_run=dry_run)
+        for action in actions:
+            self._log(action, dry_run)
+        return actions
+
+    # -- store reads ------------------------------------------------------------------------------
+
+    def _network_ids(self) -> list[str]:
+        kvs, _ = self.store.list(records.NETWORKS)
+        return [kv.key[len(records.NETWORKS):] for kv in kvs]
+
+    def _known_ids(self) -> tuple[set[str], set[str]]:
+        nets, _ = self.store.list(records.NETWORKS)
+        eps, _ = self.store.list(records.ENDPOINTS)
+        return ({kv.key[len(records.NETWORKS):] for kv in nets}, {kv.key.rsplit("/", 1)[1] for kv in eps})
+
+    @staticmethod
+    def _log(action: str, dry_run: bool) -> None:
+        level = logging.WARNING if action.startswith("error:") else logging.INFO
+        log.log(level, "reconcile%s: %s", " (dry run, not done)" if dry_run else "", action)
+
+
+def _endpoint_state(rec: dict[str, Any]) -> EndpointState:
+    return EndpointState(spec=records.endpoint_from_dict(rec["Spec"]), joined=bool(rec.get("Sandbox")),
+                         ports=tuple(PortBinding(**p) for p in rec.get("Ports") or []))
