@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from drivers.fakekernel import FakeSysctl
 from drivers.firewall import (
     Firewall,
     NetworkRules,
@@ -26,6 +25,7 @@ from drivers.firewall import (
     port_rules,
     run_command,
 )
+from tests.fakekernel import FakeSysctl
 
 NID = "b1" * 32
 EID = "e1" * 32

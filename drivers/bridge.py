@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from netaddr import INET_PTON, AddrFormatError, IPAddress
 
@@ -34,10 +34,8 @@ from drivers.base import (
 )
 from drivers.errors import DriverError, InvalidOption, LinkExists
 from drivers.firewall import NetworkRules
+from drivers.kernel_api import KernelOps
 from plugin.quoting import shown
-
-if TYPE_CHECKING:
-    from drivers.kernel import KernelOps
 
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"

@@ -42,7 +42,7 @@ KernelError, so a lock somebody holds forever cannot stall our worker threads fo
 
 Ensure is ``-C`` before ``-A``, removal tolerates absence: both are repeatable. Commands run in
 the calling thread's network namespace; the runner is injectable so the unit tier can record and
-emulate them (drivers/fakekernel.py: FakeIptables, which prints what real iptables prints).
+emulate them (tests/fakekernel.py: FakeIptables, which prints what real iptables prints).
 """
 
 from __future__ import annotations

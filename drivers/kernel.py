@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
@@ -34,6 +34,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
 )
 
 from drivers.errors import KernelError, LinkExists, LinkNotFound
+from drivers.kernel_api import LinkInfo
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -41,7 +42,6 @@ IFF_UP = 0x1
 IFA_F_NODAD = 0x02
 _DUMP_RETRIES = 5
 
-LinkInfo = dict[str, Any]
 T = TypeVar("T")
 
 _libc: ctypes.CDLL | None = None
@@ -84,22 +84,6 @@ def _same_netns(fd: int) -> bool:
     here = os.stat("/proc/thread-self/ns/net")
     there = os.fstat(fd)
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-class KernelOps(Protocol):
-    """The verbs drivers use; ``Kernel`` and ``FakeKernel`` both provide them."""
-
-    def link_get(self, name: str) -> LinkInfo | None: ...
-    def links(self) -> list[LinkInfo]: ...
-    def links_owned(self, alias_prefix: str) -> list[tuple[str, str]]: ...
-    def ensure_bridge(self, name: str, *, alias: str, mtu: int, mac: str | None = None,
-                      adopt: bool = False) -> bool: ...
-    def ensure_veth(self, host_name: str, peer_name: str, *, alias: str, mtu: int, peer_mac: str | None,
-                    master: str, peer_netns_path: str | None = None, adopt: bool = True) -> bool: ...
-    def link_delete(self, name: str, *, alias: str) -> bool: ...
-    def set_up(self, name: str) -> None: ...
-    def addr_ensure(self, name: str, cidr: str) -> None: ...
-    def addrs(self, name: str) -> list[str]: ...
 
 
 class Kernel:

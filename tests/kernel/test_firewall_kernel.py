@@ -14,10 +14,10 @@ import pytest
 
 from drivers import naming
 from drivers.bridge import BridgeDriver
-from drivers.fakekernel import FakeIptables, FakeSysctl
 from drivers.firewall import Firewall, NetworkRules, Result, run_command
 from drivers.kernel import Kernel
 from tests.conftest import in_netns
+from tests.fakekernel import FakeIptables, FakeSysctl
 from tests.kernel.test_bridge_driver import HostThread, attach, endpoint, make_upstream, network, ping
 
 pytestmark = pytest.mark.kernel

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from drivers.errors import KernelError, LinkExists, LinkNotFound
-from drivers.fakekernel import FakeKernel
 from drivers.kernel import Kernel
 from tests.conftest import in_netns, ip_json
+from tests.fakekernel import FakeKernel
 
 pytestmark = pytest.mark.kernel
 

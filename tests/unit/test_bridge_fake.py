@@ -12,8 +12,8 @@ from drivers import naming
 from drivers.base import EndpointSpec, IPAMData, JoinRequest, NetworkSpec
 from drivers.bridge import BridgeDriver
 from drivers.errors import InvalidOption, KernelError, LinkExists
-from drivers.fakekernel import HOST, FakeIptables, FakeKernel, FakeSysctl
 from drivers.firewall import FORWARD_CHAIN, ISOLATION_CHAIN, NAT_CHAIN, Firewall, NetworkRules
+from tests.fakekernel import HOST, FakeIptables, FakeKernel, FakeSysctl
 
 NID = "1" * 64
 NID2 = "2" * 64

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from drivers.errors import KernelError
-from drivers.fakekernel import FakeIptables, FakeSysctl, restore_tokens, save_rule
 from drivers.firewall import (
     DNAT_CHAIN,
     FORWARD_CHAIN,
@@ -25,6 +24,7 @@ from drivers.firewall import (
     restore_line,
     run_command,
 )
+from tests.fakekernel import FakeIptables, FakeSysctl, restore_tokens, save_rule
 
 # Two network ids that share their first 40 digits, and two endpoints sharing 20.
 NID_A = "ab" * 20 + "0" * 24

@@ -19,11 +19,11 @@ import pytest
 
 from drivers import naming
 from drivers.bridge import BridgeDriver
-from drivers.fakekernel import HOST, FakeIptables, FakeKernel, FakeSysctl
 from drivers.firewall import Firewall
 from plugin.quoting import bounded, shown
 from plugin.server import DaemonConfig
 from tests.daemon_thread import DaemonThread
+from tests.fakekernel import HOST, FakeIptables, FakeKernel, FakeSysctl
 from tests.unit.test_plugin_protocol import raw_post
 
 NID = "a" * 64

@@ -16,7 +16,6 @@ from drivers import naming
 from drivers.base import EndpointSpec, IPAMData, NetworkSpec, PortBinding, PortRequest
 from drivers.bridge import BridgeDriver
 from drivers.errors import Conflict, KernelError
-from drivers.fakekernel import FakeIptables, FakeKernel, FakeSysctl
 from drivers.firewall import DNAT_CHAIN, FORWARD_CHAIN, NAT_CHAIN, Firewall
 from drivers.manager import NetworkManager
 from drivers.null import NullDriver
@@ -25,6 +24,7 @@ from plugin.protocol import PORTMAP, decode_port_requests
 from plugin.server import DaemonConfig
 from store.memory import MemoryStore
 from tests.daemon_thread import DaemonThread
+from tests.fakekernel import FakeIptables, FakeKernel, FakeSysctl
 
 NID, EID, EID2 = "1" * 64, "e" * 64, "f" * 64
 

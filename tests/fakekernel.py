@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from drivers.errors import KernelError, LinkExists, LinkNotFound
-from drivers.kernel import LinkInfo
+from drivers.kernel_api import LinkInfo
 
 HOST = "host"                                   # the namespace key of the fake's own netns
 

@@ -1,0 +1,29 @@
+"""The kernel verbs drivers are written against, without netlink.
+
+Drivers and test doubles depend on this contract, not on ``drivers/kernel.py``: importing the
+contract must not import pyroute2 (only ``drivers/kernel.py`` may), so a driver module, a fake
+kernel in tests/ and a future non-netlink backend all type-check against the same verbs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+LinkInfo = dict[str, Any]
+"""A link as drivers see it: name, index, kind, alias, master, mtu, address, flags."""
+
+
+class KernelOps(Protocol):
+    """The verbs drivers use; ``Kernel`` and ``FakeKernel`` both provide them."""
+
+    def link_get(self, name: str) -> LinkInfo | None: ...
+    def links(self) -> list[LinkInfo]: ...
+    def links_owned(self, alias_prefix: str) -> list[tuple[str, str]]: ...
+    def ensure_bridge(self, name: str, *, alias: str, mtu: int, mac: str | None = None,
+                      adopt: bool = False) -> bool: ...
+    def ensure_veth(self, host_name: str, peer_name: str, *, alias: str, mtu: int, peer_mac: str | None,
+                    master: str, peer_netns_path: str | None = None, adopt: bool = True) -> bool: ...
+    def link_delete(self, name: str, *, alias: str) -> bool: ...
+    def set_up(self, name: str) -> None: ...
+    def addr_ensure(self, name: str, cidr: str) -> None: ...
+    def addrs(self, name: str) -> list[str]: ...
