@@ -41,7 +41,7 @@ from typing import Any
 from drivers import records
 from drivers.base import Converger, EndpointState, NetworkDriver, PortBinding, Reconciler
 from drivers.errors import DriverError
-from store.base import Store
+from store.base import Store, Unavailable
 
 log = logging.getLogger("cnmkit.agent")
 
@@ -93,13 +93,30 @@ class Agent:
         return actions
 
     async def run_every(self, interval: float, *, cleanup: bool) -> None:
-        """Repeat the pass every ``interval`` seconds until cancelled; a failed pass is logged, not fatal."""
+        """Repeat the pass every ``interval`` seconds until cancelled; a failed pass is logged, not fatal.
+
+        A store that cannot be read means "freeze", never "nothing on record": the pass stops at
+        the first read that fails, before it removed anything (orphans are judged only after the
+        records were read), so running containers keep their bridges, veths and rules through an
+        outage (design/store.md 5.6: Calico's lesson). One line when the freeze starts, one when
+        it ends, not one per pass.
+        """
+        frozen = False
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.reconcile(cleanup=cleanup, unattended=True)
-            except Exception as exc:                 # the store away, a stuck iptables: try next time
+            except Unavailable as exc:
+                if not frozen:
+                    log.warning("reconcile frozen, the kernel is left as it is until the store answers: %s", exc)
+                frozen = True
+                continue
+            except Exception as exc:                 # a stuck iptables, a bug: try next time
                 log.warning("periodic reconcile failed: %s", exc)
+                continue
+            if frozen:
+                log.info("store reachable again: reconcile resumed")
+            frozen = False
 
     # -- one network ------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from drivers.base import (
 from drivers.errors import Conflict, NotFound
 from plugin.quoting import shown, shown_key
 from store.base import Cmp, Delete, Put, Store
+from store.settle import SettlingStore
 
 T = TypeVar("T")
 log = logging.getLogger("cnmkit.manager")
@@ -60,7 +61,8 @@ class HostBindingDefault(Protocol):
 
 class NetworkManager:
     def __init__(self, store: Store, drivers: dict[str, NetworkDriver], executor: ThreadPoolExecutor) -> None:
-        self.store = store
+        # Writes whose outcome the store could not tell are settled by reading them back (store/settle.py).
+        self.store: Store = SettlingStore(store)
         self.drivers = drivers
         self.executor = executor
         # network id -> (lock, number of calls holding or awaiting it). The entry goes when the

@@ -62,7 +62,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("%s refused: %s", shown(path), message)
         return error_reply(path, message)
     except StoreError as exc:
-        message = bounded(f"state store failure: {exc}")
+        # The daemon's store (store/guard.py) names itself: "store etcd://...: unavailable (...)".
+        text = str(exc)
+        message = bounded(text if text.startswith("store ") else f"state store failure: {text}")
         log.error("%s: %s", shown(path), message)
         return error_reply(path, message)
     except RecursionError:  # a nesting the body check missed: answer as bad input, never a traceback

@@ -13,6 +13,7 @@ import asyncio
 import grp
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -29,7 +30,8 @@ from ipam.hostroutes import host_networks
 from ipam.service import IpamService
 from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
-from store.base import Store
+from store.base import Store, Unavailable
+from store.guard import GuardedStore, display_url
 from store.url import open_store
 
 log = logging.getLogger("cnmkit.daemon")
@@ -65,6 +67,7 @@ class DaemonConfig:
     accept_retry_delay: float = 1.0         # seconds without accepting after running out of fds
     cleanup: bool = True                    # reconcile removes marked orphans (--no-cleanup: not)
     reconcile_interval: float = 60.0        # seconds between periodic passes; 0: only at start
+    store_retry_max: float = 30.0           # cap of the backoff between attempts to reach the store
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -101,7 +104,9 @@ class Daemon:
     def __init__(self, config: DaemonConfig, store: Store | None = None,
                  drivers: list[NetworkDriver] | None = None) -> None:
         self.config = config
-        self.store = store or open_store(config.resolved_store_url())
+        url = config.resolved_store_url()
+        self.store_url = display_url(url)
+        self.store = store or GuardedStore(open_store(url), url)
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
@@ -145,8 +150,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         # -- reconciling agent (agent/reconcile.py): the kernel made to match the store before
-        # dockerd can reach us, then again every reconcile_interval seconds.
-        await self.agent.reconcile(cleanup=self.config.cleanup, unattended=True)
+        # dockerd can reach us, then again every reconcile_interval seconds. Until the store
+        # answers, nothing is served (no socket: dockerd must not activate a half-working plugin).
+        if not await self._reconcile_when_reachable(stop):
+            await self._shutdown_unserved()
+            return
         periodic = None
         if self.config.reconcile_interval > 0:
             periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
@@ -167,6 +175,42 @@ class Daemon:
                 os.unlink(pid_path)
             except FileNotFoundError:
                 pass
+
+
+    async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
+        """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.
+
+        One log line per failed attempt, then a capped, jittered exponential pause: a store that
+        stays away for hours costs a line every ``store_retry_max`` seconds, and many daemons
+        restarted together do not hammer it in step (libnetwork#408: a Consul restart pegged
+        dockerd in a retry loop). The attempt itself is bounded by the backend's deadline.
+        """
+        pause = 1.0
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                attempt = asyncio.ensure_future(
+                    self.agent.reconcile(cleanup=self.config.cleanup, unattended=True))
+                await asyncio.wait([attempt, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not attempt.done():               # SIGTERM while the store is being tried
+                    attempt.cancel()
+                    return False
+                try:
+                    attempt.result()
+                    return True
+                except Unavailable as exc:
+                    delay = random.uniform(pause / 2, pause)
+                    log.error("%s; not serving yet, retrying in %.1f s", exc, delay)
+                    pause = min(pause * 2, self.config.store_retry_max)
+                await asyncio.wait([stopped], timeout=delay)
+            return False
+        finally:
+            stopped.cancel()
+
+    async def _shutdown_unserved(self) -> None:
+        log.info("stopping before the store was reached: nothing was served")
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
 
 def run_daemon(config: DaemonConfig) -> None:

@@ -14,17 +14,23 @@ reconcile pass runs before it serves), the host must show, every round:
 then the client unwinds what was in flight (as dockerd does for a failed call). At the end every
 object is deleted through the sockets, after which no pool, address, marked link or rule is left.
 The seed is printed, so a failing sequence can be replayed (CNMKIT_CRASH_SEED).
+
+It runs against both stores (item 2): the embedded SQLite file, read directly, and a real
+3-member etcd cluster in the host namespace, read with ``etcdctl`` (an oracle independent of
+our client).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import pytest
 from client.transport import DaemonUnavailable, PluginError, PluginTransport
 from store.sqlite import SQLiteStore
 from tests.conftest import in_netns, ip_json
+from tests.etcd_cluster import ETCDCTL, EtcdCluster, require_etcd
 from tests.kernel.test_daemon_process import HostDaemon
 
 ROUNDS = 20
@@ -165,20 +172,52 @@ class Seen:
     marks: set[str]                         # network ids on marked rules
 
 
-def look(host: HostDaemon) -> Seen:
-    store = SQLiteStore(str(host.state / "state.db"))
-    try:
-        nets = {kv.key.split("/", 1)[1]: json.loads(kv.value) for kv in store.list("networks/")[0]}
-        eps = {}
-        for kv in store.list("endpoints/")[0]:
-            _, nid, eid = kv.key.split("/")
-            eps[eid] = {**json.loads(kv.value), "net": nid}
-        held: dict[str, set[str]] = {}
-        for kv in store.list("ipam/addrs/")[0]:
-            pool_id, _, address = kv.key[len("ipam/addrs/"):].rpartition("/")
-            held.setdefault(pool_id, set()).add(address)
-    finally:
-        store.close()
+Records = Callable[[str], list[tuple[str, bytes]]]     # prefix -> (key, value) in key order
+
+
+def sqlite_records(path: Path) -> Records:
+    def read(prefix: str) -> list[tuple[str, bytes]]:
+        store = SQLiteStore(str(path))
+        try:
+            return [(kv.key, kv.value) for kv in store.list(prefix)[0]]
+        finally:
+            store.close()
+    return read
+
+
+def etcd_records(cluster: EtcdCluster) -> Records:
+    def read(prefix: str) -> list[tuple[str, bytes]]:
+        out = subprocess.run([*cluster.wrap, ETCDCTL or "etcdctl", "--endpoints", ",".join(cluster.endpoints),
+                              "--command-timeout", "10s", "get", "--prefix", prefix, "-w", "json"],
+                             capture_output=True, text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"})
+        kvs = json.loads(out.stdout).get("kvs") or []
+        return sorted((base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", ""))) for kv in kvs)
+    return read
+
+
+class CrashHost(HostDaemon):
+    """The daemon, the options that name its store, and how the test reads that store."""
+
+    def __init__(self, netns: str, tmp: Path, store_args: tuple[str, ...], records: Records | None = None) -> None:
+        super().__init__(netns, tmp)
+        self.store_args = store_args
+        self.records = records or sqlite_records(self.state / "state.db")
+
+    def start_daemon(self) -> None:
+        self.start("--reconcile-interval", "0", *self.store_args)
+
+
+def look(host: CrashHost) -> Seen:
+    read = host.records
+    nets = {key.split("/", 1)[1]: json.loads(value) for key, value in read("networks/")}
+    eps = {}
+    for key, value in read("endpoints/"):
+        _, nid, eid = key.split("/")
+        eps[eid] = {**json.loads(value), "net": nid}
+    held: dict[str, set[str]] = {}
+    for key, _ in read("ipam/addrs/"):
+        pool_id, _, address = key[len("ipam/addrs/"):].rpartition("/")
+        held.setdefault(pool_id, set()).add(address)
     links = {link["ifname"]: link for link in ip_json("link", "show", netns=host.netns)}
     addrs = {a["ifname"]: {f"{i['local']}/{i['prefixlen']}" for i in a.get("addr_info", [])}
              for a in ip_json("addr", "show", netns=host.netns)}
@@ -270,22 +309,37 @@ def settle(client: Client, seen: Seen) -> None:
         bridge.close()
 
 
-@pytest.fixture
-def host(netns: str, tmp_path: Path) -> Iterator[HostDaemon]:
-    daemon = HostDaemon(netns, tmp_path)
-    yield daemon
-    if daemon.proc is not None:
-        daemon.stop(signal.SIGKILL)
+@pytest.fixture(params=["sqlite", "etcd"])
+def host(request: pytest.FixtureRequest, netns: str, tmp_path: Path) -> Iterator[CrashHost]:
+    """The daemon and how to read its store: SQLite's file directly, or etcd through etcdctl."""
+    cluster: EtcdCluster | None = None
+    if request.param == "etcd":
+        require_etcd()
+        cluster = EtcdCluster(netns=netns)          # members on the host namespace's loopback
+    try:
+        if cluster is not None:
+            cluster.start()
+            daemon = CrashHost(netns, tmp_path, ("--store", cluster.url), etcd_records(cluster))
+        else:
+            daemon = CrashHost(netns, tmp_path, ())
+        try:
+            yield daemon
+        finally:
+            if daemon.proc is not None:
+                daemon.stop(signal.SIGKILL)
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_leaks_nothing(host: HostDaemon) -> None:
+def test_sigkill_at_random_moments_loses_nothing_and_leaks_nothing(host: CrashHost) -> None:
     seed = int(os.environ.get("CNMKIT_CRASH_SEED") or random.randrange(1 << 32))
     print(f"CNMKIT_CRASH_SEED={seed}")
     rng = random.Random(seed)
     clients = [Client(i, host.plugins, random.Random(rng.random())) for i in range(THREADS)]
     findings: list[str] = []
     for round_no in range(ROUNDS):
-        host.start("--reconcile-interval", "0")
+        host.start_daemon()
         seen = look(host)
         problems = check_agreement(seen) + check_clients(seen, clients)
         findings += [f"round {round_no}: {p}" for p in problems]
@@ -304,7 +358,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_leaks_nothing(host: HostDae
         errors = [e for c in clients for e in c.errors]
         assert not errors, f"seed {seed}, round {round_no}: answered errors {errors}"
 
-    host.start("--reconcile-interval", "0")
+    host.start_daemon()
     seen = look(host)
     assert not check_agreement(seen) + check_clients(seen, clients), seed
     made = sum(1 for _ in seen.networks) + len(seen.endpoints)
