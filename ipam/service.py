@@ -161,6 +161,14 @@ class IpamService:
             return pool_id
         return f"{space}@{self.host_id}/{cidr}"
 
+    def _resolve(self, pool_id: str) -> str:
+        """``_sid``, except that a local pool a store kept from before host ids is found under its
+        bare PoolID (it was this machine's: a store had one host then)."""
+        sid = self._sid(pool_id)
+        if sid != pool_id and self._store.get(POOLS + sid) is None and self._store.get(POOLS + pool_id):
+            return pool_id
+        return sid
+
     def _space_key(self, space: str) -> str:
         return SPACES + (space if space == GLOBAL_ADDRESS_SPACE or not self.host_id
                          else f"{space}@{self.host_id}")
@@ -169,7 +177,7 @@ class IpamService:
         """Pools this host sees: the shared ones and its own per-host ones."""
         if store_id.startswith(GLOBAL_ADDRESS_SPACE + "/"):
             return True
-        return _store_host(store_id) == (self.host_id or None)
+        return _store_host(store_id) in (self.host_id or None, None)  # None: from before host ids
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class IpamService:
     def release_pool(self, pool_id: str) -> None:
         """Drop this host's reference to the pool, and its addresses there; the last reference drops
         the pool and every record under it. Idempotent: an unknown PoolID is a success."""
-        sid = self._sid(_check_pool_id(pool_id))
+        sid = self._resolve(_check_pool_id(pool_id))
         self._release_pool(sid, self.host_id, [])
 
     def _release_pool(self, sid: str, host: str, guard: list[Cmp]) -> None:
@@ -370,7 +378,7 @@ class IpamService:
 
     def pool_usage(self, pool_id: str) -> dict[str, Any]:
         """Counts for the CLI; reads the pool's records page by page, so it is O(allocated)."""
-        pool = self._load(self._sid(_check_pool_id(pool_id)))
+        pool = self._load(self._resolve(_check_pool_id(pool_id)))
         if pool is None:
             raise PoolNotFound(pool_id)
         kinds: dict[str, int] = {}
@@ -396,7 +404,7 @@ class IpamService:
                           "host": self.host_id}
         if opts.get(MAC_OPTION):
             record["mac"] = opts[MAC_OPTION]
-        sid = self._sid(pool_id)
+        sid = self._resolve(pool_id)
         for _ in _attempts():
             pool = self._load(sid)
             if pool is None:
@@ -412,7 +420,7 @@ class IpamService:
         requested (those it took from RequestPool Data) and only logs release errors anyway."""
         pool_id = _check_pool_id(pool_id)
         addr = parse_address("Address", address)
-        sid = self._sid(pool_id)
+        sid = self._resolve(pool_id)
         for _ in _attempts():
             pool = self._load(sid)
             if pool is None:

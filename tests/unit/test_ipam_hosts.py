@@ -139,3 +139,20 @@ def test_two_hosts_exhaust_a_small_global_pool_exactly(hosts: tuple[IpamService,
         t.join()
     assert failures == []
     assert len(got) == len(set(got)) == 14
+
+
+def test_local_pools_from_before_host_ids_are_still_found(store: Store) -> None:
+    legacy = IpamService(store)  # a store written by a daemon without a host id
+    pid = legacy.request_pool(LOCAL, "10.76.0.0/24", "", None, False)[0]
+    held = ips(legacy, pid, 1)
+    upgraded = IpamService(store, host_id="h1")
+    assert [p["pool_id"] for p in upgraded.list_pools()] == [pid]
+    assert ips(upgraded, pid, 1) == ["10.76.0.2/24"]
+    with pytest.raises(AddressInUse):
+        upgraded.request_address(pid, held[0].split("/")[0], None)
+    with pytest.raises(PoolOverlap):
+        upgraded.request_pool(LOCAL, "10.76.0.0/24", "", None, False)
+    upgraded.release_address(pid, held[0].split("/")[0])
+    upgraded.release_pool(pid)
+    assert store.list("ipam/")[0] == [] or all(not kv.key.startswith(("ipam/pools/", "ipam/addrs/"))
+                                               for kv in store.list("ipam/")[0])
