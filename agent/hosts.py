@@ -190,7 +190,7 @@ class HostLiveness:
                 kvs, rev = self.store.list(HOSTS)
                 self._set_live({kv.key[len(HOSTS):]: json.loads(kv.value) for kv in kvs})
                 while not self._stop.is_set():
-                    for ev in self.store.watch(HOSTS, rev + 1, timeout=0.5):
+                    for ev in self.store.watch(HOSTS, rev + 1, timeout=1.0):
                         rev = ev.revision
                         self._event(ev.type, ev.key[len(HOSTS):], ev.value)
                         if self._stop.is_set():

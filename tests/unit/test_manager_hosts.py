@@ -119,3 +119,46 @@ def test_join_and_leave_do_not_lose_a_concurrent_change(store: Store) -> None:
     rec = json.loads(store.get(key).value)  # type: ignore[union-attr]
     assert rec["Sandbox"] == "/var/run/netns/x" and [p["host_port"] for p in rec["Ports"]] == [9090]
     assert rec["Host"] == "h1"
+
+
+class RecordingConverger(RecordingPublisher):
+    """Says what the agent asked it to make right, and what it counted as known for orphans."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.networks: list[str] = []
+        self.endpoints: list[str] = []
+        self.known: tuple[set[str], set[str]] = (set(), set())
+
+    def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]:
+        self.networks.append(spec.network_id[:1])
+        return []
+
+    def ensure_endpoints(self, network: NetworkSpec, endpoints: object, *, dry_run: bool) -> list[str]:
+        self.endpoints += [e.spec.endpoint_id[:1] for e in endpoints]  # type: ignore[attr-defined]
+        return []
+
+    def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
+        self.known = known()
+        return []
+
+
+def test_the_agent_converges_only_its_own_hosts_records_and_knows_every_hosts(store: Store) -> None:
+    from agent.reconcile import Agent
+
+    async def make(m: NetworkManager, nid: str, cidr: str, eid: str) -> None:
+        spec = net(nid, cidr)
+        await m.create_network("cnmkit-null", spec)
+        await m.create_endpoint(EndpointSpec(network_id=spec.network_id, endpoint_id=eid * 64))
+
+    run(store, "h1", lambda m: make(m, "a", "10.94.0.0/24", "1"))
+    run(store, "h2", lambda m: make(m, "b", "10.94.0.0/24", "2"))
+    driver = RecordingConverger()
+
+    async def reconcile() -> list[str]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return await Agent(store, {driver.name: driver}, pool, host_id="h1").reconcile()
+
+    asyncio.run(reconcile())
+    assert (driver.networks, driver.endpoints) == (["a"], ["1"])  # h2's network is h2's to make
+    assert driver.known == ({"a" * 64, "b" * 64}, {"1" * 64, "2" * 64})  # never an orphan of ours
