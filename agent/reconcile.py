@@ -21,6 +21,10 @@ are written before kernel objects and removed after them, so nothing in flight l
 ``--no-cleanup`` skips that step. Objects without our mark are never touched; a link with our
 derived name but no mark is adopted only when a record names it (the drivers decide that).
 
+Many hosts on one store: a pass converges only this host's networks and endpoints (records whose
+``Host`` is ours, or that carry none, from before hosts existed). Orphan removal still counts
+every host's records as known, so it never deletes a kernel object some record names.
+
 Every action is logged as one line and returned, so the CLI can print what was (or, with
 ``dry_run``, would be) done. The loop lives here, between the store and the drivers; drivers
 only know how to make one object right.
@@ -56,7 +60,8 @@ class Agent:
     """One host's reconciler: ``reconcile()`` is a pass; ``run_every()`` repeats it."""
 
     def __init__(self, store: Store, drivers: Mapping[str, NetworkDriver], executor: Executor,
-                 lock: LockFactory = _no_lock) -> None:
+                 lock: LockFactory = _no_lock, host_id: str = "") -> None:
+        self.host_id = host_id
         self.store = store
         self.drivers = drivers
         self.executor = executor
@@ -131,6 +136,8 @@ class Agent:
         if kv is None:
             return []
         rec = json.loads(kv.value)
+        if not self._mine(rec):
+            return []
         driver = self.drivers.get(rec.get("Driver", ""))
         if not isinstance(driver, Converger):
             return []
@@ -144,7 +151,7 @@ class Agent:
             self._log(actions[0], dry_run)
             return actions
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
-        states = [_endpoint_state(json.loads(e.value)) for e in eps]
+        states = [_endpoint_state(rec) for rec in (json.loads(e.value) for e in eps) if self._mine(rec)]
         actions += driver.ensure_endpoints(spec, states, dry_run=dry_run)
         for action in actions:
             self._log(action, dry_run)
@@ -152,9 +159,12 @@ class Agent:
 
     # -- store reads ------------------------------------------------------------------------------
 
+    def _mine(self, rec: dict[str, Any]) -> bool:
+        return rec.get("Host", self.host_id) == self.host_id
+
     def _network_ids(self) -> list[str]:
         kvs, _ = self.store.list(records.NETWORKS)
-        return [kv.key[len(records.NETWORKS):] for kv in kvs]
+        return [kv.key[len(records.NETWORKS):] for kv in kvs if self._mine(json.loads(kv.value))]
 
     def _known_ids(self) -> tuple[set[str], set[str]]:
         nets, _ = self.store.list(records.NETWORKS)

@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from cli import network
-from cli.output import fail, line
+from cli.output import emit_json, fail, line, table
 from client.engine import Engine
 from client.transport import DaemonUnavailable, PluginError
 
@@ -25,6 +26,8 @@ _CONTAINER = ("plugin_dir", "state_dir", "run_dir", "log_level")
 GLOBALS_FOR: dict[str, tuple[str, ...]] = {
     "daemon": ("plugin_dir", "state_dir", "store", "log_level"),
     "cleanup": _ENGINE,
+    "host": (*_ENGINE, "format"),
+    "host ls": (*_ENGINE, "format"),
     "network": ALL_GLOBALS,
     "network create": _ENGINE,
     "network ls": (*_ENGINE, "format"),
@@ -98,7 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reconcile without removing marked kernel objects that no record explains")
     daemon.add_argument("--reconcile-interval", type=_seconds, default=60.0, metavar="SECONDS",
                         help="make the kernel match the store every SECONDS (default 60; 0: only at start)")
+    daemon.add_argument("--host-id", default="", metavar="NAME",
+                        help="this host's id in the shared store (default: /etc/machine-id, else the hostname)")
+    daemon.add_argument("--advertise", default="", metavar="ADDR",
+                        help="the address other hosts reach this one at (default: the address of the "
+                             "default route's device)")
+    daemon.add_argument("--host-ttl", type=_ttl, default=10, metavar="SECONDS",
+                        help="lease on this host's record: a dead host is gone for the others after "
+                             "about this long (default 10)")
+    daemon.add_argument("--host-grace", type=_seconds, default=600.0, metavar="SECONDS",
+                        help="how long a gone host keeps its addresses before another reclaims them "
+                             "(default 600)")
     daemon.set_defaults(func=cmd_daemon, needs_engine=False)
+
+    host = sub.add_parser("host", help="hosts sharing the store")
+    host_verbs = host.add_subparsers(dest="verb", metavar="VERB", required=True)
+    host_ls = host_verbs.add_parser("ls", help="list the live hosts (each holds a lease on its record)")
+    host_ls.set_defaults(func=cmd_host_ls)
 
     reconcile = sub.add_parser("reconcile", help="make the kernel match the store now (what the daemon "
                                "does at start): re-make missing bridges, links, rules; remove marked orphans")
@@ -128,8 +147,16 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
                           drivers=args.drivers or ["bridge"],
                           sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
-                          cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval)
+                          cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval,
+                          host_id=args.host_id, advertise=args.advertise, host_ttl=args.host_ttl,
+                          host_grace=args.host_grace)
     try:
+        from agent.hosts import check_advertise, check_host_id
+
+        if args.host_id:
+            check_host_id(args.host_id)
+        if args.advertise:
+            check_advertise(args.advertise)
         run_daemon(config)
     except (RuntimeError, ValueError, OSError) as exc:
         fail(str(exc))
@@ -143,6 +170,23 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 86400 or value != value:
         raise argparse.ArgumentTypeError(f"{text!r} is outside 0..86400 seconds")
     return value
+
+
+def _ttl(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds in 1..3600")
+    return int(text)
+
+
+def cmd_host_ls(args: argparse.Namespace, engine: Engine) -> None:
+    hosts = engine.list_hosts()
+    if args.format == "json":
+        emit_json(hosts)
+        return
+    sys.stdout.write(table(["HOST ID", "ADVERTISE", "STARTED", ""],
+          [[h.get("HostID", ""), h.get("Advertise", "") or "-",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h.get("Started", 0)))),
+            "(this daemon)" if h.get("Self") else ""] for h in hosts]))
 
 
 def cmd_reconcile(args: argparse.Namespace, engine: Engine) -> None:

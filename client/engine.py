@@ -110,6 +110,10 @@ class Engine:
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
 
+    def list_hosts(self) -> list[dict[str, Any]]:
+        """The live hosts sharing the daemon's store (agent/hosts.py)."""
+        return list(self.ipam.call("Cnmkit.HostList", {})["Hosts"])
+
     def cleanup(self, dry_run: bool = False) -> list[str]:
         """Kernel objects carrying cnmkit's mark that no record explains (left by a crash): removed."""
         return [str(a) for a in self.ipam.call("Cnmkit.Cleanup", {"DryRun": dry_run})["Actions"]]

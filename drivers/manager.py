@@ -10,6 +10,16 @@ mature driver needs and that no single driver should re-implement:
 - rollback: a driver failure after the record was written removes the record again;
 - isolation of work: calls on one network are serialised by an asyncio lock, while blocking
   store and kernel work runs in worker threads so one slow call never stalls the others.
+
+Many processes and hosts on one store (issue 7): that asyncio lock only orders the kernel work
+of this daemon. Correctness never rests on it: every read-modify-write of a record is a
+compare-and-swap retried on conflict, and the two choices that read many records (the subnet
+overlap check of a new network, the host ports of a publish) compare a claims key that every
+such choice bumps in the same transaction that records it (``claims/subnets``,
+``claims/ports/<host>``), so two daemons deciding at once cannot both win on a stale view.
+Records of one host (networks, endpoints and their published ports) carry its id (``Host``);
+the overlap rule: two local-space subnets of different hosts may overlap (each host's bridge
+is private to it), anything involving the global address space may not.
 """
 
 from __future__ import annotations
@@ -38,14 +48,20 @@ from drivers.base import (
     Reconciler,
 )
 from drivers.errors import Conflict, NotFound
+from ipam.pools import GLOBAL_ADDRESS_SPACE
 from plugin.quoting import shown, shown_key
 from store.base import Cmp, Delete, Put, Store
+from store.records import Conflict as LostRaces
+from store.records import update_json
 from store.settle import SettlingStore
 
 T = TypeVar("T")
 log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
+SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the overlap check's token
+PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
+CLAIM_ATTEMPTS = 200                      # rounds lost to other creates/publishes before giving up
 
 
 @runtime_checkable
@@ -60,17 +76,17 @@ class HostBindingDefault(Protocol):
 
 
 class NetworkManager:
-    def __init__(self, store: Store, drivers: dict[str, NetworkDriver], executor: ThreadPoolExecutor) -> None:
+    def __init__(self, store: Store, drivers: dict[str, NetworkDriver], executor: ThreadPoolExecutor,
+                 host_id: str = "") -> None:
         # Writes whose outcome the store could not tell are settled by reading them back (store/settle.py).
         self.store: Store = SettlingStore(store)
         self.drivers = drivers
         self.executor = executor
+        self.host_id = host_id
         # network id -> (lock, number of calls holding or awaiting it). The entry goes when the
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._create_lock = asyncio.Lock()
-        self._ports_lock = asyncio.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -120,11 +136,25 @@ class NetworkManager:
 
     # -- networks -----------------------------------------------------------------------------
 
+    def _mine(self, rec: dict[str, Any]) -> bool:
+        """Is a network or endpoint record this host's? One written before hosts existed is."""
+        return rec.get("Host", self.host_id) == self.host_id
+
+    def _update_endpoint(self, network_id: str, endpoint_id: str,
+                         fn: Callable[[dict[str, Any]], None]) -> None:
+        """Change an endpoint record with a CAS loop (``fn`` edits it in place); absent: nothing."""
+        def edit(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+            if rec is not None:
+                fn(rec)
+            return rec
+
+        try:
+            update_json(self.store, records.endpoint_key(network_id, endpoint_id), edit)
+        except LostRaces as exc:
+            raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]} keeps changing, try again") from exc
+
     async def create_network(self, driver_name: str, spec: NetworkSpec) -> None:
-        # Creates are rare and their overlap check reads every network: one at a time, so two
-        # overlapping subnets arriving together cannot both pass it.
-        async with self._create_lock:
-            await self._run(spec.network_id, self._create_network, driver_name, spec)
+        await self._run(spec.network_id, self._create_network, driver_name, spec)
 
     def _create_network(self, driver_name: str, spec: NetworkSpec) -> None:
         driver = self.drivers[driver_name]
@@ -136,26 +166,36 @@ class NetworkManager:
                         spec.network_id[:12], shown(spec.name or "unnamed"), driver_name,
                         ", ".join(shown_key(k) for k in unknown))
         key = records.network_key(spec.network_id)
-        existing, _ = self._read(key)
-        if existing is not None:
-            if existing["Driver"] != driver_name or records.network_from_dict(existing["Spec"]) != spec:
-                raise Conflict(f"NetworkID: network {spec.network_id[:12]} exists with a different configuration")
-            driver.create_network(spec)          # re-ensure the kernel side; idempotent
-            return
-        self._check_overlap(spec)
-        value = json.dumps({"Driver": driver_name, "Spec": records.network_to_dict(spec)}).encode()
-        compares = [Cmp(key, 0)]
-        ops: list[Put | Delete] = [Put(key, value)]
-        if spec.name:
-            compares.append(Cmp(records.name_key(spec.name), 0))
-            ops.append(Put(records.name_key(spec.name), spec.network_id.encode()))
-        result = self.store.txn(compares, ops)
-        if not result.succeeded:
+        for _ in range(CLAIM_ATTEMPTS):
+            # The claims token first: any create that commits after this read bumps it, so an
+            # overlap check on a view older than that create fails its compare and runs again.
+            claims = self.store.get(SUBNET_CLAIMS)
+            existing, _ = self._read(key)
+            if existing is not None:
+                if existing["Driver"] != driver_name or records.network_from_dict(existing["Spec"]) != spec:
+                    raise Conflict(f"NetworkID: network {spec.network_id[:12]} exists with a different "
+                                   "configuration")
+                driver.create_network(spec)          # re-ensure the kernel side; idempotent
+                return
+            self._check_overlap(spec)
+            value = json.dumps({"Driver": driver_name, "Spec": records.network_to_dict(spec),
+                                "Host": self.host_id}).encode()
+            generation = int(claims.value) + 1 if claims else 1
+            compares = [Cmp(SUBNET_CLAIMS, claims.mod_rev if claims else 0), Cmp(key, 0)]
+            ops: list[Put | Delete] = [Put(SUBNET_CLAIMS, str(generation).encode()), Put(key, value)]
+            if spec.name:
+                compares.append(Cmp(records.name_key(spec.name), 0))
+                ops.append(Put(records.name_key(spec.name), spec.network_id.encode()))
+            result = self.store.txn(compares, ops)
+            if result.succeeded:
+                break
             for failed_key, kv in result.failed:
                 if failed_key.startswith(records.NAMES) and kv is not None:
                     raise Conflict(f"network name {shown(spec.name)} is already used by network "
                                    f"{kv.value.decode()[:12]}")
-            raise Conflict(f"NetworkID: network {spec.network_id[:12]} is being created concurrently")
+            # Another create committed meanwhile (the claims token or this very id): look again.
+        else:
+            raise Conflict(f"NetworkID: network {spec.network_id[:12]}: other creates kept winning, try again")
         try:
             driver.create_network(spec)
         except BaseException:
@@ -163,15 +203,26 @@ class NetworkManager:
             raise
 
     def _check_overlap(self, spec: NetworkSpec) -> None:
-        """Two networks with overlapping subnets would fight over host routes: refuse, naming the other."""
-        mine = [d.pool for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
+        """Two networks with overlapping subnets would fight over host routes: refuse, naming the other.
+
+        Only two local-space subnets on different hosts may overlap: each lives behind its own
+        host's bridge. A global-space subnet may reach every host, so it clashes with any.
+        """
+        mine = [d for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
         if not mine:
             return
         kvs, _ = self.store.list(records.NETWORKS)
         for kv in kvs:
-            other = records.network_from_dict(json.loads(kv.value)["Spec"])
-            for theirs in (d.pool for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):
-                for pool in mine:
+            rec = json.loads(kv.value)
+            other = records.network_from_dict(rec["Spec"])
+            same_host = self._mine(rec)
+            for data in (d for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):
+                theirs = data.pool
+                for ours in mine:
+                    pool = ours.pool
+                    shared = GLOBAL_ADDRESS_SPACE in (ours.address_space, data.address_space)
+                    if not (same_host or shared):
+                        continue
                     if pool.version == theirs.version and (pool in theirs or theirs in pool):
                         label = other.name or other.network_id[:12]
                         raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
@@ -214,7 +265,8 @@ class NetworkManager:
             return EndpointResult(**found[1].get("Result", {}))
         result = driver.create_endpoint(network, spec)
         stored = replace(spec, mac=spec.mac or result.mac)
-        value = {"Spec": records.endpoint_to_dict(stored), "Result": {"mac": result.mac}, "Sandbox": ""}
+        value = {"Spec": records.endpoint_to_dict(stored), "Result": {"mac": result.mac}, "Sandbox": "",
+                 "Host": self.host_id}
         key = records.endpoint_key(spec.network_id, spec.endpoint_id)
         if not self.store.cas(key, json.dumps(value).encode(), 0).succeeded:
             raise Conflict(f"EndpointID: endpoint {spec.endpoint_id[:12]} is being created concurrently")
@@ -241,10 +293,10 @@ class NetworkManager:
         found = self._endpoint(request.network_id, request.endpoint_id)
         if found is None:
             raise NotFound(f"EndpointID: endpoint {request.endpoint_id[:12]} not found")
-        spec, rec = found
+        spec, _ = found
         result = driver.join(network, spec, request)
-        rec["Sandbox"] = request.sandbox_key
-        self.store.put(records.endpoint_key(request.network_id, request.endpoint_id), json.dumps(rec).encode())
+        self._update_endpoint(request.network_id, request.endpoint_id,
+                              lambda rec: rec.update(Sandbox=request.sandbox_key))
         return result
 
     async def leave(self, network_id: str, endpoint_id: str) -> None:
@@ -256,9 +308,7 @@ class NetworkManager:
             return
         network, driver = self._network(network_id)
         driver.leave(network, found[0])
-        rec = found[1]
-        rec["Sandbox"] = ""
-        self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
+        self._update_endpoint(network_id, endpoint_id, lambda rec: rec.update(Sandbox=""))
 
     async def endpoint_info(self, network_id: str, endpoint_id: str) -> dict[str, object]:
         return await self._run(network_id, self._endpoint_info, network_id, endpoint_id)
@@ -284,9 +334,8 @@ class NetworkManager:
         """
         loop = asyncio.get_running_loop()
         async with self._network_lock(network_id):
-            async with self._ports_lock:
-                reserved = await loop.run_in_executor(self.executor, self._reserve_ports,
-                                                      network_id, endpoint_id, requests)
+            reserved = await loop.run_in_executor(self.executor, self._reserve_ports,
+                                                  network_id, endpoint_id, requests)
             if reserved is None:
                 return []
             bindings, previous = reserved
@@ -304,20 +353,28 @@ class NetworkManager:
         """Pick host ports and record them with the endpoint (CAS); returns them and the previous ones."""
         network, driver = self._network(network_id)
         key = records.endpoint_key(network_id, endpoint_id)
-        rec, mod_rev = self._read(key)
-        if rec is None:
-            raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
-        if not requests or not isinstance(driver, PortPublisher):
-            return None
-        if isinstance(driver, HostBindingDefault):
-            default = driver.default_host_ip(network)
-            requests = tuple(replace(r, host_ip=r.host_ip or default) for r in requests)
-        bindings = self._choose_host_ports(endpoint_id, requests)
-        previous = rec.get("Ports")
-        rec["Ports"] = [asdict(b) for b in bindings]
-        if not self.store.cas(key, json.dumps(rec).encode(), mod_rev).succeeded:
-            raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]} changed while its ports were chosen")
-        return bindings, previous
+        claims_key = PORT_CLAIMS + (self.host_id or "-")
+        for _ in range(CLAIM_ATTEMPTS):
+            claims = self.store.get(claims_key)  # before the choice: see create_network
+            rec, mod_rev = self._read(key)
+            if rec is None:
+                raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
+            if not requests or not isinstance(driver, PortPublisher):
+                return None
+            if isinstance(driver, HostBindingDefault):
+                default = driver.default_host_ip(network)
+                requests = tuple(replace(r, host_ip=r.host_ip or default) for r in requests)
+            bindings = self._choose_host_ports(endpoint_id, requests)
+            previous = rec.get("Ports")
+            rec["Ports"] = [asdict(b) for b in bindings]
+            generation = int(claims.value) + 1 if claims else 1
+            result = self.store.txn(
+                [Cmp(claims_key, claims.mod_rev if claims else 0), Cmp(key, mod_rev)],
+                [Put(claims_key, str(generation).encode()), Put(key, json.dumps(rec).encode())])
+            if result.succeeded:
+                return bindings, previous
+            # Another choice of this host's ports, or a change to this endpoint: choose again.
+        raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]}: other port choices kept winning, try again")
 
     def _publish(self, network_id: str, endpoint_id: str, bindings: list[PortBinding]) -> None:
         network, driver = self._network(network_id)
@@ -328,15 +385,13 @@ class NetworkManager:
             driver.publish(network, found[0], tuple(bindings))
 
     def _set_ports(self, network_id: str, endpoint_id: str, ports: list[dict[str, Any]] | None) -> None:
-        found = self._endpoint(network_id, endpoint_id)
-        if found is None:
-            return
-        rec = found[1]
-        if ports:
-            rec["Ports"] = ports
-        else:
-            rec.pop("Ports", None)
-        self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
+        def edit(rec: dict[str, Any]) -> None:
+            if ports:
+                rec["Ports"] = ports
+            else:
+                rec.pop("Ports", None)
+
+        self._update_endpoint(network_id, endpoint_id, edit)
 
     def _choose_host_ports(self, endpoint_id: str, requests: tuple[PortRequest, ...]) -> list[PortBinding]:
         """Resolve ranges and ``-P`` (0) to free host ports; refuse a port another endpoint publishes."""
@@ -344,8 +399,8 @@ class NetworkManager:
         for kv in self.store.list(records.ENDPOINTS)[0]:
             other = json.loads(kv.value)
             owner = kv.key.rsplit("/", 1)[1]
-            if owner == endpoint_id:
-                continue
+            if owner == endpoint_id or not self._mine(other):
+                continue  # ports are per host: another host's endpoint takes none of ours
             for b in other.get("Ports", []):
                 taken.setdefault((b["proto"], b["host_port"]), []).append((b["host_ip"], owner))
 
@@ -378,8 +433,8 @@ class NetworkManager:
         spec, rec = found
         if isinstance(driver, PortPublisher):
             driver.unpublish(network, spec)
-        if rec.pop("Ports", None):
-            self.store.put(records.endpoint_key(network_id, endpoint_id), json.dumps(rec).encode())
+        if rec.get("Ports"):
+            self._update_endpoint(network_id, endpoint_id, lambda r: r.pop("Ports", None))
 
     # -- reconciliation (CLI) ----------------------------------------------------------------------
 

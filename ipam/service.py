@@ -23,6 +23,26 @@ afterwards the free set's first key is taken. Invariants kept by every transacti
 Every write is one store txn with compares, retried on conflict: correct across threads and across
 hosts sharing a store. Records carry a random token so that an ``Indeterminate`` commit is settled
 by reading the record back (ours or not).
+
+Many hosts on one store (issue 7). Which pools are shared follows Docker's address spaces:
+
+- the **global** space (``GlobalDefaultAddressSpace``) is cluster-wide: its pool is ONE record that
+  every host requesting the same Pool/SubPool/V6 references (``hosts``: the hosts holding it, one
+  reference each), so a network several hosts share has one allocator and no address is handed out
+  twice. ReleasePool drops only the caller's reference and the caller's addresses; the pool and
+  whatever is left go with the last reference. A gateway address is shared by the hosts that ask
+  for it (``hosts`` on its record) rather than refused as in use;
+- every other space (the local default above all) is **per host**, as Docker's local scope is:
+  the store id of such a pool carries the host id (``cnmkit-local@<host>/10.1.0.0/24``), so two
+  hosts may each hold 10.1.0.0/24 (NATed bridge networks that never route to each other, like
+  every host's docker0), and the PoolID Docker sees stays ``cnmkit-local/10.1.0.0/24``. A local pool
+  is still refused if it overlaps a global pool, which may reach this host any time.
+- every address record names its host (``host``): a host never releases another's addresses, and
+  a host whose lease expired has them reclaimed after a grace period (``reclaim_host``), each txn
+  comparing the dead host's record with "absent", so a host that is back keeps what it had.
+
+A service made without a host id (``host_id=""``, unit tests and single-host use) keeps the keys
+of a store written before hosts existed.
 """
 
 from __future__ import annotations
@@ -54,7 +74,7 @@ from ipam.errors import (
     PoolOverlap,
     StoreContention,
 )
-from ipam.pools import DEFAULT_ADDRESS_SPACES, pick_predefined
+from ipam.pools import DEFAULT_ADDRESS_SPACES, GLOBAL_ADDRESS_SPACE, pick_predefined
 from plugin.quoting import shown
 from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
 from store.records import Record, TxnBuilder, decode
@@ -74,11 +94,27 @@ MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathologi
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+def _public_id(store_id: str) -> str:
+    """``cnmkit-local@h1/10.1.0.0/24`` -> ``cnmkit-local/10.1.0.0/24``: the PoolID Docker knows."""
+    space, _, cidr = store_id.partition("/")
+    return f"{space.partition('@')[0]}/{cidr}"
+
+
+def _store_host(store_id: str) -> str | None:
+    """The host a per-host pool belongs to (None: a shared or legacy key)."""
+    space = store_id.partition("/")[0]
+    return space.partition("@")[2] if "@" in space else None
+
+
 class _Pool:
-    """A pool record as read, with the mod revision every write to the pool compares against."""
+    """A pool record as read, with the mod revision every write to the pool compares against.
+
+    ``id`` is the store id (keys are built from it), ``pool_id`` the PoolID Docker knows.
+    """
 
     def __init__(self, pool_id: str, record: Record, mod_rev: int) -> None:
         self.id = pool_id
+        self.pool_id = _public_id(pool_id)
         self.record = record
         self.mod_rev = mod_rev
         pool = IPNetwork(record["pool"])
@@ -110,9 +146,38 @@ def _attempts() -> Iterator[int]:
 class IpamService:
     """Synchronous IPAM over a shared store; the HTTP layer maps its values and errors to JSON."""
 
-    def __init__(self, store: Store, avoid: Callable[[], list[IPNetwork]] = lambda: []) -> None:
+    def __init__(self, store: Store, avoid: Callable[[], list[IPNetwork]] = lambda: [], *,
+                 host_id: str = "") -> None:
         self._store = store
         self._avoid = avoid
+        self.host_id = host_id
+
+    # -- which pools are whose --------------------------------------------------------------------
+
+    def _sid(self, pool_id: str) -> str:
+        """The store id of a PoolID: global pools are shared, the others carry this host's id."""
+        space, _, cidr = pool_id.partition("/")
+        if space == GLOBAL_ADDRESS_SPACE or not self.host_id:
+            return pool_id
+        return f"{space}@{self.host_id}/{cidr}"
+
+    def _resolve(self, pool_id: str) -> str:
+        """``_sid``, except that a local pool a store kept from before host ids is found under its
+        bare PoolID (it was this machine's: a store had one host then)."""
+        sid = self._sid(pool_id)
+        if sid != pool_id and self._store.get(POOLS + sid) is None and self._store.get(POOLS + pool_id):
+            return pool_id
+        return sid
+
+    def _space_key(self, space: str) -> str:
+        return SPACES + (space if space == GLOBAL_ADDRESS_SPACE or not self.host_id
+                         else f"{space}@{self.host_id}")
+
+    def _visible(self, store_id: str) -> bool:
+        """Pools this host sees: the shared ones and its own per-host ones."""
+        if store_id.startswith(GLOBAL_ADDRESS_SPACE + "/"):
+            return True
+        return _store_host(store_id) in (self.host_id or None, None)  # None: from before host ids
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -141,60 +206,186 @@ class IpamService:
             raise InvalidRequest("SubPool", f"{shown(sub_pool)} given without a Pool")
         # A default route (prefix 0) overlaps everything, and Docker ignores it too.
         avoid = [] if spec else [n for n in self._avoid() if n.prefixlen > 0]
+        shared = space == GLOBAL_ADDRESS_SPACE
         for _ in _attempts():
-            space_kv = self._store.get(SPACES + space)
+            space_kv = self._store.get(self._space_key(space))
             generation = decode(space_kv.value)["generation"] if space_kv else 0
             held = self._held_pools()
+            visible = [(sid, n) for sid, n, _ in held if self._visible(sid)]
             if spec is None:
-                net = pick_predefined(v6, [n for _, n in held], avoid)
+                # A shared pool will be used on every host: it avoids every host's pools.
+                net = pick_predefined(v6, [n for _, n, _ in held] if shared else [n for _, n in visible], avoid)
                 chosen = PoolSpec(net)
             else:
-                mine = [(pid, n) for pid, n in held if pid.startswith(space + "/")]
+                sid = self._sid(f"{space}/{spec.pool.cidr}")
+                same = next((kv for s, _, kv in held if s == sid), None)
+                if shared and same is not None:
+                    joined = self._join_shared(same, spec, opts)
+                    if joined is None:
+                        continue
+                    return joined
+                mine = [(s, n) for s, n in visible
+                        if s.partition("/")[0].partition("@")[0] == space or s.startswith(GLOBAL_ADDRESS_SPACE + "/")]
                 clash = find_overlap(spec.pool, mine)
                 if clash:
-                    raise PoolOverlap(str(spec.pool.cidr), str(clash[1].cidr), clash[0])
+                    raise PoolOverlap(str(spec.pool.cidr), str(clash[1].cidr), _public_id(clash[0]))
                 chosen = spec
             pool_id = f"{space}/{chosen.pool.cidr}"
-            self._purge(pool_id)
+            sid = self._sid(pool_id)
+            self._purge(sid)
             record = _pool_record(chosen, space, opts)
-            txn = (TxnBuilder().replace(SPACES + space, {"generation": generation + 1},
+            if shared:
+                record["hosts"] = [self.host_id]
+            txn = (TxnBuilder().replace(self._space_key(space), {"generation": generation + 1},
                                         space_kv.mod_rev if space_kv else 0)
-                   .create(POOLS + pool_id, record))
-            if self._commit(txn, POOLS + pool_id, record["token"]):
+                   .create(POOLS + sid, record))
+            if self._commit(txn, POOLS + sid, record["token"]):
                 return pool_id, record["pool"], {}
         raise StoreContention(f"RequestPool {pool or '(predefined)'}: store contention, try again")
 
+    def _join_shared(self, kv: KV, spec: PoolSpec, opts: dict[str, str]) -> tuple[str, str, dict[str, str]] | None:
+        """Another host's RequestPool of an existing shared pool: add its reference (None: lost a race)."""
+        rec = decode(kv.value)
+        sid = kv.key[len(POOLS):]
+        same_spec = (rec["pool"], rec["subpool"], rec["v6"]) == (
+            str(spec.pool.cidr), str(spec.sub_pool.cidr) if spec.sub_pool else "", spec.v6)
+        hosts = list(rec.get("hosts") or [])
+        if not same_spec or self.host_id in hosts:
+            # Another SubPool of the same Pool, or a second network of this host on it: an overlap,
+            # as on one host.
+            raise PoolOverlap(str(spec.pool.cidr), rec["pool"], sid)
+        rec["hosts"] = sorted([*hosts, self.host_id])
+        if not self._commit(TxnBuilder().replace(kv.key, rec, kv.mod_rev)):
+            return None
+        return sid, rec["pool"], {}
+
     def release_pool(self, pool_id: str) -> None:
-        """Drop the pool and all its address records. Idempotent: an unknown PoolID is a success."""
-        pool_id = _check_pool_id(pool_id)
+        """Drop this host's reference to the pool, and its addresses there; the last reference drops
+        the pool and every record under it. Idempotent: an unknown PoolID is a success."""
+        sid = self._resolve(_check_pool_id(pool_id))
+        self._release_pool(sid, self.host_id, [])
+
+    def _release_pool(self, sid: str, host: str, guard: list[Cmp]) -> None:
+        """``host`` lets go of pool ``sid``; every txn also holds ``guard`` (reclaim: host absent)."""
         for _ in _attempts():
-            kv = self._store.get(POOLS + pool_id)
-            if kv is None or self._commit(TxnBuilder().delete(kv.key, kv.mod_rev)):
+            kv = self._store.get(POOLS + sid)
+            if kv is None:
                 break
+            rec = decode(kv.value)
+            others = [h for h in rec.get("hosts") or [] if h != host]
+            if others:
+                # Shared and still held elsewhere: only this host's addresses and its reference go.
+                if not self._release_host_addresses(sid, host, guard):
+                    return
+                kv = self._store.get(POOLS + sid)
+                if kv is None:
+                    break
+                rec = decode(kv.value)
+                if host not in (rec.get("hosts") or []):
+                    return
+                rec["hosts"] = [h for h in rec["hosts"] if h != host]
+                if not rec["hosts"]:
+                    continue  # the others left meanwhile: this is now the last reference
+                txn = TxnBuilder(list(guard)).replace(kv.key, rec, kv.mod_rev)
+                if self._commit(txn):
+                    return
+                if guard and not self._guard_holds(guard):
+                    return
+                continue
+            if self._commit(TxnBuilder(list(guard)).delete(kv.key, kv.mod_rev)):
+                break
+            if guard and not self._guard_holds(guard):
+                return
         else:
-            raise StoreContention(f"ReleasePool {pool_id}: store contention, try again")
-        self._purge(pool_id)
+            raise StoreContention(f"ReleasePool {_public_id(sid)}: store contention, try again")
+        self._purge(sid)
+
+    def _guard_holds(self, guard: list[Cmp]) -> bool:
+        return all((kv.mod_rev if (kv := self._store.get(c.key)) else 0) == c.mod_rev for c in guard)
+
+    def _release_host_addresses(self, sid: str, host: str, guard: list[Cmp]) -> bool:
+        """Delete ``host``'s address records in pool ``sid`` (leaving it a shared gateway); False if
+        ``guard`` stopped holding. Batched, each batch one txn comparing the pool and every record."""
+        batch = MAX_TXN_OPS // 2 - 1  # a delete and a free-set put per address
+        for _ in _attempts():
+            pool = self._load(sid)
+            if pool is None:
+                return True
+            txn = TxnBuilder(list(guard)).require(pool.key, pool.mod_rev)
+            count = 0
+            for kv in self._scan(f"{ADDRS}{sid}/"):
+                rec = decode(kv.value)
+                holders = rec.get("hosts") or [rec.get("host")]
+                if host not in holders:
+                    continue
+                if len(holders) > 1:
+                    rec["hosts"] = [h for h in holders if h != host]
+                    txn.replace(kv.key, rec, kv.mod_rev)
+                else:
+                    txn.delete(kv.key, kv.mod_rev)
+                    offset = pool.spec.offset_of(IPAddress(kv.key.rsplit("/", 1)[1]))
+                    if pool.spec.in_range(offset) and offset < pool.cursor:
+                        txn.ops.append(Put(pool.free_key(offset), b"{}"))
+                count += 1
+                if count == batch:
+                    break
+            if count == 0:
+                return True
+            if not self._commit(txn) and guard and not self._guard_holds(guard):
+                return False
+        raise StoreContention(f"releasing the addresses of host {host} in pool {_public_id(sid)}: "
+                              "store contention, try again")
+
+    # -- hosts ---------------------------------------------------------------------------------
+
+    def hosts_holding(self) -> set[str]:
+        """Every host that holds a pool reference or a per-host pool: whose allocations may need reclaiming."""
+        out: set[str] = set()
+        for sid, _, kv in self._held_pools():
+            owner = _store_host(sid)
+            if owner:
+                out.add(owner)
+            out.update(h for h in decode(kv.value).get("hosts") or [] if h)
+        return out
+
+    def reclaim_host(self, host: str, guard: list[Cmp]) -> list[str]:
+        """Release everything ``host`` holds (a host whose lease expired a grace period ago).
+
+        Every txn carries ``guard`` (the caller's "hosts/<host> is absent"): should the host come
+        back, with its lease and record, the reclaim stops where it is and takes nothing more.
+        """
+        done: list[str] = []
+        for sid, _, kv in self._held_pools():
+            if _store_host(sid) == host or host in (decode(kv.value).get("hosts") or []):
+                if not self._guard_holds(guard):
+                    break
+                self._release_pool(sid, host, guard)
+                done.append(_public_id(sid))
+        return done
 
     def list_pools(self) -> list[dict[str, Any]]:
         kvs, _ = self._store.list(POOLS)
         out = []
         for kv in kvs:
+            sid = kv.key[len(POOLS):]
+            if not self._visible(sid):
+                continue
             rec = decode(kv.value)
-            out.append({"pool_id": kv.key[len(POOLS):], "address_space": rec["address_space"],
+            out.append({"pool_id": _public_id(sid), "address_space": rec["address_space"],
                         "pool": rec["pool"], "sub_pool": rec["subpool"], "v6": rec["v6"],
-                        "options": rec["options"]})
+                        "options": rec["options"], **({"hosts": rec["hosts"]} if "hosts" in rec else {})})
         return out
 
     def pool_usage(self, pool_id: str) -> dict[str, Any]:
         """Counts for the CLI; reads the pool's records page by page, so it is O(allocated)."""
-        pool = self._load(_check_pool_id(pool_id))
+        pool = self._load(self._resolve(_check_pool_id(pool_id)))
         if pool is None:
             raise PoolNotFound(pool_id)
         kinds: dict[str, int] = {}
         for kv in self._scan(f"{ADDRS}{pool.id}/"):
             kind = decode(kv.value).get("kind", "?")
             kinds[kind] = kinds.get(kind, 0) + 1
-        return {"pool_id": pool.id, "pool": pool.record["pool"], "sub_pool": pool.record["subpool"],
+        return {"pool_id": pool.pool_id, "pool": pool.record["pool"], "sub_pool": pool.record["subpool"],
                 "allocated": sum(kinds.values()), "by_kind": kinds,
                 "capacity": pool.spec.capacity(), "range_capacity": pool.spec.range_capacity()}
 
@@ -209,11 +400,13 @@ class IpamService:
         pool_id = _check_pool_id(pool_id)
         opts = _check_options(options)
         wanted = parse_address("Address", address) if address else None
-        record: Record = {"kind": _kind(opts, wanted is not None), "token": uuid.uuid4().hex}
+        record: Record = {"kind": _kind(opts, wanted is not None), "token": uuid.uuid4().hex,
+                          "host": self.host_id}
         if opts.get(MAC_OPTION):
             record["mac"] = opts[MAC_OPTION]
+        sid = self._resolve(pool_id)
         for _ in _attempts():
-            pool = self._load(pool_id)
+            pool = self._load(sid)
             if pool is None:
                 raise PoolNotFound(pool_id)
             got = (self._try_static(pool, wanted, record) if wanted is not None
@@ -227,8 +420,9 @@ class IpamService:
         requested (those it took from RequestPool Data) and only logs release errors anyway."""
         pool_id = _check_pool_id(pool_id)
         addr = parse_address("Address", address)
+        sid = self._resolve(pool_id)
         for _ in _attempts():
-            pool = self._load(pool_id)
+            pool = self._load(sid)
             if pool is None:
                 return
             try:
@@ -238,6 +432,15 @@ class IpamService:
             kv = self._store.get(pool.addr_key(addr))
             if kv is None:
                 return
+            rec = decode(kv.value)
+            holders = rec.get("hosts") or [rec.get("host", self.host_id)]
+            if self.host_id not in holders:
+                return  # another host's address (Docker releases gateways it never asked for): not ours
+            if len(holders) > 1:
+                rec["hosts"] = [h for h in holders if h != self.host_id]  # a shared gateway: let go of it
+                if self._commit(TxnBuilder().replace(kv.key, rec, kv.mod_rev)):
+                    return
+                continue
             txn = TxnBuilder().require(pool.key, pool.mod_rev).delete(kv.key, kv.mod_rev)
             if pool.spec.in_range(offset) and offset < pool.cursor:
                 txn.ops.append(Put(pool.free_key(offset), b"{}"))  # the cursor passed it: keep it findable
@@ -250,8 +453,14 @@ class IpamService:
     def _try_static(self, pool: _Pool, addr: IPAddress, record: Record) -> IPAddress | None:
         offset = pool.spec.offset_of(addr)  # any usable address of the pool: aux may lie outside SubPool
         key = pool.addr_key(addr)
-        if self._store.get(key) is not None:
-            raise AddressInUse(str(addr), pool.id)
+        held = self._store.get(key)
+        if held is not None:
+            shared = self._share_gateway(pool, held, record)
+            if shared is None:
+                return None  # lost a race on the gateway's record: retry
+            if shared:
+                return addr
+            raise AddressInUse(str(addr), pool.pool_id)
         free = self._store.get(pool.free_key(offset))
         txn = TxnBuilder().require(pool.key, pool.mod_rev).create(key, record)
         if free is not None:
@@ -259,6 +468,17 @@ class IpamService:
         else:
             txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
         return addr if self._commit(txn, key, record["token"]) else None
+
+    def _share_gateway(self, pool: _Pool, held: KV, record: Record) -> bool | None:
+        """A shared pool's gateway asked for by one more host: the hosts share the one record."""
+        rec = decode(held.value)
+        if not (record["kind"] == rec.get("kind") == "gateway" and "hosts" in pool.record):
+            return False
+        holders = rec.get("hosts") or [rec.get("host", "")]
+        if self.host_id in holders:
+            return False  # this host asked twice: in use, as on one host
+        rec["hosts"] = sorted([*holders, self.host_id])
+        return True if self._commit(TxnBuilder().replace(held.key, rec, held.mod_rev)) else None
 
     def _try_dynamic(self, pool: _Pool, record: Record) -> IPAddress | None:
         lo, hi = pool.spec.range()
@@ -289,7 +509,7 @@ class IpamService:
         """The range was walked once: reuse the lowest released offset."""
         kvs, _ = self._store.list(f"{FREE}{pool.id}/", limit=1)
         if not kvs:
-            raise PoolExhausted(f"{pool.record['pool']} (PoolID {shown(pool.id)})")
+            raise PoolExhausted(f"{pool.record['pool']} (PoolID {shown(pool.pool_id)})")
         free = kvs[0]
         addr = pool.spec.address_at(parse_offset_key(free.key.rsplit("/", 1)[1]))
         txn = _stepping_over(TxnBuilder(), skipped)
@@ -320,8 +540,9 @@ class IpamService:
         kv = self._store.get(POOLS + pool_id)
         return None if kv is None else _Pool(pool_id, decode(kv.value), kv.mod_rev)
 
-    def _held_pools(self) -> list[tuple[str, IPNetwork]]:
-        return [(kv.key[len(POOLS):], IPNetwork(decode(kv.value)["pool"]))
+    def _held_pools(self) -> list[tuple[str, IPNetwork, KV]]:
+        """Every pool on the store, every host's: (store id, network, record)."""
+        return [(kv.key[len(POOLS):], IPNetwork(decode(kv.value)["pool"]), kv)
                 for kv in self._scan(POOLS)]
 
     def _scan(self, prefix: str, page: int = 1000) -> Iterator[Any]:

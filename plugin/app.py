@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from agent.hosts import HostLiveness
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
@@ -48,8 +49,10 @@ def build_network_app(driver: NetworkDriver, manager: NetworkManager) -> web.App
 
 
 def build_ipam_app(ipam: IpamService, manager: NetworkManager, executor: ThreadPoolExecutor,
-                   agent: Agent | None = None) -> web.Application:
+                   agent: Agent | None = None, hosts: HostLiveness | None = None) -> web.Application:
     app = _app(ipam_routes.ROUTES)
+    if hosts is not None:
+        app[ipam_routes.HOSTS] = hosts
     app[ipam_routes.AGENT] = agent or Agent(manager.store, manager.drivers, executor, manager.network_lock)
     app[ipam_routes.IPAM] = ipam
     app[ipam_routes.MANAGER] = manager

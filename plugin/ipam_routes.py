@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from agent.hosts import HostLiveness
 from agent.reconcile import Agent
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
@@ -19,6 +20,7 @@ IPAM = web.AppKey("ipam", IpamService)
 MANAGER = web.AppKey("manager", NetworkManager)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 AGENT = web.AppKey("agent", Agent)
+HOSTS = web.AppKey("hosts", HostLiveness)
 
 T = TypeVar("T")
 
@@ -90,6 +92,12 @@ async def reconcile(request: web.Request) -> web.Response:
     return reply({"Actions": await request.app[AGENT].reconcile(dry_run=dry_run, cleanup=cleanup_too)})
 
 
+async def host_list(request: web.Request) -> web.Response:
+    p.parse_body(await request.read())
+    hosts = request.app.get(HOSTS)
+    return reply({"Hosts": await _call(request, hosts.hosts) if hosts is not None else []})
+
+
 ROUTES = {
     "/Plugin.Activate": activate,
     "/IpamDriver.GetCapabilities": capabilities,
@@ -103,4 +111,5 @@ ROUTES = {
     "/Cnmkit.PoolList": pool_list,
     "/Cnmkit.Cleanup": cleanup,
     "/Cnmkit.Reconcile": reconcile,
+    "/Cnmkit.HostList": host_list,
 }

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from agent.hosts import DEFAULT_GRACE, DEFAULT_TTL, HostLiveness, default_advertise, default_host_id
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
@@ -68,6 +69,10 @@ class DaemonConfig:
     cleanup: bool = True                    # reconcile removes marked orphans (--no-cleanup: not)
     reconcile_interval: float = 60.0        # seconds between periodic passes; 0: only at start
     store_retry_max: float = 30.0           # cap of the backoff between attempts to reach the store
+    host_id: str = ""                       # empty: /etc/machine-id, else the hostname (agent/hosts.py)
+    advertise: str = ""                     # empty: the address of the default route's device
+    host_ttl: int = DEFAULT_TTL             # seconds of the lease on hosts/<host-id>
+    host_grace: float = DEFAULT_GRACE       # seconds a gone host keeps its addresses
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -110,15 +115,26 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
-        self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor)
-        self.ipam = IpamService(self.store, avoid=host_networks)
-        self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock)
+        # -- host identity (agent/hosts.py): every record of this host carries its id
+        self.host_id = config.host_id or default_host_id()
+        advertise = config.advertise or default_advertise()
+        if not advertise:
+            log.warning("no default route to take an address from: pass --advertise (needed once "
+                        "hosts exchange traffic)")
+        self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
+                                      host_id=self.host_id)
+        self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
+        self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock,
+                           host_id=self.host_id)
+        self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
+                                  grace=config.host_grace, reclaim=self.ipam.reclaim_host,
+                                  holders=self.ipam.hosts_holding)
         self._runners: list[web.AppRunner] = []
         self.socket_paths: list[str] = []
 
     async def start(self) -> None:
         os.makedirs(self.config.plugin_dir, mode=0o755, exist_ok=True)
-        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor, self.agent))]
+        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor, self.agent, self.hosts))]
         apps += [(f"{d.name}.sock", build_network_app(d, self.manager)) for d in self.drivers]
         for filename, app in apps:
             path = os.path.join(self.config.plugin_dir, filename)
@@ -160,6 +176,11 @@ class Daemon:
             periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
                                                                 cleanup=self.config.cleanup))
         # -- end of reconciling agent
+        # -- host liveness (agent/hosts.py): our leased record, the watch of the others, reclaim
+        await loop.run_in_executor(self.executor, self.hosts.register)
+        self.hosts.start_watch()
+        liveness = asyncio.create_task(self.hosts.run())
+        # -- end of host liveness
         await self.start()
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
@@ -170,6 +191,9 @@ class Daemon:
             log.info("stopping: sockets removed, kernel state kept")
             if periodic is not None:
                 periodic.cancel()
+            liveness.cancel()
+            self.hosts.stop_watch()
+            await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
             try:
                 os.unlink(pid_path)

@@ -11,6 +11,29 @@ Rules that keep backends interchangeable:
 - the only compare is "key's mod_rev equals N" (0 means "key absent");
 - a failed compare is not an error: ``TxnResult.succeeded`` is False and the caller re-reads;
 - values are bytes of at most ``MAX_VALUE`` bytes, transactions hold at most ``MAX_TXN_OPS`` ops.
+
+Leases (``grant``/``keepalive``/``revoke``, ``Put(..., lease=id)``) let a key die with its
+writer: a daemon holds its host record under a lease, and when it stops refreshing it the key is
+deleted and watchers get a DELETE event, so other hosts learn it is gone. The contract is the
+part every backend can honour, deliberately no more than a Consul session can do:
+
+- ``grant(ttl)`` returns an opaque lease id; the backend may round ``ttl`` up to its minimum
+  (etcd 3.4: about 2 s with the default election timeout; Consul sessions: 10 s) and reports the
+  TTL it really applies from ``keepalive``;
+- a leased key lives at least ``ttl`` seconds after the last successful ``keepalive``, and is
+  deleted, with a DELETE event, within a bounded time after that (Consul: up to about 2 x TTL),
+  never earlier; expiry deletes every key attached to the lease, each as a DELETE event;
+- ``keepalive`` of an expired or revoked lease raises ``LeaseNotFound`` (the holder must grant a
+  new one and re-put its keys); ``revoke`` is idempotent and deletes the lease's keys now;
+- writing a key with an unknown lease raises ``LeaseNotFound`` and writes nothing; re-putting a
+  key attaches it to the new lease (or to none) and detaches it from the old one;
+- no lease-based locks, no lease in compares, no "keys of lease" listing: etcd has them, a
+  Consul session backend (``behavior=delete``, ``acquire=`` per leased key, ``renew``,
+  ``destroy``) would have to emulate them, and nothing here needs them.
+
+Backends that emulate expiry (SQLite, memory) expire lazily on every read and write; a daemon
+also calls ``expire_leases`` periodically so that watchers see the DELETE of a key nobody reads.
+etcd (and Consul) expire on the server and need no such call.
 """
 
 from __future__ import annotations
@@ -51,6 +74,14 @@ class TooLarge(StoreError):
     """A value or a transaction is over the portable limits."""
 
 
+class LeaseNotFound(StoreError):
+    """The lease expired, was revoked or never existed: grant a new one and write the keys again."""
+
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease:x} not found (expired or revoked)")
+        self.lease = lease
+
+
 @dataclass(frozen=True)
 class KV:
     """One key as read: its value and the revisions that CAS and watches are built on."""
@@ -60,6 +91,7 @@ class KV:
     mod_rev: int
     create_rev: int
     version: int
+    lease: int = 0  # the lease the key dies with (0: none)
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,7 @@ class Cmp:
 class Put:
     key: str
     value: bytes
+    lease: int = 0  # 0: the key lives until deleted
 
 
 @dataclass(frozen=True)
@@ -111,11 +144,11 @@ class Store(Protocol):
         """Keys under ``prefix`` in key order, and the revision of that snapshot."""
         ...
 
-    def put(self, key: str, value: bytes) -> int:
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Unconditional write; returns the new store revision."""
         ...
 
-    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
+    def cas(self, key: str, value: bytes, expect_mod_rev: int, *, lease: int = 0) -> TxnResult:
         """Write only if the key's mod revision is ``expect_mod_rev`` (0 = create if absent)."""
         ...
 
@@ -139,6 +172,22 @@ class Store(Protocol):
 
     def compact(self, revision: int) -> None:
         """Forget history older than ``revision``."""
+        ...
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of at least ``ttl`` seconds (the backend may round up); its id."""
+        ...
+
+    def keepalive(self, lease: int) -> int:
+        """Restart the lease's TTL; returns the TTL applied. ``LeaseNotFound`` if it expired."""
+        ...
+
+    def revoke(self, lease: int) -> None:
+        """End the lease now, deleting its keys (with DELETE events). Unknown leases: no-op."""
+        ...
+
+    def expire_leases(self) -> None:
+        """Delete the keys of leases that ran out, now (a no-op where the server does it)."""
         ...
 
     def close(self) -> None: ...
@@ -165,9 +214,19 @@ def check_txn(compares: Sequence[Cmp], ops: Sequence[Op]) -> None:
         if op.key in seen:
             raise ValueError(f"key {op.key!r} appears twice in one transaction")
         seen.add(op.key)
+    for op in ops:
+        if isinstance(op, Put) and op.lease < 0:
+            raise ValueError(f"put of {op.key!r} names a negative lease {op.lease}")
     for cmp in compares:
         if cmp.mod_rev < 0:
             raise ValueError(f"compare on {cmp.key!r} expects a negative revision {cmp.mod_rev}")
+
+
+def check_ttl(ttl: int) -> int:
+    """A lease TTL every backend can grant: whole seconds, 1 s to a day."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 86400:
+        raise ValueError(f"lease TTL {ttl!r} is not a whole number of seconds in 1..86400")
+    return ttl
 
 
 def prefix_end(prefix: str) -> str | None:
@@ -194,11 +253,11 @@ class TxnShortcuts:
     def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
         raise NotImplementedError
 
-    def put(self, key: str, value: bytes) -> int:
-        return self.txn([], [Put(key, value)]).revision
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return self.txn([], [Put(key, value, lease)]).revision
 
-    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
-        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value)])
+    def cas(self, key: str, value: bytes, expect_mod_rev: int, *, lease: int = 0) -> TxnResult:
+        return self.txn([Cmp(key, expect_mod_rev)], [Put(key, value, lease)])
 
     def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
         compares = [] if expect_mod_rev is None else [Cmp(key, expect_mod_rev)]

@@ -22,6 +22,9 @@ watch that dies with its member. What this module adds, and why:
   last delivered revision + 1: no event lost, none repeated. Falling behind compaction raises
   ``Compacted`` so the caller relists. Streams ask for a leader (``hasleader``) so a member
   cut off from the quorum ends the stream instead of going silent.
+- **Leases are etcd's own** (Lease service: grant, one keepalive round trip on a short-lived
+  LeaseKeepAlive stream, revoke); etcd expires them and sends the DELETE events itself, so
+  ``expire_leases`` does nothing. etcd rounds a TTL up to its minimum (1.5 x election timeout).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from store.base import (
     Delete,
     Event,
     Indeterminate,
+    LeaseNotFound,
     Op,
     Put,
     StoreError,
@@ -52,6 +56,7 @@ from store.base import (
     TxnResult,
     TxnShortcuts,
     Unavailable,
+    check_ttl,
     check_txn,
     prefix_end,
 )
@@ -156,7 +161,7 @@ class EtcdStore(TxnShortcuts):
 
     def _kv(self, kv: Any) -> KV:
         return KV(kv.key.decode()[len(self._root):], bytes(kv.value), kv.mod_revision, kv.create_revision,
-                  kv.version)
+                  kv.version, kv.lease)
 
     def _note(self, header: Any) -> int:
         self._seen_rev = max(self._seen_rev, header.revision)
@@ -164,6 +169,8 @@ class EtcdStore(TxnShortcuts):
 
     def _translate(self, err: grpc.aio.AioRpcError) -> StoreError | ValueError:
         code, details = err.code(), err.details() or ""
+        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            return LeaseNotFound(0)  # the caller knows which lease and says so
         if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" not in details:
             return ValueError(f"etcd refused the request: {details}")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED or "too large" in details:
@@ -189,13 +196,16 @@ class EtcdStore(TxnShortcuts):
     def _budget(self, deadline: float) -> float:
         return max(0.05, min(self._op_timeout, deadline - self._loop.time()))
 
-    async def _read(self, call: Callable[[Any, float], Awaitable[Any]]) -> Any:
-        """Run an idempotent call on members in turn until one answers or the deadline passes."""
+    async def _read(self, call: Callable[[Any, float], Awaitable[Any]], stub: Any = None) -> Any:
+        """Run an idempotent call on members in turn until one answers or the deadline passes.
+
+        ``stub`` is the service's stub class (KV by default; the Lease calls pass LeaseStub).
+        """
         deadline = self._loop.time() + self._deadline
         last: BaseException | None = None
         async for i in self._each_member(deadline):
             try:
-                resp = await call(rpc.KVStub(self._channel(i)), self._budget(deadline))
+                resp = await call((stub or rpc.KVStub)(self._channel(i)), self._budget(deadline))
             except grpc.aio.AioRpcError as err:
                 if err.code() not in _RETRYABLE:
                     raise self._translate(err) from err
@@ -234,10 +244,56 @@ class EtcdStore(TxnShortcuts):
 
     def txn(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> TxnResult:
         check_txn(compares, ops)
-        return self._run(self._txn(list(compares), list(ops)), write=True)  # type: ignore[no-any-return]
+        try:
+            return self._run(self._txn(list(compares), list(ops)), write=True)  # type: ignore[no-any-return]
+        except LeaseNotFound:
+            leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
+            raise LeaseNotFound(leases[0] if leases else 0) from None
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        # Not idempotent, but a resend after a lost answer only leaves an unused lease to expire.
+        req = rpc.LeaseGrantRequest(TTL=check_ttl(ttl), ID=0)
+        resp = self._run(self._read(lambda stub, t: stub.LeaseGrant(req, timeout=t), rpc.LeaseStub))
+        if resp.error:
+            raise StoreError(f"etcd at {self._where()}: lease grant refused: {resp.error}")
+        return int(resp.ID)
+
+    def keepalive(self, lease: int) -> int:
+        async def once(stub: Any, budget: float) -> Any:
+            call = stub.LeaseKeepAlive()
+            try:
+                async with asyncio.timeout(budget):
+                    await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
+                    resp = await call.read()
+            except TimeoutError as err:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), details="keepalive: no answer") from err
+            finally:
+                call.cancel()
+            if resp is grpc.aio.EOF:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details="keepalive stream ended")
+            return resp
+
+        resp = self._run(self._read(once, rpc.LeaseStub))
+        if resp.TTL <= 0:
+            raise LeaseNotFound(lease)
+        return int(resp.TTL)
+
+    def revoke(self, lease: int) -> None:
+        req = rpc.LeaseRevokeRequest(ID=lease)
+        try:
+            self._run(self._read(lambda stub, t: stub.LeaseRevoke(req, timeout=t), rpc.LeaseStub))
+        except LeaseNotFound:
+            return  # expired or revoked already: revoke is idempotent
+
+    def expire_leases(self) -> None:
+        """etcd expires leases on the server and sends the DELETE events itself."""
 
     def _request(self, compares: Sequence[Cmp], ops: Sequence[Op]) -> Any:
-        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value))
+        success = [rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value, lease=op.lease))
                    if isinstance(op, Put) else
                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(op.key)))
                    for op in ops]

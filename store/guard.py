@@ -152,11 +152,11 @@ class GuardedStore:
              ) -> tuple[builtins.list[KV], int]:
         return self._call(lambda: self.inner.list(prefix, limit=limit, start_after=start_after))
 
-    def put(self, key: str, value: bytes) -> int:
-        return self._call(lambda: self.inner.put(key, value))
+    def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return self._call(lambda: self.inner.put(key, value, lease=lease))
 
-    def cas(self, key: str, value: bytes, expect_mod_rev: int) -> TxnResult:
-        return self._call(lambda: self.inner.cas(key, value, expect_mod_rev))
+    def cas(self, key: str, value: bytes, expect_mod_rev: int, *, lease: int = 0) -> TxnResult:
+        return self._call(lambda: self.inner.cas(key, value, expect_mod_rev, lease=lease))
 
     def delete(self, key: str, *, expect_mod_rev: int | None = None) -> TxnResult:
         return self._call(lambda: self.inner.delete(key, expect_mod_rev=expect_mod_rev))
@@ -178,6 +178,18 @@ class GuardedStore:
 
     def compact(self, revision: int) -> None:
         self._call(lambda: self.inner.compact(revision))
+
+    def grant(self, ttl: int) -> int:
+        return self._call(lambda: self.inner.grant(ttl))
+
+    def keepalive(self, lease: int) -> int:
+        return self._call(lambda: self.inner.keepalive(lease))
+
+    def revoke(self, lease: int) -> None:
+        self._call(lambda: self.inner.revoke(lease))
+
+    def expire_leases(self) -> None:
+        self._call(self.inner.expire_leases)
 
     def close(self) -> None:
         self.inner.close()

@@ -65,7 +65,7 @@ class SettlingStore(TxnShortcuts):
             for op in ops:
                 kv = self.inner.get(op.key)
                 if isinstance(op, Put):
-                    if kv is None or kv.value != op.value:
+                    if kv is None or kv.value != op.value or kv.lease != op.lease:
                         return None
                     revs.append(kv.mod_rev)
                 elif kv is not None:
@@ -91,6 +91,18 @@ class SettlingStore(TxnShortcuts):
 
     def compact(self, revision: int) -> None:
         self.inner.compact(revision)
+
+    def grant(self, ttl: int) -> int:
+        return self.inner.grant(ttl)
+
+    def keepalive(self, lease: int) -> int:
+        return self.inner.keepalive(lease)
+
+    def revoke(self, lease: int) -> None:
+        self.inner.revoke(lease)
+
+    def expire_leases(self) -> None:
+        self.inner.expire_leases()
 
     def close(self) -> None:
         self.inner.close()

@@ -13,16 +13,23 @@ txn deletes the rows that fell out of that window and advances ``meta.compact_re
 so an endpoint lifecycle (~9 rows) no longer adds to the file for ever (issue 6: 142k rows,
 39 MB for 2 live keys). New files use ``auto_vacuum=INCREMENTAL`` and give freed pages back
 every ``VACUUM_EVERY`` revisions; a file made before that is converted once, on open.
+
+Leases (design/store.md section 4.4) are a ``leases`` table of wall-clock expiries (wall clock,
+not monotonic: the file outlives boots and is shared by processes). Expiry is lazy: every read,
+write and watch poll first checks, with one indexed probe, whether a lease ran out, and if so
+deletes its keys in a write txn of their own (one revision per lease, DELETE events in the
+changelog, as etcd does), so a watcher sees the key go even if nobody writes.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from store.base import (
@@ -32,11 +39,13 @@ from store.base import (
     Compacted,
     Event,
     Indeterminate,
+    LeaseNotFound,
     Op,
     Put,
     TxnResult,
     TxnShortcuts,
     Unavailable,
+    check_ttl,
     check_txn,
     prefix_end,
 )
@@ -69,10 +78,18 @@ CREATE TABLE IF NOT EXISTS changelog (
     value BLOB NOT NULL,
     PRIMARY KEY (rev, sub)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY,
+    ttl INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 INSERT OR IGNORE INTO meta (id, revision, compact_rev) VALUES (1, 0, 0);
 """
+# After the kv table exists (an older file gets the column first, see _open).
+_LEASE_INDEX = "CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease) WHERE lease != 0"
 
-_KV_COLUMNS = "key, value, mod_rev, create_rev, version"
+_KV_COLUMNS = "key, value, mod_rev, create_rev, version, lease"
 
 
 def list_query(prefix: str, limit: int | None, start_after: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -94,7 +111,7 @@ def list_query(prefix: str, limit: int | None, start_after: str | None) -> tuple
 
 
 def _kv(row: tuple[Any, ...]) -> KV:
-    return KV(row[0], bytes(row[1]), row[2], row[3], row[4])
+    return KV(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
 
 
 class SQLiteStore(TxnShortcuts):
@@ -160,6 +177,10 @@ class SQLiteStore(TxnShortcuts):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(kv)")}
+                if "lease" not in columns:  # a file made before leases existed
+                    conn.execute("ALTER TABLE kv ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
+                conn.execute(_LEASE_INDEX)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -177,6 +198,7 @@ class SQLiteStore(TxnShortcuts):
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, key: str) -> KV | None:
+        self._expire_due()
         rows = self._read(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?", (key,))
         return _kv(rows[0]) if rows else None
 
@@ -185,6 +207,7 @@ class SQLiteStore(TxnShortcuts):
         if limit is not None and limit < 0:
             raise ValueError("limit must be >= 0 (0 or None: no limit)")
         sql, params = list_query(prefix, limit, start_after)
+        self._expire_due()
         conn = self._conn()
         try:
             conn.execute("BEGIN")  # one WAL snapshot for the rows and the revision
@@ -198,6 +221,7 @@ class SQLiteStore(TxnShortcuts):
         return [_kv(r) for r in rows], rev
 
     def revision(self) -> int:
+        self._expire_due()
         return self._read("SELECT revision FROM meta")[0][0]
 
     # -- writes ------------------------------------------------------------------------------
@@ -232,7 +256,9 @@ class SQLiteStore(TxnShortcuts):
     def _apply(self, conn: sqlite3.Connection, compares: Sequence[Cmp], ops: Sequence[Op]
                ) -> tuple[TxnResult, bool]:
         """Run a txn's body inside BEGIN IMMEDIATE; the bool says whether there is anything to commit."""
-        rev = conn.execute("SELECT revision FROM meta").fetchone()[0]
+        before = conn.execute("SELECT revision FROM meta").fetchone()[0]
+        rev = self._expire_locked(conn)
+        expired = rev != before  # committed even if the txn itself fails or changes nothing
         failed: list[tuple[str, KV | None]] = []
         for cmp in compares:
             row = conn.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?", (cmp.key,)).fetchone()
@@ -240,17 +266,21 @@ class SQLiteStore(TxnShortcuts):
             if (current.mod_rev if current else 0) != cmp.mod_rev:
                 failed.append((cmp.key, current))
         if failed:
-            return TxnResult(False, rev, failed), False
+            return TxnResult(False, rev, failed), expired
+        for op in ops:
+            if isinstance(op, Put) and op.lease and conn.execute(
+                    "SELECT 1 FROM leases WHERE id = ?", (op.lease,)).fetchone() is None:
+                raise LeaseNotFound(op.lease)
         new_rev = rev + 1
         sub = 0
         for op in ops:
             if isinstance(op, Put):
                 value = bytes(op.value)
                 conn.execute(
-                    "INSERT INTO kv (key, value, create_rev, mod_rev, version) VALUES (?, ?, ?, ?, 1) "
+                    "INSERT INTO kv (key, value, create_rev, mod_rev, version, lease) VALUES (?, ?, ?, ?, 1, ?) "
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev, "
-                    "version = kv.version + 1",
-                    (op.key, value, new_rev, new_rev))
+                    "version = kv.version + 1, lease = excluded.lease",
+                    (op.key, value, new_rev, new_rev, op.lease))
                 kind = "PUT"
             else:
                 # Deleting an absent key changes nothing and, as in etcd, records no event.
@@ -261,10 +291,87 @@ class SQLiteStore(TxnShortcuts):
                          (new_rev, sub, op.key, kind, value))
             sub += 1
         if sub == 0:
-            return TxnResult(True, rev), False
+            return TxnResult(True, rev), expired
         conn.execute("UPDATE meta SET revision = ?", (new_rev,))
         self._trim_history(conn, new_rev)
         return TxnResult(True, new_rev), True
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        check_ttl(ttl)
+        # Random, never reused ids: a holder that lost its lease must not revive another's.
+        lease = secrets.randbits(62) | 1
+        self._write(lambda conn: conn.execute("INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?)",
+                                              (lease, ttl, time.time() + ttl)))
+        return lease
+
+    def keepalive(self, lease: int) -> int:
+        def refresh(conn: sqlite3.Connection) -> int:
+            self._expire_locked(conn)
+            row = conn.execute("SELECT ttl FROM leases WHERE id = ?", (lease,)).fetchone()
+            if row is None:
+                raise LeaseNotFound(lease)
+            conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (time.time() + row[0], lease))
+            return int(row[0])
+
+        return int(self._write(refresh))
+
+    def revoke(self, lease: int) -> None:
+        def end(conn: sqlite3.Connection) -> None:
+            rev = self._expire_locked(conn)
+            if conn.execute("DELETE FROM leases WHERE id = ?", (lease,)).rowcount:
+                self._drop_lease_keys(conn, lease, rev)
+
+        self._write(end)
+
+    def expire_leases(self) -> None:
+        self._expire_due()
+
+    def _expire_due(self) -> None:
+        """The lazy expiry: one indexed probe, and a write txn only when a lease ran out."""
+        if self._read("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (time.time(),)):
+            self._write(self._expire_locked)
+
+    def _expire_locked(self, conn: sqlite3.Connection) -> int:
+        """Inside a write txn: delete the keys of every lease past its expiry; the revision after."""
+        rev: int = conn.execute("SELECT revision FROM meta").fetchone()[0]
+        expired = conn.execute("SELECT id FROM leases WHERE expires_at <= ? ORDER BY id",
+                               (time.time(),)).fetchall()
+        for (lease,) in expired:
+            conn.execute("DELETE FROM leases WHERE id = ?", (lease,))
+            rev = self._drop_lease_keys(conn, lease, rev)
+        return rev
+
+    def _drop_lease_keys(self, conn: sqlite3.Connection, lease: int, rev: int) -> int:
+        """Delete ``lease``'s keys as one new revision (if it had any); the revision after."""
+        doomed = [r[0] for r in conn.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,))]
+        if not doomed:
+            return rev
+        rev += 1
+        for sub, key in enumerate(doomed):
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            conn.execute("INSERT INTO changelog (rev, sub, key, op, value) VALUES (?, ?, ?, 'DELETE', ?)",
+                         (rev, sub, key, b""))
+        conn.execute("UPDATE meta SET revision = ?", (rev,))
+        self._trim_history(conn, rev)
+        return rev
+
+    def _write(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``body`` in one BEGIN IMMEDIATE txn and commit it (lease bookkeeping)."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = body(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"{self.path}: {exc}") from exc
+        return out
 
     def _trim_history(self, conn: sqlite3.Connection, rev: int) -> None:
         """Inside a write txn at ``rev``: drop changelog rows older than the last ``history`` revisions.
@@ -320,6 +427,7 @@ class SQLiteStore(TxnShortcuts):
         end = prefix_end(prefix)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
+            self._expire_due()
             batch, next_rev, caught_up = self._poll(prefix, end, next_rev)
             yield from batch
             if batch and timeout is not None:

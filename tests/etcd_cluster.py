@@ -43,19 +43,21 @@ def _free_port() -> int:
 class EtcdCluster:
     """Three members ``m0..m2`` with data under one temporary directory."""
 
-    def __init__(self, size: int = 3, *, netns: str | None = None) -> None:
-        # In a test namespace, the members listen on that namespace's loopback.
+    def __init__(self, size: int = 3, *, netns: str | None = None, host: str = "127.0.0.1") -> None:
+        # In a test namespace, the members listen on that namespace's loopback (or on ``host``, an
+        # address of that namespace other test namespaces reach through a veth the test made).
+        self.host = host
         self.wrap = ["ip", "netns", "exec", netns] if netns else []
         self.dir = tempfile.mkdtemp(prefix="cnmkit-etcd-")
         self.names = [f"m{i}" for i in range(size)]
         self.client_ports = [_free_port() for _ in self.names]
         self.peer_ports = [_free_port() for _ in self.names]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
-        self.initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
+        self.initial = ",".join(f"{n}=http://{host}:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.client_ports]
+        return [f"{self.host}:{p}" for p in self.client_ports]
 
     @property
     def url(self) -> str:
@@ -68,7 +70,7 @@ class EtcdCluster:
 
     def start_member(self, i: int, state: str = "existing") -> None:
         assert self.procs[i] is None
-        client, peer = f"http://127.0.0.1:{self.client_ports[i]}", f"http://127.0.0.1:{self.peer_ports[i]}"
+        client, peer = f"http://{self.host}:{self.client_ports[i]}", f"http://{self.host}:{self.peer_ports[i]}"
         log = open(os.path.join(self.dir, f"{self.names[i]}.log"), "ab")
         self.procs[i] = subprocess.Popen(
             [*self.wrap, ETCD or "etcd", "--name", self.names[i], "--data-dir", os.path.join(self.dir, self.names[i]),

@@ -8,6 +8,7 @@ this suite is what makes backends interchangeable. To add a backend, add one ent
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from store.base import (
     Compacted,
     Delete,
     Event,
+    LeaseNotFound,
     Put,
     Store,
     TooLarge,
@@ -267,6 +269,64 @@ def test_watch_compacted(store: Store) -> None:
     kept = list(store.watch("c/", revs[3], timeout=0.2))  # the compaction revision itself is kept
     assert [e.value for e in kept] == [b"3", b"4"]
     assert store.get("c/k").value == b"4"  # type: ignore[union-attr]  # compaction keeps current state
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+def test_lease_expiry_deletes_keys_with_events_and_keepalive_keeps_them(store: Store) -> None:
+    """Two leases of one TTL, the earlier kept alive: the later one's keys go first, as DELETE events.
+
+    No wall-clock assertion: without the keepalives the earlier lease would expire first, so the
+    order of what is gone when the later key's DELETE arrives is the proof.
+    """
+    kept = store.grant(1)
+    start = store.put("l/kept", b"k", lease=kept)
+    dying = store.grant(1)
+    store.put("l/a", b"a", lease=dying)
+    store.put("l/b", b"b", lease=dying)
+    assert store.get("l/a").lease == dying  # type: ignore[union-attr]
+    deleted: set[str] = set()
+    next_rev, safety = start, time.monotonic() + 6 * WATCH_SAFETY  # a hang fails, nothing is timed
+    while not deleted >= {"l/a", "l/b"} and time.monotonic() < safety:
+        store.keepalive(kept)  # several times a second, events or not
+        for ev in store.watch("l/", next_rev, timeout=0.1):
+            next_rev = ev.revision + 1
+            if ev.type == "DELETE":
+                deleted.add(ev.key)
+    assert deleted == {"l/a", "l/b"}, "both keys of the expired lease were deleted, as events"
+    assert store.get("l/a") is None and store.get("l/b") is None
+    assert store.get("l/kept") is not None, "the lease kept alive outlived the later one"
+    with pytest.raises(LeaseNotFound):
+        store.keepalive(dying)
+    with pytest.raises(LeaseNotFound):
+        store.put("l/late", b"x", lease=dying)
+    assert store.get("l/late") is None
+    store.revoke(kept)
+
+
+def test_lease_revoke_and_reattach(store: Store) -> None:
+    lease = store.grant(60)
+    assert store.keepalive(lease) >= 60
+    store.put("r/a", b"1", lease=lease)
+    assert store.txn([Cmp("r/b", 0)], [Put("r/b", b"2", lease)]).succeeded
+    store.put("r/c", b"3", lease=lease)
+    store.put("r/c", b"4")  # re-put without a lease: detached, it survives the lease
+    assert store.get("r/c").lease == 0  # type: ignore[union-attr]
+    before = store.revision()
+    store.revoke(lease)
+    assert store.get("r/a") is None and store.get("r/b") is None
+    assert store.get("r/c").value == b"4"  # type: ignore[union-attr]
+    events = list(store.watch("r/", before + 1, timeout=0.3))
+    assert sorted((e.type, e.key) for e in events) == [("DELETE", "r/a"), ("DELETE", "r/b")]
+    store.revoke(lease)  # idempotent
+    with pytest.raises(LeaseNotFound):
+        store.keepalive(lease)
+    with pytest.raises(LeaseNotFound):
+        store.txn([], [Put("r/d", b"5", lease), Put("r/e", b"6")])
+    assert store.get("r/e") is None, "a txn naming a dead lease writes nothing"
+    with pytest.raises(ValueError):
+        store.grant(0)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
