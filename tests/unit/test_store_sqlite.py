@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import store.sqlite as sqlite_backend
-from store.base import Put
+from store.base import KV, Put
 from store.sqlite import _SCHEMA, SQLiteStore, list_query
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -269,5 +269,28 @@ def test_legacy_file_is_trimmed_and_shrunk_on_open(tmp_path: Path) -> None:
         check.close()
         assert [e.revision for e in store.watch("ep/", 19_999, timeout=0)] == [19_999, 20_000]
         assert store.get("ep/x").mod_rev == 20_000  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_file_from_before_leases_gets_the_lease_column_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL,
+                         mod_rev INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL,
+                           compact_rev INTEGER NOT NULL);
+        INSERT INTO meta VALUES (1, 1, 0);
+        INSERT INTO kv VALUES ('old', x'31', 1, 1, 1);
+    """)
+    conn.close()
+    store = SQLiteStore(str(path))
+    try:
+        assert store.get("old") == KV("old", b"1", 1, 1, 1, 0)
+        lease = store.grant(60)
+        store.put("new", b"2", lease=lease)
+        store.revoke(lease)
+        assert store.get("new") is None and store.get("old") is not None
     finally:
         store.close()
