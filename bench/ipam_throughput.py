@@ -11,8 +11,7 @@ threads: the ratio is what the socket and the protocol cost.
     PYTHONPATH=. .venv/bin/python bench/ipam_throughput.py [--per-client 100] [--solo 1000]
                                                            [--stores sqlite,etcd] [--rounds 1]
 
-Not measured yet: "from three hosts" (three daemons on one etcd store) needs the multi-host
-state of issue 7 item 4; add a column when two daemons can share a store.
+"From three hosts" (three daemons sharing one store, one global pool) is bench/ipam_hosts.py.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import REPO, machine_info, markdown_table, write_results
@@ -63,13 +62,16 @@ def _parallel(clients: int, work: Callable[[int], None]) -> float:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, store_url: str) -> None:
+    """One ``--driver null`` daemon under ``tmp`` (its plugin dir, state dir and log); ``extra``:
+    more ``daemon`` options (bench/ipam_hosts.py passes the host id)."""
+
+    def __init__(self, tmp: Path, store_url: str, extra: Sequence[str] = ()) -> None:
         self.plugins, self.state = tmp / "plugins", tmp / "state"
         self.log = open(tmp / "daemon.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "--plugin-dir", str(self.plugins), "--state-dir", str(self.state),
              "--log-level", "warning", "daemon", "--driver", "null", "--store", store_url,
-             "--reconcile-interval", "0"], cwd=REPO, stdout=self.log, stderr=self.log,
+             "--reconcile-interval", "0", *extra], cwd=REPO, stdout=self.log, stderr=self.log,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         deadline = time.monotonic() + 120
         while not (self.plugins / "cnmkit.sock").exists():
@@ -78,8 +80,13 @@ class Daemon:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM by pid (the daemon deregisters its host); SIGKILL if it has not gone in 60 s."""
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
