@@ -71,3 +71,15 @@ def test_require_root_fails_under_all_tiers(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CNMKIT_ALL_TIERS", "1")
     with pytest.raises(pytest.fail.Exception):
         require_root()
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """The tiers have no __init__.py, so pytest imports test modules by basename: two
+    ``test_x.py`` in different tiers stop the whole run at collection (it did once)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(TESTS)} and {path.relative_to(TESTS)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, f"test modules sharing a basename: {clashes}"

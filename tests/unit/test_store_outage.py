@@ -1,7 +1,7 @@
 """Store outage handling without a real store (issue 7 item 6): naming, one probe, settling.
 
 The kernel tier proves the same against a real etcd cluster that is stopped and restarted
-(tests/kernel/test_store_outage.py); these pin the rules down deterministically.
+(tests/kernel/test_daemon_store_outage.py); these pin the rules down deterministically.
 """
 
 from __future__ import annotations
