@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import re
@@ -42,10 +41,10 @@ from typing import Any
 from netaddr import AddrFormatError, IPAddress
 
 from store.base import Cmp, Compacted, LeaseNotFound, Store, StoreError
+from store.records import HOSTS, HostRecord, decode_host, encode_host, host_id_of, host_key
 
 log = logging.getLogger("cnmkit.hosts")
 
-HOSTS = "hosts/"
 DEFAULT_TTL = 10  # seconds; a SIGKILLed host is gone for the others within about this
 DEFAULT_GRACE = 600.0  # seconds a gone host keeps its addresses
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -136,9 +135,9 @@ class HostLiveness:
     def register(self) -> None:
         """Grant a lease and put ``hosts/<id>`` under it (replacing a record a crashed run left)."""
         self.lease = self.store.grant(self.ttl)
-        value = json.dumps({"HostID": self.host_id, "Advertise": self.advertise, "Started": self.started,
-                            "PID": os.getpid()}).encode()
-        self.store.put(HOSTS + self.host_id, value, lease=self.lease)
+        value = encode_host(HostRecord(HostID=self.host_id, Advertise=self.advertise, Started=self.started,
+                                       PID=os.getpid()))
+        self.store.put(host_key(self.host_id), value, lease=self.lease)
         log.info("host %s (advertise %s) registered with a %d s lease", self.host_id,
                  self.advertise or "unknown", self.ttl)
 
@@ -166,7 +165,7 @@ class HostLiveness:
         with self._lock:
             live = None if self._live is None else dict(self._live)
         if live is None:
-            live = {kv.key[len(HOSTS):]: json.loads(kv.value) for kv in self.store.list(HOSTS)[0]}
+            live = {host_id_of(kv.key): decode_host(kv.value) for kv in self.store.list(HOSTS)[0]}
         return [{**rec, "HostID": host, "Self": host == self.host_id} for host, rec in sorted(live.items())]
 
     def hosts_cached(self) -> list[dict[str, Any]]:
@@ -188,11 +187,11 @@ class HostLiveness:
         while not self._stop.is_set():
             try:
                 kvs, rev = self.store.list(HOSTS)
-                self._set_live({kv.key[len(HOSTS):]: json.loads(kv.value) for kv in kvs})
+                self._set_live({host_id_of(kv.key): decode_host(kv.value) for kv in kvs})
                 while not self._stop.is_set():
                     for ev in self.store.watch(HOSTS, rev + 1, timeout=1.0):
                         rev = ev.revision
-                        self._event(ev.type, ev.key[len(HOSTS):], ev.value)
+                        self._event(ev.type, host_id_of(ev.key), ev.value)
                         if self._stop.is_set():
                             return
             except Compacted:
@@ -218,7 +217,7 @@ class HostLiveness:
         with self._lock:
             live = self._live if self._live is not None else {}
             if kind == "PUT":
-                live[host] = json.loads(value)
+                live[host] = decode_host(value)
                 if self._gone.pop(host, None) is not None:
                     log.info("host %s is back within its grace period: it keeps its addresses", host)
             elif live.pop(host, None) is not None and host != self.host_id:
@@ -245,11 +244,11 @@ class HostLiveness:
             due = [h for h, since in self._gone.items() if now - since >= self.grace and h != self.host_id]
         done: list[str] = []
         for host in due:
-            guard = [Cmp(HOSTS + host, 0)]
-            if self.store.get(HOSTS + host) is not None:
+            guard = [Cmp(host_key(host), 0)]
+            if self.store.get(host_key(host)) is not None:
                 continue  # it is back; the watch will say so
             released = self._reclaim(host, guard) if self._reclaim is not None else []
-            if self.store.get(HOSTS + host) is None:
+            if self.store.get(host_key(host)) is None:
                 with self._lock:
                     self._gone.pop(host, None)
             log.warning("host %s gone for %.0f s: released its pools and addresses %s", host, self.grace,

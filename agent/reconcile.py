@@ -33,19 +33,18 @@ only know how to make one object right.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
-from typing import Any
 
-from drivers import records
-from drivers.base import Converger, EndpointState, NetworkDriver, PortBinding, Reconciler
+from drivers.base import Converger, EndpointState, NetworkDriver, Reconciler
 from drivers.errors import DriverError
+from store import records
 from store.base import Store, Unavailable
+from store.records import EndpointRecord, NetworkRecord
 
 log = logging.getLogger("cnmkit.agent")
 
@@ -135,13 +134,13 @@ class Agent:
         kv = self.store.get(records.network_key(network_id))
         if kv is None:
             return []
-        rec = json.loads(kv.value)
-        if not self._mine(rec):
+        rec = NetworkRecord.decode(kv.value)
+        if not rec.owned_by(self.host_id):
             return []
-        driver = self.drivers.get(rec.get("Driver", ""))
+        driver = self.drivers.get(rec.driver)
         if not isinstance(driver, Converger):
             return []
-        spec = records.network_from_dict(rec["Spec"])
+        spec = rec.spec
         try:
             actions = driver.ensure_network(spec, dry_run=dry_run)
         except DriverError as exc:
@@ -151,7 +150,8 @@ class Agent:
             self._log(actions[0], dry_run)
             return actions
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
-        states = [_endpoint_state(rec) for rec in (json.loads(e.value) for e in eps) if self._mine(rec)]
+        states = [_endpoint_state(ep) for ep in (EndpointRecord.decode(e.value) for e in eps)
+                  if ep.owned_by(self.host_id)]
         actions += driver.ensure_endpoints(spec, states, dry_run=dry_run)
         for action in actions:
             self._log(action, dry_run)
@@ -159,17 +159,14 @@ class Agent:
 
     # -- store reads ------------------------------------------------------------------------------
 
-    def _mine(self, rec: dict[str, Any]) -> bool:
-        return rec.get("Host", self.host_id) == self.host_id
-
     def _network_ids(self) -> list[str]:
         kvs, _ = self.store.list(records.NETWORKS)
-        return [kv.key[len(records.NETWORKS):] for kv in kvs if self._mine(json.loads(kv.value))]
+        return [records.network_id_of(kv.key) for kv in kvs if NetworkRecord.decode(kv.value).owned_by(self.host_id)]
 
     def _known_ids(self) -> tuple[set[str], set[str]]:
         nets, _ = self.store.list(records.NETWORKS)
         eps, _ = self.store.list(records.ENDPOINTS)
-        return ({kv.key[len(records.NETWORKS):] for kv in nets}, {kv.key.rsplit("/", 1)[1] for kv in eps})
+        return ({records.network_id_of(kv.key) for kv in nets}, {records.endpoint_ids_of(kv.key)[1] for kv in eps})
 
     @staticmethod
     def _log(action: str, dry_run: bool) -> None:
@@ -177,6 +174,5 @@ class Agent:
         log.log(level, "reconcile%s: %s", " (dry run, not done)" if dry_run else "", action)
 
 
-def _endpoint_state(rec: dict[str, Any]) -> EndpointState:
-    return EndpointState(spec=records.endpoint_from_dict(rec["Spec"]), joined=bool(rec.get("Sandbox")),
-                         ports=tuple(PortBinding(**p) for p in rec.get("Ports") or []))
+def _endpoint_state(rec: EndpointRecord) -> EndpointState:
+    return EndpointState(spec=rec.spec, joined=rec.joined, ports=rec.ports or ())

@@ -63,8 +63,10 @@ from bench.common import (
     write_results,
 )
 from client.transport import PluginTransport
+from drivers.base import EndpointSpec
 from drivers.kernel import Kernel, entered_netns
 from runtime import sandbox
+from store.records import EndpointRecord
 from store.sqlite import SQLiteStore
 
 CNI_PATH = "/usr/lib/cni"
@@ -380,7 +382,8 @@ class Bench:
         time that is neither HTTP nor kernel.
         """
         store = SQLiteStore(os.path.join(self.tmp, "store-probe.db"))
-        value = json.dumps({"Spec": {"x": "y" * 400}}).encode()
+        value = EndpointRecord(EndpointSpec(network_id="n" * 64, endpoint_id="e" * 64, options={"x": "y" * 140}),
+                               host="probe").encode()  # a real endpoint record, about as big as the old probe
         puts, gets = [], []
         try:
             for i in range(n):

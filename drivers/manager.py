@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from drivers import records
 from drivers.base import (
     EndpointResult,
     EndpointSpec,
@@ -50,17 +48,16 @@ from drivers.base import (
 from drivers.errors import Conflict, NotFound
 from ipam.pools import GLOBAL_ADDRESS_SPACE
 from plugin.quoting import shown, shown_key
+from store import records
 from store.base import Cmp, Delete, Put, Store
 from store.records import Conflict as LostRaces
-from store.records import update_json
+from store.records import EndpointRecord, NetworkRecord, update_json
 from store.settle import SettlingStore
 
 T = TypeVar("T")
 log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
-SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the overlap check's token
-PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
 CLAIM_ATTEMPTS = 200                      # rounds lost to other creates/publishes before giving up
 
 
@@ -117,36 +114,34 @@ class NetworkManager:
         async with self._network_lock(network_id):
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _read(self, key: str) -> tuple[dict[str, Any] | None, int]:
-        kv = self.store.get(key)
-        return (json.loads(kv.value), kv.mod_rev) if kv else (None, 0)
+    def _read_network(self, network_id: str) -> NetworkRecord | None:
+        kv = self.store.get(records.network_key(network_id))
+        return NetworkRecord.decode(kv.value) if kv else None
+
+    def _read_endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointRecord | None, int]:
+        kv = self.store.get(records.endpoint_key(network_id, endpoint_id))
+        return (EndpointRecord.decode(kv.value), kv.mod_rev) if kv else (None, 0)
 
     def _network(self, network_id: str) -> tuple[NetworkSpec, NetworkDriver]:
-        rec, _ = self._read(records.network_key(network_id))
+        rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"NetworkID: network {network_id[:12]} not found")
-        driver = self.drivers.get(rec["Driver"])
+        driver = self.drivers.get(rec.driver)
         if driver is None:
-            raise NotFound(f"network {network_id[:12]} uses driver {rec['Driver']}, which this daemon lacks")
-        return records.network_from_dict(rec["Spec"]), driver
+            raise NotFound(f"network {network_id[:12]} uses driver {rec.driver}, which this daemon lacks")
+        return rec.spec, driver
 
-    def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointSpec, dict[str, Any]] | None:
-        rec, _ = self._read(records.endpoint_key(network_id, endpoint_id))
-        return (records.endpoint_from_dict(rec["Spec"]), rec) if rec else None
+    def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointSpec, EndpointRecord] | None:
+        rec, _ = self._read_endpoint(network_id, endpoint_id)
+        return (rec.spec, rec) if rec else None
 
     # -- networks -----------------------------------------------------------------------------
 
-    def _mine(self, rec: dict[str, Any]) -> bool:
-        """Is a network or endpoint record this host's? One written before hosts existed is."""
-        return rec.get("Host", self.host_id) == self.host_id
-
     def _update_endpoint(self, network_id: str, endpoint_id: str,
-                         fn: Callable[[dict[str, Any]], None]) -> None:
-        """Change an endpoint record with a CAS loop (``fn`` edits it in place); absent: nothing."""
+                         fn: Callable[[EndpointRecord], EndpointRecord]) -> None:
+        """Change an endpoint record with a CAS loop (``fn`` returns the new one); absent: nothing."""
         def edit(rec: dict[str, Any] | None) -> dict[str, Any] | None:
-            if rec is not None:
-                fn(rec)
-            return rec
+            return None if rec is None else fn(EndpointRecord.from_dict(rec)).to_dict()
 
         try:
             update_json(self.store, records.endpoint_key(network_id, endpoint_id), edit)
@@ -169,30 +164,28 @@ class NetworkManager:
         for _ in range(CLAIM_ATTEMPTS):
             # The claims token first: any create that commits after this read bumps it, so an
             # overlap check on a view older than that create fails its compare and runs again.
-            claims = self.store.get(SUBNET_CLAIMS)
-            existing, _ = self._read(key)
+            claims = self.store.get(records.SUBNET_CLAIMS)
+            existing = self._read_network(spec.network_id)
             if existing is not None:
-                if existing["Driver"] != driver_name or records.network_from_dict(existing["Spec"]) != spec:
+                if existing.driver != driver_name or existing.spec != spec:
                     raise Conflict(f"NetworkID: network {spec.network_id[:12]} exists with a different "
                                    "configuration")
                 driver.create_network(spec)          # re-ensure the kernel side; idempotent
                 return
             self._check_overlap(spec)
-            value = json.dumps({"Driver": driver_name, "Spec": records.network_to_dict(spec),
-                                "Host": self.host_id}).encode()
-            generation = int(claims.value) + 1 if claims else 1
-            compares = [Cmp(SUBNET_CLAIMS, claims.mod_rev if claims else 0), Cmp(key, 0)]
-            ops: list[Put | Delete] = [Put(SUBNET_CLAIMS, str(generation).encode()), Put(key, value)]
+            value = NetworkRecord(driver=driver_name, spec=spec, host=self.host_id).encode()
+            compares = [Cmp(records.SUBNET_CLAIMS, claims.mod_rev if claims else 0), Cmp(key, 0)]
+            ops: list[Put | Delete] = [Put(records.SUBNET_CLAIMS, records.next_claim(claims)), Put(key, value)]
             if spec.name:
                 compares.append(Cmp(records.name_key(spec.name), 0))
-                ops.append(Put(records.name_key(spec.name), spec.network_id.encode()))
+                ops.append(Put(records.name_key(spec.name), records.encode_name(spec.network_id)))
             result = self.store.txn(compares, ops)
             if result.succeeded:
                 break
             for failed_key, kv in result.failed:
                 if failed_key.startswith(records.NAMES) and kv is not None:
                     raise Conflict(f"network name {shown(spec.name)} is already used by network "
-                                   f"{kv.value.decode()[:12]}")
+                                   f"{records.decode_name(kv.value)[:12]}")
             # Another create committed meanwhile (the claims token or this very id): look again.
         else:
             raise Conflict(f"NetworkID: network {spec.network_id[:12]}: other creates kept winning, try again")
@@ -213,9 +206,9 @@ class NetworkManager:
             return
         kvs, _ = self.store.list(records.NETWORKS)
         for kv in kvs:
-            rec = json.loads(kv.value)
-            other = records.network_from_dict(rec["Spec"])
-            same_host = self._mine(rec)
+            rec = NetworkRecord.decode(kv.value)
+            other = rec.spec
+            same_host = rec.owned_by(self.host_id)
             for data in (d for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):
                 theirs = data.pool
                 for ours in mine:
@@ -243,7 +236,7 @@ class NetworkManager:
             return                                      # already gone
         eps, _ = self.store.list(records.endpoints_prefix(network_id), limit=5)
         if eps:
-            names = ", ".join(kv.key.rsplit("/", 1)[1][:12] for kv in eps)
+            names = ", ".join(records.endpoint_ids_of(kv.key)[1][:12] for kv in eps)
             raise Conflict(f"network {spec.name or network_id[:12]} has active endpoints: {names}")
         driver.delete_network(spec)
         self._drop_network_records(spec)
@@ -262,13 +255,12 @@ class NetworkManager:
                                f"{network.name or network.network_id[:12]}")
         found = self._endpoint(spec.network_id, spec.endpoint_id)
         if found is not None:
-            return EndpointResult(**found[1].get("Result", {}))
+            return found[1].result
         result = driver.create_endpoint(network, spec)
         stored = replace(spec, mac=spec.mac or result.mac)
-        value = {"Spec": records.endpoint_to_dict(stored), "Result": {"mac": result.mac}, "Sandbox": "",
-                 "Host": self.host_id}
+        value = EndpointRecord(spec=stored, mac=result.mac, sandbox="", host=self.host_id).encode()
         key = records.endpoint_key(spec.network_id, spec.endpoint_id)
-        if not self.store.cas(key, json.dumps(value).encode(), 0).succeeded:
+        if not self.store.cas(key, value, 0).succeeded:
             raise Conflict(f"EndpointID: endpoint {spec.endpoint_id[:12]} is being created concurrently")
         return result
 
@@ -280,7 +272,7 @@ class NetworkManager:
         if found is None:
             return
         network, driver = self._network(network_id)
-        if found[1].get("Ports") and isinstance(driver, PortPublisher):
+        if found[1].ports and isinstance(driver, PortPublisher):
             driver.unpublish(network, found[0])            # no Revoke came (a crash, an old engine)
         driver.delete_endpoint(network, found[0])
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
@@ -296,7 +288,7 @@ class NetworkManager:
         spec, _ = found
         result = driver.join(network, spec, request)
         self._update_endpoint(request.network_id, request.endpoint_id,
-                              lambda rec: rec.update(Sandbox=request.sandbox_key))
+                              lambda rec: replace(rec, sandbox=request.sandbox_key))
         return result
 
     async def leave(self, network_id: str, endpoint_id: str) -> None:
@@ -308,7 +300,7 @@ class NetworkManager:
             return
         network, driver = self._network(network_id)
         driver.leave(network, found[0])
-        self._update_endpoint(network_id, endpoint_id, lambda rec: rec.update(Sandbox=""))
+        self._update_endpoint(network_id, endpoint_id, lambda rec: replace(rec, sandbox=""))
 
     async def endpoint_info(self, network_id: str, endpoint_id: str) -> dict[str, object]:
         return await self._run(network_id, self._endpoint_info, network_id, endpoint_id)
@@ -349,14 +341,14 @@ class NetworkManager:
             return bindings
 
     def _reserve_ports(self, network_id: str, endpoint_id: str, requests: tuple[PortRequest, ...],
-                       ) -> tuple[list[PortBinding], list[dict[str, Any]] | None] | None:
+                       ) -> tuple[list[PortBinding], tuple[PortBinding, ...] | None] | None:
         """Pick host ports and record them with the endpoint (CAS); returns them and the previous ones."""
         network, driver = self._network(network_id)
         key = records.endpoint_key(network_id, endpoint_id)
-        claims_key = PORT_CLAIMS + (self.host_id or "-")
+        claims_key = records.port_claims_key(self.host_id)
         for _ in range(CLAIM_ATTEMPTS):
             claims = self.store.get(claims_key)  # before the choice: see create_network
-            rec, mod_rev = self._read(key)
+            rec, mod_rev = self._read_endpoint(network_id, endpoint_id)
             if rec is None:
                 raise NotFound(f"EndpointID: endpoint {endpoint_id[:12]} not found")
             if not requests or not isinstance(driver, PortPublisher):
@@ -365,12 +357,11 @@ class NetworkManager:
                 default = driver.default_host_ip(network)
                 requests = tuple(replace(r, host_ip=r.host_ip or default) for r in requests)
             bindings = self._choose_host_ports(endpoint_id, requests)
-            previous = rec.get("Ports")
-            rec["Ports"] = [asdict(b) for b in bindings]
-            generation = int(claims.value) + 1 if claims else 1
+            previous = rec.ports
+            value = replace(rec, ports=tuple(bindings)).encode()
             result = self.store.txn(
                 [Cmp(claims_key, claims.mod_rev if claims else 0), Cmp(key, mod_rev)],
-                [Put(claims_key, str(generation).encode()), Put(key, json.dumps(rec).encode())])
+                [Put(claims_key, records.next_claim(claims)), Put(key, value)])
             if result.succeeded:
                 return bindings, previous
             # Another choice of this host's ports, or a change to this endpoint: choose again.
@@ -384,25 +375,19 @@ class NetworkManager:
         if isinstance(driver, PortPublisher):
             driver.publish(network, found[0], tuple(bindings))
 
-    def _set_ports(self, network_id: str, endpoint_id: str, ports: list[dict[str, Any]] | None) -> None:
-        def edit(rec: dict[str, Any]) -> None:
-            if ports:
-                rec["Ports"] = ports
-            else:
-                rec.pop("Ports", None)
-
-        self._update_endpoint(network_id, endpoint_id, edit)
+    def _set_ports(self, network_id: str, endpoint_id: str, ports: tuple[PortBinding, ...] | None) -> None:
+        self._update_endpoint(network_id, endpoint_id, lambda rec: replace(rec, ports=ports or None))
 
     def _choose_host_ports(self, endpoint_id: str, requests: tuple[PortRequest, ...]) -> list[PortBinding]:
         """Resolve ranges and ``-P`` (0) to free host ports; refuse a port another endpoint publishes."""
         taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
         for kv in self.store.list(records.ENDPOINTS)[0]:
-            other = json.loads(kv.value)
-            owner = kv.key.rsplit("/", 1)[1]
-            if owner == endpoint_id or not self._mine(other):
+            other = EndpointRecord.decode(kv.value)
+            owner = records.endpoint_ids_of(kv.key)[1]
+            if owner == endpoint_id or not other.owned_by(self.host_id):
                 continue  # ports are per host: another host's endpoint takes none of ours
-            for b in other.get("Ports", []):
-                taken.setdefault((b["proto"], b["host_port"]), []).append((b["host_ip"], owner))
+            for b in other.ports or ():
+                taken.setdefault((b.proto, b.host_port), []).append((b.host_ip, owner))
 
         def free(proto: str, port: int, host_ip: str) -> bool:
             return all(ip and host_ip and ip != host_ip for ip, _ in taken.get((proto, port), []))
@@ -433,8 +418,8 @@ class NetworkManager:
         spec, rec = found
         if isinstance(driver, PortPublisher):
             driver.unpublish(network, spec)
-        if rec.get("Ports"):
-            self._update_endpoint(network_id, endpoint_id, lambda r: r.pop("Ports", None))
+        if rec.ports:
+            self._update_endpoint(network_id, endpoint_id, lambda r: replace(r, ports=None))
 
     # -- reconciliation (CLI) ----------------------------------------------------------------------
 
@@ -451,8 +436,8 @@ class NetworkManager:
     def _known_ids(self) -> tuple[set[str], set[str]]:
         nets, _ = self.store.list(records.NETWORKS)
         eps, _ = self.store.list(records.ENDPOINTS)
-        return ({kv.key[len(records.NETWORKS):] for kv in nets},
-                {kv.key.rsplit("/", 1)[1] for kv in eps})
+        return ({records.network_id_of(kv.key) for kv in nets},
+                {records.endpoint_ids_of(kv.key)[1] for kv in eps})
 
     # -- inspection (CLI) -------------------------------------------------------------------------
 
@@ -464,17 +449,18 @@ class NetworkManager:
         eps, _ = self.store.list(records.ENDPOINTS)
         counts: dict[str, int] = {}
         for kv in eps:
-            nid = kv.key[len(records.ENDPOINTS):].split("/", 1)[0]
+            nid = records.endpoint_ids_of(kv.key)[0]
             counts[nid] = counts.get(nid, 0) + 1
-        return [self._summary(json.loads(kv.value), counts.get(kv.key[len(records.NETWORKS):], 0)) for kv in kvs]
+        return [self._summary(NetworkRecord.decode(kv.value), counts.get(records.network_id_of(kv.key), 0))
+                for kv in kvs]
 
     @staticmethod
-    def _summary(rec: dict[str, Any], endpoints: int) -> dict[str, Any]:
-        spec = rec["Spec"]
-        return {"Id": spec["NetworkID"], "Name": spec.get("Name", ""), "Driver": rec["Driver"],
-                "Internal": spec.get("Internal", False), "EnableIPv6": spec.get("EnableIPv6", False),
-                "IPv4": spec.get("IPv4", []), "IPv6": spec.get("IPv6", []),
-                "Options": spec.get("Options", {}), "Endpoints": endpoints}
+    def _summary(rec: NetworkRecord, endpoints: int) -> dict[str, Any]:
+        spec = records.network_to_dict(rec.spec)
+        return {"Id": spec["NetworkID"], "Name": spec["Name"], "Driver": rec.driver,
+                "Internal": spec["Internal"], "EnableIPv6": spec["EnableIPv6"],
+                "IPv4": spec["IPv4"], "IPv6": spec["IPv6"],
+                "Options": spec["Options"], "Endpoints": endpoints}
 
     async def inspect_network(self, ref: str) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
@@ -482,14 +468,14 @@ class NetworkManager:
     def _inspect_network(self, ref: str) -> dict[str, Any]:
         """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
         network_id = self.resolve(ref)
-        rec, _ = self._read(records.network_key(network_id))
+        rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
         summary["EndpointList"] = [
-            {**ep["Spec"], "Sandbox": ep.get("Sandbox", ""), "Ports": ep.get("Ports", [])}
-            for ep in (json.loads(kv.value) for kv in eps)
+            {**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
+            for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)
         ]
         return summary
 
@@ -499,12 +485,12 @@ class NetworkManager:
             raise NotFound("Network: empty network name")
         kv = self.store.get(records.name_key(ref))
         if kv is not None:
-            return kv.value.decode()
+            return records.decode_name(kv.value)
         if self.store.get(records.network_key(ref)) is not None:
             return ref
         kvs, _ = self.store.list(records.NETWORKS + ref, limit=2)
         if len(kvs) == 1:
-            return kvs[0].key[len(records.NETWORKS):]
+            return records.network_id_of(kvs[0].key)
         if len(kvs) > 1:
             raise Conflict(f"network id prefix {shown(ref)} is ambiguous")
         raise NotFound(f"network {shown(ref)} not found")

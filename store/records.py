@@ -1,9 +1,35 @@
-"""JSON records on top of any ``Store``: the shape IPAM and the network manager actually use.
+"""The record format: every key cnmkit keeps in a ``Store``, and how its value is encoded.
+
+One module owns it (issue 7 item 9) so that the daemon's manager, the reconciling agent, the host
+liveness, the CLI's inspection and the tests read and write the same bytes the same way; before,
+the keys and spec codecs sat in ``drivers/records.py`` while the envelopes around them (Driver,
+Host, Result, Sandbox, Ports) were JSON built inline in ``drivers/manager.py`` and ``agent/``.
+It lives in ``store/`` because it is the layer between the backends (bytes under keys) and their
+users (typed records); the backends themselves never import it. It does import the spec types of
+``drivers/base.py``: those are what the records persist, and copying them would make two truths.
+
+IPAM's pool, address, free-offset and space records (``ipam/...``) are not here: only
+``ipam/service.py`` reads or writes them, their invariants are its transactions', and it encodes
+them with this module's ``encode``/``decode``; its docstring is their schema.
+
+Layout (values are JSON objects unless said otherwise):
+
+- ``networks/<id>``             ``NetworkRecord``: {"Driver", "Spec", "Host"};
+- ``names/<name>``              the network id, raw bytes (not JSON);
+- ``endpoints/<net>/<ep>``      ``EndpointRecord``: {"Spec", "Result", "Sandbox", "Host"[, "Ports"]};
+- ``claims/subnets``            a decimal generation, bumped by every network create;
+- ``claims/ports/<host>``       a decimal generation, bumped by every host-port choice of that host;
+- ``hosts/<host>``              ``HostRecord``, under the host's lease.
+
+A record without ``Host`` was written before hosts existed and belongs to whichever host reads
+it. Keys a newer version adds to a record are kept through every read-modify-write here.
 
 Every record is one JSON object under one key, and every update is an optimistic
 read-modify-CAS loop on the key's mod revision, the pattern libnetwork's ``PutObjectAtomic``
 and Calico's IPAM use (design/store.md section 5). On a conflict the loop re-reads from the
-store, never from a cache: a stale cached token is how libnetwork#576 got stuck.
+store, never from a cache: a stale cached token is how libnetwork#576 got stuck. Values are
+written in one canonical form (sorted keys, no spaces); any JSON object is read, so a store
+written by an earlier version (``json.dumps`` with its default separators) reads the same.
 """
 
 from __future__ import annotations
@@ -12,10 +38,13 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, TypedDict
 
-from store.base import Cmp, Delete, Op, Put, Store, StoreError, TxnResult
+from netaddr import IPNetwork
+
+from drivers.base import EndpointResult, EndpointSpec, IPAMData, NetworkSpec, PortBinding
+from store.base import KV, Cmp, Delete, Op, Put, Store, StoreError, TxnResult
 
 Record = dict[str, Any]
 
@@ -128,3 +157,233 @@ class TxnBuilder:
 
     def commit(self, store: Store) -> TxnResult:
         return store.txn(self.compares, self.ops)
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+NETWORKS = "networks/"
+NAMES = "names/"
+ENDPOINTS = "endpoints/"
+HOSTS = "hosts/"
+SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the overlap check's token
+PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
+
+
+def network_key(network_id: str) -> str:
+    return f"{NETWORKS}{network_id}"
+
+
+def name_key(name: str) -> str:
+    return f"{NAMES}{name}"
+
+
+def endpoint_key(network_id: str, endpoint_id: str) -> str:
+    return f"{ENDPOINTS}{network_id}/{endpoint_id}"
+
+
+def endpoints_prefix(network_id: str) -> str:
+    return f"{ENDPOINTS}{network_id}/"
+
+
+def host_key(host_id: str) -> str:
+    return f"{HOSTS}{host_id}"
+
+
+def port_claims_key(host_id: str) -> str:
+    return PORT_CLAIMS + (host_id or "-")
+
+
+def network_id_of(key: str) -> str:
+    """``networks/<id>`` -> ``<id>``."""
+    return key[len(NETWORKS):]
+
+
+def host_id_of(key: str) -> str:
+    """``hosts/<id>`` -> ``<id>``."""
+    return key[len(HOSTS):]
+
+
+def endpoint_ids_of(key: str) -> tuple[str, str]:
+    """``endpoints/<net>/<ep>`` -> (``<net>``, ``<ep>``)."""
+    network_id, _, endpoint_id = key[len(ENDPOINTS):].rpartition("/")
+    return network_id, endpoint_id
+
+
+# -- names and claims ------------------------------------------------------------------------------
+
+def encode_name(network_id: str) -> bytes:
+    """A name record holds the network id as raw bytes (not JSON)."""
+    return network_id.encode()
+
+
+def decode_name(data: bytes) -> str:
+    return data.decode()
+
+
+def next_claim(kv: KV | None) -> bytes:
+    """The value that bumps a claims key (absent counts as generation 0)."""
+    return str(int(kv.value) + 1 if kv else 1).encode()
+
+
+# -- network and endpoint specs --------------------------------------------------------------------
+
+def _ipam_to_dict(data: IPAMData) -> dict[str, Any]:
+    return {"Pool": str(data.pool), "Gateway": str(data.gateway) if data.gateway else "",
+            "AuxAddresses": {k: str(v) for k, v in data.aux_addresses.items()},
+            "AddressSpace": data.address_space}
+
+
+def _ipam_from_dict(d: dict[str, Any]) -> IPAMData:
+    return IPAMData(pool=IPNetwork(d["Pool"]), gateway=IPNetwork(d["Gateway"]) if d.get("Gateway") else None,
+                    aux_addresses={k: IPNetwork(v) for k, v in d.get("AuxAddresses", {}).items()},
+                    address_space=d.get("AddressSpace", ""))
+
+
+def network_to_dict(spec: NetworkSpec) -> dict[str, Any]:
+    """The ``Spec`` of a network record; also what ``network ls``/``inspect`` show of it."""
+    return {"NetworkID": spec.network_id, "Name": spec.name, "Options": dict(spec.options),
+            "EnableIPv6": spec.enable_ipv6, "Internal": spec.internal,
+            "IPv4": [_ipam_to_dict(d) for d in spec.ipv4], "IPv6": [_ipam_to_dict(d) for d in spec.ipv6]}
+
+
+def network_from_dict(d: dict[str, Any]) -> NetworkSpec:
+    return NetworkSpec(network_id=d["NetworkID"], name=d.get("Name", ""), options=dict(d.get("Options", {})),
+                       enable_ipv6=bool(d.get("EnableIPv6")), internal=bool(d.get("Internal")),
+                       ipv4=tuple(_ipam_from_dict(x) for x in d.get("IPv4", [])),
+                       ipv6=tuple(_ipam_from_dict(x) for x in d.get("IPv6", [])))
+
+
+def endpoint_to_dict(spec: EndpointSpec) -> dict[str, Any]:
+    """The ``Spec`` of an endpoint record; also what ``network inspect`` shows of it."""
+    return {"NetworkID": spec.network_id, "EndpointID": spec.endpoint_id,
+            "Address": str(spec.address) if spec.address else "",
+            "AddressIPv6": str(spec.address_v6) if spec.address_v6 else "",
+            "MacAddress": spec.mac, "Options": _jsonable(spec.options)}
+
+
+def endpoint_from_dict(d: dict[str, Any]) -> EndpointSpec:
+    return EndpointSpec(network_id=d["NetworkID"], endpoint_id=d["EndpointID"],
+                        address=IPNetwork(d["Address"]) if d.get("Address") else None,
+                        address_v6=IPNetwork(d["AddressIPv6"]) if d.get("AddressIPv6") else None,
+                        mac=d.get("MacAddress", ""), options=dict(d.get("Options", {})))
+
+
+def _jsonable(options: dict[str, object]) -> dict[str, object]:
+    """Endpoint options come from JSON already; keep only what round-trips."""
+    try:
+        json.dumps(options)
+        return dict(options)
+    except TypeError:
+        return {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | list | dict)}
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+def _owned(host: str | None, host_id: str) -> bool:
+    """A record with no host predates hosts: it is whichever host's reads it."""
+    return (host_id if host is None else host) == host_id
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """``networks/<id>``: the spec a network was created with, its driver, its host."""
+
+    driver: str
+    spec: NetworkSpec
+    host: str | None = None                     # None: written before hosts existed (key absent)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys of a newer version
+
+    _KEYS = frozenset({"Driver", "Spec", "Host"})
+
+    def owned_by(self, host_id: str) -> bool:
+        return _owned(self.host, host_id)
+
+    def to_dict(self) -> Record:
+        rec: Record = {**self.extra, "Driver": self.driver, "Spec": network_to_dict(self.spec)}
+        if self.host is not None:
+            rec["Host"] = self.host
+        return rec
+
+    @classmethod
+    def from_dict(cls, rec: Record) -> NetworkRecord:
+        return cls(driver=rec["Driver"], spec=network_from_dict(rec["Spec"]), host=rec.get("Host"),
+                   extra={k: v for k, v in rec.items() if k not in cls._KEYS})
+
+    def encode(self) -> bytes:
+        return encode(self.to_dict())
+
+    @classmethod
+    def decode(cls, data: bytes) -> NetworkRecord:
+        return cls.from_dict(decode(data))
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """``endpoints/<net>/<ep>``: the endpoint's spec and what happened to it since.
+
+    ``mac`` is the ``Result`` CreateEndpoint answered (replayed to a retried create); ``sandbox``
+    the key of the sandbox it joined ("" when not joined); ``ports`` the host ports chosen for it
+    (None: the record has no ``Ports`` key, as before the first publish and after a revoke).
+    """
+
+    spec: EndpointSpec
+    mac: str = ""
+    sandbox: str = ""
+    host: str | None = None                     # None: written before hosts existed (key absent)
+    ports: tuple[PortBinding, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys of a newer version
+
+    _KEYS = frozenset({"Spec", "Result", "Sandbox", "Host", "Ports"})
+
+    @property
+    def result(self) -> EndpointResult:
+        return EndpointResult(mac=self.mac)
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.sandbox)
+
+    def owned_by(self, host_id: str) -> bool:
+        return _owned(self.host, host_id)
+
+    def to_dict(self) -> Record:
+        rec: Record = {**self.extra, "Spec": endpoint_to_dict(self.spec), "Result": {"mac": self.mac},
+                       "Sandbox": self.sandbox}
+        if self.host is not None:
+            rec["Host"] = self.host
+        if self.ports is not None:
+            rec["Ports"] = [asdict(p) for p in self.ports]
+        return rec
+
+    @classmethod
+    def from_dict(cls, rec: Record) -> EndpointRecord:
+        ports = rec.get("Ports")
+        return cls(spec=endpoint_from_dict(rec["Spec"]), mac=(rec.get("Result") or {}).get("mac", ""),
+                   sandbox=rec.get("Sandbox") or "", host=rec.get("Host"),
+                   ports=None if ports is None else tuple(PortBinding(**p) for p in ports),
+                   extra={k: v for k, v in rec.items() if k not in cls._KEYS})
+
+    def encode(self) -> bytes:
+        return encode(self.to_dict())
+
+    @classmethod
+    def decode(cls, data: bytes) -> EndpointRecord:
+        return cls.from_dict(decode(data))
+
+
+class HostRecord(TypedDict):
+    """``hosts/<id>``: who a live daemon is, kept under its lease (agent/hosts.py)."""
+
+    HostID: str
+    Advertise: str
+    Started: float
+    PID: int
+
+
+def encode_host(record: HostRecord) -> bytes:
+    return encode(dict(record))
+
+
+def decode_host(data: bytes) -> dict[str, Any]:
+    """A host record as a plain dict: the CLI shows it, with whatever keys its writer put."""
+    return decode(data)

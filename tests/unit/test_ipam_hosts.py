@@ -14,6 +14,7 @@ import pytest
 
 from ipam.errors import AddressInUse, PoolExhausted, PoolNotFound, PoolOverlap
 from ipam.service import IpamService
+from store import records
 from store.base import Cmp, Store
 from store.memory import MemoryStore
 from store.sqlite import SQLiteStore
@@ -99,11 +100,11 @@ def test_reclaim_only_while_the_host_is_absent(hosts: tuple[IpamService, IpamSer
     mine, theirs = ips(h1, pid, 2), ips(h2, pid, 2)
     ips(h2, local, 1)
     assert h1.hosts_holding() == {"h1", "h2"}
-    alive = store.put("hosts/h2", b"{}")
-    assert h1.reclaim_host("h2", [Cmp("hosts/h2", 0)]) == []  # h2 is back (its record exists): nothing
+    alive = store.put(records.host_key("h2"), b"{}")
+    assert h1.reclaim_host("h2", [Cmp(records.host_key("h2"), 0)]) == []  # h2 is back (its record exists): nothing
     assert h1.pool_usage(pid)["allocated"] == 4
-    store.delete("hosts/h2", expect_mod_rev=alive)
-    assert sorted(h1.reclaim_host("h2", [Cmp("hosts/h2", 0)])) == [pid, local]
+    store.delete(records.host_key("h2"), expect_mod_rev=alive)
+    assert sorted(h1.reclaim_host("h2", [Cmp(records.host_key("h2"), 0)])) == [pid, local]
     assert h1.pool_usage(pid)["allocated"] == 2
     assert h1.list_pools()[0]["hosts"] == ["h1"]
     assert [h1.request_address(pid, a.split("/")[0], None)[0] for a in theirs] == theirs

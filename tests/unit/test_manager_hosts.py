@@ -8,7 +8,6 @@ the other daemon commits between our read and our transaction.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +18,10 @@ from netaddr import IPNetwork
 from drivers.base import EndpointSpec, IPAMData, JoinRequest, NetworkSpec, PortRequest
 from drivers.errors import Conflict
 from drivers.manager import NetworkManager
+from store import records
 from store.base import Store
 from store.memory import MemoryStore
+from store.records import EndpointRecord, NetworkRecord
 from store.sqlite import SQLiteStore
 from tests.unit.test_ipam_service import Interleave
 from tests.unit.test_ports import RecordingPublisher
@@ -56,11 +57,11 @@ def create(store: Store, host: str, spec: NetworkSpec) -> object:
 
 def test_overlap_check_is_decided_by_the_store_not_a_lock(store: Store) -> None:
     """h2 commits an overlapping network after h1 listed the networks and before h1's txn."""
-    racing = Interleave(store, lambda k: k == "networks/",
+    racing = Interleave(store, lambda k: k == records.NETWORKS,
                         lambda: create(store, "h2", net("b", "10.90.1.0/24", GLOBAL)))
     with pytest.raises(Conflict, match=r"10\.90\.0\.0/16 overlaps 10\.90\.1\.0/24"):
         create(racing, "h1", net("a", "10.90.0.0/16", GLOBAL))  # type: ignore[arg-type]
-    assert [kv.key for kv in store.list("networks/")[0]] == ["networks/" + "b" * 64]
+    assert [kv.key for kv in store.list(records.NETWORKS)[0]] == [records.network_key("b" * 64)]
 
 
 def test_local_subnets_of_different_hosts_may_overlap_global_ones_may_not(store: Store) -> None:
@@ -70,7 +71,7 @@ def test_local_subnets_of_different_hosts_may_overlap_global_ones_may_not(store:
         create(store, "h1", net("c", "10.91.0.0/25"))
     with pytest.raises(Conflict, match="overlaps"):
         create(store, "h3", net("d", "10.91.0.0/24", GLOBAL))
-    hosts = {json.loads(kv.value)["Host"] for kv in store.list("networks/")[0]}
+    hosts = {NetworkRecord.decode(kv.value).host for kv in store.list(records.NETWORKS)[0]}
     assert hosts == {"h1", "h2"}
 
 
@@ -88,7 +89,7 @@ def test_port_choice_is_decided_by_the_store_not_a_lock(store: Store) -> None:
 
     run(store, "h1", setup)
     other: list[object] = []
-    racing = Interleave(store, lambda k: k == "endpoints/",
+    racing = Interleave(store, lambda k: k == records.ENDPOINTS,
                         lambda: other.append(run(store, "h1", lambda m: m.program_external(
                             spec.network_id, ep2.endpoint_id, want))))
     got = run(racing, "h1", lambda m: m.program_external(  # type: ignore[arg-type]
@@ -111,14 +112,14 @@ def test_join_and_leave_do_not_lose_a_concurrent_change(store: Store) -> None:
         await m.create_endpoint(ep)
 
     run(store, "h1", setup)
-    key = f"endpoints/{spec.network_id}/{ep.endpoint_id}"
+    key = records.endpoint_key(spec.network_id, ep.endpoint_id)
     racing = Interleave(store, lambda k: k == key,
                         lambda: run(store, "h1", lambda m: m.program_external(spec.network_id, ep.endpoint_id, want)))
     run(racing, "h1", lambda m: m.join(JoinRequest(  # type: ignore[arg-type]
         network_id=spec.network_id, endpoint_id=ep.endpoint_id, sandbox_key="/var/run/netns/x", options={})))
-    rec = json.loads(store.get(key).value)  # type: ignore[union-attr]
-    assert rec["Sandbox"] == "/var/run/netns/x" and [p["host_port"] for p in rec["Ports"]] == [9090]
-    assert rec["Host"] == "h1"
+    rec = EndpointRecord.decode(store.get(key).value)  # type: ignore[union-attr]
+    assert rec.sandbox == "/var/run/netns/x" and [p.host_port for p in rec.ports or ()] == [9090]
+    assert rec.host == "h1"
 
 
 class RecordingConverger(RecordingPublisher):
