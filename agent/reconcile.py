@@ -85,15 +85,22 @@ class Agent:
         per_network = await asyncio.gather(*(self._converge(nid, dry_run) for nid in network_ids))
         actions = [action for chunk in per_network for action in chunk]
         if cleanup:
-            for driver in self.drivers.values():
-                if isinstance(driver, Reconciler):
-                    removed = await loop.run_in_executor(
-                        self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
-                    for action in removed:
-                        self._log(action, dry_run)
-                    actions += removed
+            actions += await self.remove_orphans(dry_run=dry_run)
         log.info("reconcile%s: %d network(s), %d action(s) in %.2f s", " (dry run)" if dry_run else "",
                  len(network_ids), len(actions), time.monotonic() - started)
+        return actions
+
+    async def remove_orphans(self, *, dry_run: bool = False) -> list[str]:
+        """Drop marked kernel objects that no record explains (``cnmkit cleanup``, and every pass)."""
+        loop = asyncio.get_running_loop()
+        actions: list[str] = []
+        for driver in self.drivers.values():
+            if isinstance(driver, Reconciler):
+                removed = await loop.run_in_executor(
+                    self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
+                for action in removed:
+                    self._log(action, dry_run)
+                actions += removed
         return actions
 
     async def run_every(self, interval: float, *, cleanup: bool) -> None:

@@ -30,7 +30,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from drivers.base import (
@@ -43,7 +42,6 @@ from drivers.base import (
     PortBinding,
     PortPublisher,
     PortRequest,
-    Reconciler,
 )
 from drivers.errors import Conflict, NotFound
 from ipam.pools import GLOBAL_ADDRESS_SPACE
@@ -420,24 +418,6 @@ class NetworkManager:
             driver.unpublish(network, spec)
         if rec.ports:
             self._update_endpoint(network_id, endpoint_id, lambda r: replace(r, ports=None))
-
-    # -- reconciliation (CLI) ----------------------------------------------------------------------
-
-    async def cleanup(self, dry_run: bool) -> list[str]:
-        """Ask every driver that can reconcile to drop marked kernel objects that nothing records."""
-        loop = asyncio.get_running_loop()
-        actions: list[str] = []
-        for driver in self.drivers.values():
-            if isinstance(driver, Reconciler):
-                actions += await loop.run_in_executor(
-                    self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
-        return actions
-
-    def _known_ids(self) -> tuple[set[str], set[str]]:
-        nets, _ = self.store.list(records.NETWORKS)
-        eps, _ = self.store.list(records.ENDPOINTS)
-        return ({records.network_id_of(kv.key) for kv in nets},
-                {records.endpoint_ids_of(kv.key)[1] for kv in eps})
 
     # -- inspection (CLI) -------------------------------------------------------------------------
 

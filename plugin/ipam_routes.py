@@ -84,7 +84,7 @@ async def pool_list(request: web.Request) -> web.Response:
 
 async def cleanup(request: web.Request) -> web.Response:
     dry_run = p.decode_cleanup(await _body(request))
-    return reply({"Actions": await request.app[MANAGER].cleanup(dry_run)})
+    return reply({"Actions": await request.app[AGENT].remove_orphans(dry_run=dry_run)})
 
 
 async def reconcile(request: web.Request) -> web.Response:
