@@ -132,7 +132,14 @@ def test_two_daemons_exhaust_one_global_pool_exactly_and_release_only_their_own(
     a, b = hosts
     pool_id = request_pool(a, "10.66.0.0/28")
     assert request_pool(b, "10.66.0.0/28") == pool_id  # one pool, a reference per host
+    # One address each first: under load the scheduler may let one daemon's clients take the
+    # whole pool, and the release checks below need both hosts to hold some.
+    first = {h.name: str(h.ipam().call("IpamDriver.RequestAddress",
+                                       {"PoolID": pool_id, "Address": "", "Options": {}})["Address"])
+             for h in hosts}
     got = fill(hosts, pool_id)
+    for name, addr in first.items():
+        got[name].append(addr)
     everything = got["hA"] + got["hB"]
     assert len(everything) == len(set(everything)) == 14, got  # /28: 14 usable, each handed out once
     # Releasing A's reference releases A's addresses only: B can now get exactly those, not its own.
