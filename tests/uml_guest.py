@@ -93,22 +93,29 @@ def xstate_filter() -> list[tuple[int, int, int, int]]:
     """The BPF program, as (code, jt, jf, k): ``ptrace(GETREGSET|SETREGSET, _, NT_X86_XSTATE, _)``
     returns EIO, every other syscall (and every other architecture) is allowed.
 
-    Jump offsets count instructions after the jump; ``allow`` is the last instruction.
+    Jumps are written to labels and resolved here (a jump offset counts the instructions after
+    the jump): a hand-counted offset that is one short sends every syscall to the EIO return.
     """
-    prog = [
-        (BPF_LD_W_ABS, 0, 0, _OFF_ARCH),
-        (BPF_JEQ_K, 0, 7, AUDIT_ARCH_X86_64),          # other arch -> allow
-        (BPF_LD_W_ABS, 0, 0, _OFF_NR),
-        (BPF_JEQ_K, 0, 5, NR_PTRACE_X86_64),           # not ptrace -> allow
-        (BPF_LD_W_ABS, 0, 0, _OFF_ARG0),               # request (low 32 bits)
-        (BPF_JEQ_K, 1, 0, PTRACE_GETREGSET),           # -> check the note type
-        (BPF_JEQ_K, 0, 3, PTRACE_SETREGSET),           # other request -> allow
-        (BPF_LD_W_ABS, 0, 0, _OFF_ARG2),               # addr = the note type (low 32 bits)
-        (BPF_JEQ_K, 0, 1, NT_X86_XSTATE),              # other note -> allow
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EIO),
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    Jump = tuple[int, str | int, str | int, int]
+    prog: list[tuple[str, Jump]] = [
+        ("", (BPF_LD_W_ABS, 0, 0, _OFF_ARCH)),
+        ("", (BPF_JEQ_K, 0, "allow", AUDIT_ARCH_X86_64)),
+        ("", (BPF_LD_W_ABS, 0, 0, _OFF_NR)),
+        ("", (BPF_JEQ_K, 0, "allow", NR_PTRACE_X86_64)),
+        ("", (BPF_LD_W_ABS, 0, 0, _OFF_ARG0)),                 # the request (low 32 bits)
+        ("", (BPF_JEQ_K, "note", 0, PTRACE_GETREGSET)),
+        ("", (BPF_JEQ_K, 0, "allow", PTRACE_SETREGSET)),
+        ("note", (BPF_LD_W_ABS, 0, 0, _OFF_ARG2)),             # addr: the note type (low 32 bits)
+        ("", (BPF_JEQ_K, 0, "allow", NT_X86_XSTATE)),
+        ("", (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EIO)),
+        ("allow", (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW)),
     ]
-    return prog
+    where = {label: i for i, (label, _insn) in enumerate(prog) if label}
+
+    def offset(pc: int, target: str | int) -> int:
+        return target if isinstance(target, int) else where[target] - pc - 1
+
+    return [(code, offset(pc, jt), offset(pc, jf), k) for pc, (_label, (code, jt, jf, k)) in enumerate(prog)]
 
 
 def pack_filter(prog: Sequence[tuple[int, int, int, int]]) -> bytes:
