@@ -25,7 +25,7 @@ _ENGINE = ("plugin_dir", "log_level")
 _CONTAINER = ("plugin_dir", "state_dir", "run_dir", "log_level")
 GLOBALS_FOR: dict[str, tuple[str, ...]] = {
     "daemon": ("plugin_dir", "state_dir", "store", "log_level"),
-    "doctor": ("format", "log_level"),
+    "doctor": (*_ENGINE, "format"),                  # --plugin-dir: accepted everywhere, unused here
     "cleanup": _ENGINE,
     "host": (*_ENGINE, "format"),
     "host ls": (*_ENGINE, "format"),

@@ -11,6 +11,7 @@ it (tests/uml/conftest.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -39,7 +40,7 @@ def _describe(phase: dict) -> str:
 
 
 def test_in_guest(inner_id: str, guest_run: GuestRun, request: pytest.FixtureRequest,
-                  record_property: pytest.RecordProperty) -> None:
+                  record_property: Callable[[str, object], None]) -> None:
     if inner_id == COLLECT_FAILED:
         pytest.fail("collecting tests/guest on the host failed:\n" + request.config.stash.get(_COLLECT_OUTPUT, ""))
     record_property("guest_kernel", guest_run.kernel)
