@@ -303,6 +303,10 @@ def boot(pytest_args: Sequence[str] = (), *, workdir: Path | None = None, workar
             os.killpg(proc.pid, 9)               # our own process group, by the pid we started
             returncode = proc.wait()
             console.write(f"\n[tests/uml_guest.py: killed after {timeout:.0f} s]\n".encode())
+        except BaseException:                    # interrupted (Ctrl-C): leave no guest running
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
     run = GuestRun(workdir=workdir, console=console_path.read_text(errors="replace"), returncode=returncode,
                    workaround=workaround)
     kernel = workdir / "kernel"
