@@ -195,7 +195,9 @@ def probe_firewall(run: Runner = _run) -> list[Capability]:
                 detail = (done.stderr.strip().splitlines() or ["cannot read"])[0]
         except (OSError, subprocess.TimeoutExpired) as exc:
             detail = str(exc)
-    caps.append(Capability("forward_policy", "iptables FORWARD policy", policy is not None, detail,
+    # Unreadable is unknown, not missing: a non-root user cannot read the chains at all.
+    readable: bool | None = True if policy is not None else False if version is None else None
+    caps.append(Capability("forward_policy", "iptables FORWARD policy", readable, detail,
                            "cannot tell whether forwarded traffic is dropped by default"))
     return caps
 
