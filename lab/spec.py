@@ -485,7 +485,7 @@ class _Parser:
             entries = [(v, None, (*p, i)) for i, v in enumerate(value)]
         else:
             entries = [(k, v, (*p, k)) for k, v in self.mapping(value, p).items()]
-        out = []
+        out: list[Join] = []
         first = 1 if node.mgmt else 0
         for index, (net, opts, ep) in enumerate(entries):
             net = self.text(net, ep)
