@@ -165,7 +165,9 @@ class LabService:
 
         def started(node: batch.Started) -> None:
             item = by_name[node.name]
-            record["items"][item.key] = self._entry(item, {"id": node.id, "netns": node.netns})
+            record["items"][item.key] = entry = self._entry(item, {"id": node.id, "netns": node.netns})
+            if item.spec["exec"]:
+                entry["digest"] = DIRTY              # complete once its exec has run (a deploy may stop first)
             self._save(record)
             count[0] += 1
             following = [a.name for a in group if a.item is not None and a.item.key not in record["items"]]
@@ -204,6 +206,9 @@ class LabService:
                 last = output.strip().splitlines()[-1] if output.strip() else ""
                 raise LabError(f"exec on node {action.name}: {' '.join(argv)!r} exited {code}"
                                + (f": {last}" if last else ""))
+        assert action.item is not None
+        entry["digest"] = action.item.digest
+        self._save(record)
 
     def exec_captured(self, cid: str, argv: list[str]) -> tuple[int, str]:
         """Run ``argv`` in the container with its output collected instead of shown."""
