@@ -76,10 +76,11 @@ def test_a_node_marked_dirty_is_remade() -> None:
 
 def test_graph_has_every_node_network_and_escapes_labels() -> None:
     lab = spec.parse(BASE)
-    live = {"Nodes": [{"Name": "h1", "Interfaces": [{"name": "eth1", "addresses": ['10.9.0.2/24"\\N']}]}],
+    live = {"Nodes": [{"Name": "h1", "Interfaces": [{"name": "eth1", "addresses": ['10.9.0.2/24"<b>&\x1b']}]}],
             "Networks": [{"Name": "p-lan", "Subnets": ["10.9.0.0/24"]}]}
     dot = graph.to_dot(lab, live)
-    for name in ("r1", "h1", "h2", "p-lan", "p-mgmt", "eth2"):
+    for name in ("r1", "h1", "h2", "p-lan", "p-mgmt", "eth2", "10.9.0.0/24"):
         assert name in dot
-    assert '10.9.0.2/24\\"\\\\N' in dot                        # a quote and a backslash cannot escape
-    assert graph.quote("a\nb\x1b") == '"a?b?"'
+    assert "10.9.0.2/24&quot;&lt;b&gt;&amp;?" in dot                # cannot end the cell or add markup
+    assert "<b>" not in dot and "\x1b" not in dot
+    assert graph.quote('a\nb"\x1b\\N') == '"a?b\\"?\\\\N"'
