@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -156,8 +158,9 @@ class LabService:
         for action in group:
             assert action.item is not None
             spec = action.item.spec
+            rootfs = self._unpack(record["name"], spec) if spec.get("rootfs_tar") else spec["rootfs"]
             starts.append(batch.NodeStart(name=spec["container"], command=spec["cmd"], hostname=spec["hostname"],
-                                          networks=spec["networks"], rootfs=spec["rootfs"],
+                                          networks=spec["networks"], rootfs=rootfs,
                                           env=[f"{k}={v}" for k, v in spec["env"].items()]))
             by_name[spec["container"]] = action.item
         count = [done]
@@ -166,8 +169,8 @@ class LabService:
         def started(node: batch.Started) -> None:
             item = by_name[node.name]
             record["items"][item.key] = entry = self._entry(item, {"id": node.id, "netns": node.netns})
-            if item.spec["exec"]:
-                entry["digest"] = DIRTY              # complete once its exec has run (a deploy may stop first)
+            if plan.configures(item.spec):
+                entry["digest"] = DIRTY              # complete once binds and exec ran (a deploy may stop first)
             self._save(record)
             count[0] += 1
             following = [a.name for a in group if a.item is not None and a.item.key not in record["items"]]
@@ -196,9 +199,35 @@ class LabService:
         record["items"][action.item.key] = self._entry(action.item, {"netns": a_ns, "ifname": spec["a"]["ifname"]})
         self._save(record)
 
+    def _unpack(self, lab: str, spec: dict[str, Any]) -> str:
+        """The node's image tarball unpacked once per content hash under the lab's images dir.
+
+        ``tarfile``'s "tar" filter keeps members inside the target (no absolute paths, no ``..``,
+        no links leading out), which a hostile or careless tarball would otherwise exploit.
+        """
+        target = os.path.join(self.store.images_dir(lab), str(spec["rootfs_sha"])[:16])
+        if os.path.isdir(target):
+            return target
+        partial = target + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial, mode=0o755)
+        try:
+            with tarfile.open(str(spec["rootfs_tar"])) as tar:
+                tar.extractall(partial, filter="tar")
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise LabError(f"image {spec['rootfs_tar']}: cannot unpack: {exc}") from None
+        os.rename(partial, target)
+        return target
+
     def _exec(self, record: Record, action: Action) -> None:
         entry = record["items"][f"node:{action.name}"]
-        for argv in action.spec["exec"]:
+        steps = []
+        for bind in action.spec.get("binds") or []:
+            steps.append(["mount", "--bind", bind["src"], bind["dst"]])
+            if bind["ro"]:
+                steps.append(["mount", "-o", "remount,bind,ro", bind["dst"]])
+        for argv in steps + action.spec["exec"]:
             code, output = self.exec_captured(str(entry["made"]["id"]), argv)
             if code != 0:
                 entry["digest"] = DIRTY                     # re-made by the next deploy

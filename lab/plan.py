@@ -57,7 +57,8 @@ class Action:
 
     def describe(self) -> str:
         if self.verb == EXEC:
-            return f"exec on node {self.name}: {len(self.spec['exec'])} command(s)"
+            binds = f"{len(self.spec['binds'])} bind(s), " if self.spec.get("binds") else ""
+            return f"exec on node {self.name}: {binds}{len(self.spec['exec'])} command(s)"
         what = {"network": "network", "bridge": "bridge", "node": "node", "link": "link"}[self.kind]
         verb = {"create": "start" if self.kind == "node" else "create", "remove": "remove"}[self.verb]
         return f"{verb} {what} {self.name}"
@@ -111,9 +112,25 @@ def _node_item(lab: Lab, node: Node) -> Item:
         deps.append(f"network:{full}")
     spec = {"container": names.container_name(lab.name, node.name), "hostname": node.name, "cmd": node.cmd,
             "env": node.env, "rootfs": node.rootfs, "networks": networks, "exec": node.exec,
+            "binds": [{"src": b.src, "dst": b.dst, "ro": b.ro} for b in node.binds],
+            "rootfs_tar": node.rootfs_tar, "rootfs_sha": _sha256(node.rootfs_tar) if node.rootfs_tar else None,
             "interfaces": (["eth0"] if node.mgmt else []) + [j.ifname for j in node.joins]}
     return Item("node", node.name, spec, deps=deps,
                 extra={"labels": node.labels, "image": node.image, "kind": node.kind})
+
+
+def _sha256(path: str) -> str:
+    """The tarball's content hash: an image replaced under the same name re-makes its nodes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def configures(spec: dict[str, Any]) -> bool:
+    """Whether a started node still has steps to run (binds, exec) before it is complete."""
+    return bool(spec.get("exec") or spec.get("binds"))
 
 
 def _request(network: str, ip: str | None, ip6: str | None) -> str:
@@ -151,6 +168,6 @@ def plan(wanted: dict[str, Item], record: Record | None) -> list[Action]:
             if item.kind == kind and key in remake:
                 actions.append(Action(CREATE, kind, item.name, item=item))
     for key, item in wanted.items():
-        if item.kind == "node" and key in remake and item.spec["exec"]:
+        if item.kind == "node" and key in remake and configures(item.spec):
             actions.append(Action(EXEC, "node", item.name, item=item))
     return actions

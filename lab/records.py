@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,11 @@ class LabStore:
                 os.unlink(tmp)
             raise
 
+    def images_dir(self, name: str) -> str:
+        """Where the lab's image tarballs are unpacked (one directory per content hash)."""
+        return self._path(name)[:-len(".json")] + ".images"
+
     def delete(self, name: str) -> None:
+        shutil.rmtree(self.images_dir(name), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name))

@@ -11,7 +11,7 @@ its group or the defaults (``linux`` when none says).
 
 cnmkit's keys, all under ``cnmkit:`` so that a containerlab file stays one:
 - top level: ``networks`` (name -> driver bridge|vlan|vxlan, subnet, gateway, internal, options)
-  and ``images`` (image -> rootfs directory, relative to the file);
+  and ``images`` (image -> rootfs directory or tarball, relative to the file);
 - node: ``networks`` (names, or name -> {ip, ip6}): the node joins them on eth1, eth2, ...
   after the management network's eth0, in the order given;
 - link: ``addresses``: one entry per endpoint, an address with its prefix, or a list of them.
@@ -39,6 +39,7 @@ DEFAULT_CMD = ("sleep", "infinity")
 HOST = "host"                                     # containerlab's endpoint node for the host netns
 MAX_NODES = 1000
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")
 
 # containerlab fields (topology schema) cnmkit does not implement: a warning, not an error.
 CLAB_NODE_FIELDS = frozenset((
@@ -70,6 +71,15 @@ class Join:
     ip6: str | None = None
 
 
+@dataclass(frozen=True)
+class Bind:
+    """containerlab's ``SRC:DST[:ro]``: SRC on the host (relative to the file), DST in the node."""
+
+    src: str
+    dst: str
+    ro: bool = False
+
+
 @dataclass
 class Node:
     name: str
@@ -77,10 +87,11 @@ class Node:
     line: int
     image: str | None = None
     rootfs: str | None = None
+    rootfs_tar: str | None = None
     cmd: list[str] = field(default_factory=lambda: list(DEFAULT_CMD))
     exec: list[list[str]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    binds: list[str] = field(default_factory=list)
+    binds: list[Bind] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     mgmt_ipv4: str | None = None
     mgmt_ipv6: str | None = None
@@ -423,6 +434,9 @@ class _Parser:
                 if kind == "bridge":
                     continue
                 self.node_field(node, key, value, fp, lab, images)
+        if node.binds and (node.rootfs or node.rootfs_tar):
+            raise self.error(layers[-1][1], "binds need a node on the host's files: binding into an image's "
+                                            "rootfs is not supported yet")
         if node.mgmt_ipv4 or node.mgmt_ipv6:
             if not node.mgmt:
                 raise self.error(layers[-1][1], "mgmt-ipv4/mgmt-ipv6 with network-mode none")
@@ -435,12 +449,17 @@ class _Parser:
     def node_field(self, node: Node, key: str, value: Any, p: Path, lab: Lab, images: dict[str, str]) -> None:
         if key == "image":
             node.image = self.text(value, p)
+            node.rootfs = node.rootfs_tar = None
             if node.image in images:
-                base = os.path.dirname(os.path.abspath(self.path))
-                root = os.path.join(base, images[node.image])
-                if not os.path.isdir(root):
-                    raise self.error(("cnmkit", "images", node.image), f"{names.shown(root)}: no such directory")
-                node.rootfs = os.path.realpath(root)
+                root = os.path.join(self.base(), images[node.image])
+                if os.path.isdir(root):
+                    node.rootfs = os.path.realpath(root)
+                elif os.path.isfile(root) and root.endswith(TAR_SUFFIXES):
+                    node.rootfs_tar = os.path.realpath(root)
+                else:
+                    raise self.error(("cnmkit", "images", node.image),
+                                     f"{names.shown(images[node.image])}: no such directory or tarball "
+                                     f"({', '.join(TAR_SUFFIXES)}) next to the file")
         elif key == "cmd":
             node.cmd = self.command(value, p)
         elif key == "exec":
@@ -450,8 +469,9 @@ class _Parser:
         elif key == "labels":
             node.labels.update(self.string_map(value, p))
         elif key == "binds":
-            node.binds += [b for b in self.text_list(value, p) if b not in node.binds]
-            self.ignore(p, True)
+            for index, text in enumerate(self.text_list(value, p)):
+                bind = self.bind(text, (*p, index))
+                node.binds = [b for b in node.binds if b.dst != bind.dst] + [bind]
         elif key == "mgmt-ipv4":
             node.mgmt_ipv4 = self.address(value, p, 4)
         elif key == "mgmt-ipv6":
@@ -466,6 +486,21 @@ class _Parser:
             ext = self.mapping(value, p)
             self.checked_keys(ext, p, frozenset(("networks",)), strict=True)
             node.joins = self.joins(ext.get("networks"), (*p, "networks"), node, lab)
+
+    def base(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def bind(self, text: str, p: Path) -> Bind:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise self.error(p, f"{names.shown(text)}: a bind is SRC:DST or SRC:DST:ro")
+        src = os.path.normpath(os.path.join(self.base(), parts[0]))
+        dst = os.path.normpath(parts[1])
+        if not dst.startswith("/") or dst == "/":
+            raise self.error(p, f"{names.shown(parts[1])}: the destination is an absolute path below /")
+        if not os.path.exists(src):
+            raise self.error(p, f"{names.shown(src)}: no such file or directory")
+        return Bind(src=src, dst=dst, ro=len(parts) == 3 and parts[2] == "ro")
 
     def command(self, value: Any, p: Path) -> list[str]:
         if isinstance(value, list):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def _pids(h: Host) -> list[int]:
 def _assert_clean(h: Host, pids: list[int]) -> None:
     """Nothing of the lab is left: records, processes, namespaces, links, addresses, networks."""
     assert list((h.state_dir / "labs").glob("*.json")) == []
+    assert list((h.state_dir / "labs").glob("*.images")) == []          # unpacked image tarballs
     assert [p for p in (h.state_dir / "containers").iterdir() if not p.name.startswith(".")] == []
     assert [p for p in pids if _alive(p)] == []
     netns_dir = h.run_dir / "netns"
@@ -214,3 +217,45 @@ def test_bad_file_is_one_line_and_nothing_is_made(lab_host: Host, tmp_path: Path
     assert out.stderr == f"cnmkit: {file}:4: topology.nodes.a.kind: kind 'srl' is not supported by cnmkit " \
                          "(supported: linux, bridge)\n"
     _assert_clean(h, [])
+
+
+def test_image_tarball_and_binds(lab_host: Host, tmp_path: Path) -> None:
+    """A node from an image tarball sees only the image; a node on the host's files gets its bind,
+    read-only, in its own mount namespace (the host's /mnt stays as it was)."""
+    busybox = require_tool("busybox", "busybox-static")
+    h = lab_host
+    root = tmp_path / "bb"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "IMAGE-MARKER").write_text("bb\n")
+    with tarfile.open(tmp_path / "bb.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname=".")
+    shutil.rmtree(root)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "hello.txt").write_text("hello from the host\n")
+    file = tmp_path / "img.clab.yml"
+    file.write_text("name: img\ncnmkit:\n  images: {busybox: bb.tar.gz}\ntopology:\n"
+                    "  defaults: {network-mode: none}\n  nodes:\n"
+                    "    bb: {image: busybox, cmd: sleep 100000}\n"
+                    "    hf: {binds: ['shared:/mnt:ro']}\n  links:\n"
+                    "    - endpoints: ['bb:eth0', 'hf:eth0']\n"
+                    "      cnmkit: {addresses: [10.81.70.1/24, 10.81.70.2/24]}\n")
+    host_mnt = sorted(os.listdir("/mnt"))
+    deployed = h.cli("lab", "deploy", str(file))
+    assert "no rootfs" not in deployed.stderr
+    try:
+        listing = h.cli("lab", "exec", str(file), "bb", "--", "ls", "/").stdout.split()
+        assert "IMAGE-MARKER" in listing and "usr" not in listing
+        assert h.cli("lab", "exec", str(file), "hf", "--", "cat", "/mnt/hello.txt").stdout == "hello from the host\n"
+        assert h.cli("lab", "exec", str(file), "hf", "--", "touch", "/mnt/new", check=False).returncode != 0
+        assert sorted(os.listdir("/mnt")) == host_mnt
+        assert _ping(h, file, "bb", "10.81.70.2")
+    finally:
+        pids = _pids(h)
+        h.cli("lab", "destroy", str(file))
+    assert not (tmp_path / "shared" / "new").exists()
+    _assert_clean(h, pids)

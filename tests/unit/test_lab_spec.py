@@ -34,7 +34,7 @@ topology:
     linux:
       image: ghcr.io/hellt/network-multitool
       env: {B: kind, C: kind}
-      binds: [/tmp/a:/a]
+      binds: [/tmp:/a]
   groups:
     spines:
       env: {C: group}
@@ -45,7 +45,7 @@ topology:
       group: spines
       env: {D: node}
       mgmt-ipv4: 172.100.100.11
-      binds: [/tmp/b:/b]
+      binds: [".:/b:ro", "/:/a"]
     l1:
       labels: {tier: leaf}
       cmd: sh -c 'sleep 1000'
@@ -62,7 +62,9 @@ def test_containerlab_merge_order_defaults_kinds_groups_node() -> None:
     assert s1.env == {"A": "defaults", "B": "kind", "C": "group", "D": "node"}   # later layers win, key by key
     assert l1.env == {"A": "defaults", "B": "kind", "C": "kind"}
     assert s1.exec == [["echo", "group"]] and l1.exec == [["echo", "defaults"]]  # lists: the nearest wins
-    assert s1.binds == ["/tmp/a:/a", "/tmp/b:/b"]                                # binds: appended
+    # binds: appended, a later one for the same destination replacing; SRC relative to the file
+    assert s1.binds == [spec.Bind(str(Path.cwd()), "/b", ro=True), spec.Bind("/", "/a")]
+    assert l1.binds == [spec.Bind("/tmp", "/a")]
     assert s1.labels == {"tier": "spine"} and l1.labels == {"tier": "leaf"}
     assert l1.cmd == ["sh", "-c", "sleep 1000"]
     assert s1.image == "ghcr.io/hellt/network-multitool" and s1.rootfs is None
@@ -71,9 +73,7 @@ def test_containerlab_merge_order_defaults_kinds_groups_node() -> None:
     assert [str(lab.links[0].a), str(lab.links[0].b), lab.links[0].mtu] == ["s1:e1-1", "l1:e1-1", 1400]
     assert lab.links[1].b.node == spec.HOST
     assert any("no rootfs" in n for n in lab.notices)
-    # binds are parsed but not applied yet: said once, on the first place they occur
-    assert lab.warnings == ["srl01.clab.yml:13: topology.kinds.linux.binds: containerlab's 'binds' is not "
-                            "implemented by cnmkit; ignored (and 1 more)"]
+    assert lab.warnings == []
 
 
 def test_unknown_containerlab_fields_are_warned_once_each() -> None:
@@ -159,6 +159,14 @@ BAD = [
      ":5: topology.nodes.a.env.'BAD KEY': 'BAD KEY' is not a valid name here"),
     ("name: x\ntopology:\n  nodes:\n    a:\n      group: nope\n", ":5: topology.nodes.a.group: no group 'nope'"),
     ("name: x\ntopology: [1, 2\n", ":3: not valid YAML"),
+    ("name: x\ntopology:\n  nodes:\n    a:\n      binds: [/tmp]\n",
+     ":5: topology.nodes.a.binds[0]: '/tmp': a bind is SRC:DST or SRC:DST:ro"),
+    ("name: x\ntopology:\n  nodes:\n    a:\n      binds: [\"/tmp:/x:rx\"]\n",
+     ":5: topology.nodes.a.binds[0]: '/tmp:/x:rx': a bind is SRC:DST"),
+    ("name: x\ntopology:\n  nodes:\n    a:\n      binds: [\"/tmp:rel\"]\n",
+     ":5: topology.nodes.a.binds[0]: 'rel': the destination is an absolute path"),
+    ("name: x\ntopology:\n  nodes:\n    a:\n      binds: [\"/no/such/dir:/x\"]\n",
+     ":5: topology.nodes.a.binds[0]: '/no/such/dir': no such file or directory"),
     ("name: x\ntopology:\n  nodes:\n    a: {kind: bridge, exec: [ls]}\n",
      ":4: topology.nodes.a.exec: a bridge node takes no settings but labels"),
 ]
@@ -191,5 +199,17 @@ def test_merge_keys_and_image_rootfs(tmp_path: Path) -> None:
                     "  nodes:\n    a: {<<: *d}\n")
     lab = spec.load_file(str(path))
     assert lab.nodes["a"].rootfs == str(tmp_path / "rootfs") and lab.notices == []
+    (tmp_path / "img.tar").write_bytes(b"")
+    path.write_text("name: m\ncnmkit:\n  images: {bb: img.tar, gone: nothere}\ntopology:\n  nodes:\n"
+                    "    a: {image: bb}\n    b: {image: bb, binds: ['/tmp:/mnt']}\n")
+    with pytest.raises(SpecError) as err:
+        spec.load_file(str(path))
+    assert str(err.value) == f"{path}:7: topology.nodes.b: binds need a node on the host's files: binding " \
+                             "into an image's rootfs is not supported yet"
+    path.write_text("name: m\ncnmkit:\n  images: {bb: img.tar}\ntopology:\n  nodes:\n    a: {image: bb}\n")
+    assert spec.load_file(str(path)).nodes["a"].rootfs_tar == str(tmp_path / "img.tar")
+    path.write_text("name: m\ncnmkit:\n  images: {bb: nothere}\ntopology:\n  nodes:\n    a: {image: bb}\n")
+    with pytest.raises(SpecError, match=r":3: cnmkit\.images\.bb: .*nothere': no such directory or tarball"):
+        spec.load_file(str(path))
     with pytest.raises(SpecError, match=r"lab\.yml: cannot read"):
         spec.load_file(str(tmp_path / "missing" / "lab.yml"))
