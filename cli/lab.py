@@ -25,11 +25,9 @@ PROGRESS_MIN_STEPS = 5                          # a bar for more than a few step
 class Progress:
     """One rewritten line with a bar on a terminal; plain lines (no escapes) otherwise."""
 
-    def __init__(self, stream: TextIO, verb: str) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.tty = stream.isatty()
-        self.verb = verb
-        self.shown = False
 
     def __call__(self, done: int, total: int, text: str) -> None:
         if self.tty and total >= PROGRESS_MIN_STEPS:
@@ -134,7 +132,7 @@ def cmd_deploy(args: argparse.Namespace, labs: LabService) -> None:
         if not actions:
             line(f"nothing to do: lab {lab.name} matches {args.file}")
         return
-    actions = labs.deploy(lab, Progress(sys.stdout, "deploy"))
+    actions = labs.deploy(lab, Progress(sys.stdout))
     nodes = sum(1 for a in actions if a.verb == "create" and a.kind == "node")
     if actions:
         line(f"lab {lab.name}: {len(actions)} steps done, {nodes} node(s) started")
@@ -188,7 +186,7 @@ def cmd_graph(args: argparse.Namespace, labs: LabService) -> None:
 
 def cmd_destroy(args: argparse.Namespace, labs: LabService) -> None:
     name = _lab_name(args)
-    steps = labs.destroy(name, Progress(sys.stdout, "destroy"))
+    steps = labs.destroy(name, Progress(sys.stdout))
     line(f"lab {name} destroyed ({steps} steps)")
 
 
