@@ -55,7 +55,7 @@ def _guarded(fn: Callable[[argparse.Namespace, LabService], int | None]) -> Call
         try:
             code = fn(args, LabService(svc))
         except (LabError, SpecError, GraphError, ContainerError, PluginError, DaemonUnavailable, KernelError,
-                ValueError) as exc:
+                ValueError, OSError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             raise SystemExit(130) from None
