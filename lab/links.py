@@ -21,7 +21,7 @@ from drivers.errors import KernelError, LinkNotFound
 if TYPE_CHECKING:
     from drivers.kernel_api import LabKernelOps
 
-HOST_NETNS = "/proc/self/ns/net"
+HOST_NETNS = "/proc/thread-self/ns/net"            # the calling thread's: where the CLI runs
 BRIDGE_MTU = 1500
 
 
