@@ -276,9 +276,12 @@ class LabService:
             if made.get("created"):
                 links.remove_bridge(record["name"], name)
         elif kind == "network" and made.get("created"):
-            with contextlib.suppress(PluginError):
+            try:
                 self.svc.engine.inspect_network(str(made["id"]))
-                self.svc.engine.remove_network(str(made["id"]))
+            except PluginError:
+                pass                                        # gone already
+            else:
+                self.svc.engine.remove_network(str(made["id"]))   # refuses while anything is attached
         del record["items"][key]
         self._save(record)
 

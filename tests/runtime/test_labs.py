@@ -209,6 +209,13 @@ def test_failed_steps_leave_a_record_that_destroy_clears(lab_host: Host, tmp_pat
     assert out.returncode == 1 and out.stderr.startswith("cnmkit: exec on node a: 'false' exited 1"), out.stderr
     plan = h.cli("lab", "deploy", "--dry-run", str(file)).stdout
     assert "would remove node a" in plan and "would start node a" in plan
+    # Somebody else's container on the lab's network: destroy stops there, keeps the record, says why.
+    h.cli("run", "-d", "--name", "outsider", "--network", "fail-mgmt", "--", "sleep", "1000")
+    out = h.cli("lab", "destroy", str(file), check=False)
+    assert out.returncode == 1
+    assert out.stderr == "cnmkit: remove network fail-mgmt: network fail-mgmt has active endpoints\n"
+    assert "fail" in h.cli("lab", "ls").stdout
+    h.cli("rm", "-f", "outsider")
     pids = _pids(h)
     h.cli("lab", "destroy", str(file))
     _assert_clean(h, pids)
