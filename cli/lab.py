@@ -19,18 +19,19 @@ if TYPE_CHECKING:
     from lab.deploy import LabService
     from lab.spec import Lab
 
-PROGRESS_MIN_STEPS = 5                          # a bar for more than a few steps, on a terminal
+FEW_NODES = 3                                   # a bar for labs of more nodes than this, on a terminal
 
 
 class Progress:
-    """One rewritten line with a bar on a terminal; plain lines (no escapes) otherwise."""
+    """One rewritten line with a bar on a terminal when the lab has more than a few nodes; plain
+    lines (no escapes) otherwise, one per step."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, nodes: int) -> None:
         self.stream = stream
-        self.tty = stream.isatty()
+        self.bar = stream.isatty() and nodes > FEW_NODES
 
     def __call__(self, done: int, total: int, text: str) -> None:
-        if self.tty and total >= PROGRESS_MIN_STEPS:
+        if self.bar:
             width = 24
             filled = width * done // max(total, 1)
             bar = "#" * filled + "-" * (width - filled)
@@ -132,7 +133,7 @@ def cmd_deploy(args: argparse.Namespace, labs: LabService) -> None:
         if not actions:
             line(f"nothing to do: lab {lab.name} matches {args.file}")
         return
-    actions = labs.deploy(lab, Progress(sys.stdout))
+    actions = labs.deploy(lab, Progress(sys.stdout, len(lab.nodes)))
     nodes = sum(1 for a in actions if a.verb == "create" and a.kind == "node")
     if actions:
         line(f"lab {lab.name}: {len(actions)} steps done, {nodes} node(s) started")
@@ -186,7 +187,8 @@ def cmd_graph(args: argparse.Namespace, labs: LabService) -> None:
 
 def cmd_destroy(args: argparse.Namespace, labs: LabService) -> None:
     name = _lab_name(args)
-    steps = labs.destroy(name, Progress(sys.stdout))
+    nodes = sum(1 for e in labs.record(name)["items"].values() if e["kind"] in ("node", "bridge"))
+    steps = labs.destroy(name, Progress(sys.stdout, nodes))
     line(f"lab {name} destroyed ({steps} steps)")
 
 

@@ -75,7 +75,7 @@ class _Tty(io.StringIO):
 
 def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() -> None:
     tty = _Tty()
-    bar = Progress(tty)
+    bar = Progress(tty, nodes=4)
     for i, text in enumerate(["start node r1", "start node r2\x1b[31m", "create link a--b"]):
         bar(i, 6, text)
     bar(6, 6, "done")
@@ -83,10 +83,10 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() -> None:
     assert shown.startswith("\r\x1b[K[") and shown.endswith("] 6/6 done\n") and shown.count("\n") == 1
     assert "3/6" not in shown and "2/6 create link a--b" in shown and "\\x1b[31m" in shown
     few = _Tty()
-    Progress(few)(0, 2, "start node r1")             # a few steps: plain lines even on a terminal
+    Progress(few, nodes=3)(0, 6, "start node r1")     # a few nodes: plain lines even on a terminal
     assert few.getvalue() == "start node r1\n"
     plain = io.StringIO()
-    pipe = Progress(plain)
+    pipe = Progress(plain, nodes=50)
     pipe(0, 6, "start node r1")
     pipe(6, 6, "done")
     assert plain.getvalue() == "start node r1\n"
