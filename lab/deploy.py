@@ -327,6 +327,18 @@ class LabService:
                          "Links": sum(e["kind"] == "link" for e in items)})
         return rows
 
+    @staticmethod
+    def _host_ends(items: dict[str, Any]) -> list[dict[str, Any]]:
+        """The lab's link ends in the host's namespace (bridge ports, host:IFACE), from the kernel."""
+        names = {e["ifname"] for entry in items.values() if entry["kind"] == "link"
+                 for e in (entry["spec"]["a"], entry["spec"]["b"]) if e["kind"] in ("bridge", "host")}
+        if not names:
+            return []
+        try:
+            return [i for i in links.interfaces(None) if i["name"] in names]
+        except (KernelError, OSError):
+            return []
+
     def inspect(self, name: str) -> dict[str, Any]:
         record = self.record(name)
         items = record["items"]
@@ -346,10 +358,12 @@ class LabService:
                           "Labels": entry.get("extra", {}).get("labels", {}),
                           "Status": state.get("status", "missing"), "Pid": state.get("pid", 0) if running else 0,
                           "Interfaces": ifaces})
+        host_ends = self._host_ends(items)
         for entry in sorted((e for e in items.values() if e["kind"] == "bridge"), key=lambda e: e["name"]):
+            ports = [i for i in host_ends if i["master"] == entry["name"]]
             nodes.append({"Name": entry["name"], "Container": "", "Id": "", "Kind": "bridge", "Image": None,
                           "Labels": entry.get("extra", {}).get("labels", {}), "Status": "host bridge", "Pid": 0,
-                          "Interfaces": []})
+                          "Interfaces": ports})
         networks = []
         for entry in sorted((e for e in items.values() if e["kind"] == "network"), key=lambda e: e["name"]):
             spec = entry["spec"]
@@ -367,4 +381,4 @@ class LabService:
                               "Endpoints": [{"Node": e["node"], "Interface": e["ifname"], "Addresses": e["addresses"]}
                                             for e in (spec["a"], spec["b"])]})
         return {"Name": name, "File": record.get("file", ""), "Nodes": nodes, "Networks": networks,
-                "Links": link_rows}
+                "Links": link_rows, "HostInterfaces": [i for i in host_ends if not i["master"]]}

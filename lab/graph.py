@@ -77,6 +77,8 @@ def to_dot(lab: Lab, live: dict[str, Any] | None = None) -> str:
         for iface in node.get("Interfaces", []):
             kernel[(node["Name"], iface["name"])] = [a for a in iface.get("addresses", [])
                                                      if not a.startswith("fe80")]
+    for iface in (live or {}).get("HostInterfaces", []):
+        kernel[(HOST, iface["name"])] = [a for a in iface.get("addresses", []) if not a.startswith("fe80")]
     for net in (live or {}).get("Networks", []):
         subnets[net["Name"]] = net["Subnets"]
 

@@ -118,7 +118,7 @@ def interfaces(netns: str | None) -> list[dict[str, Any]]:
             if link["name"] == "lo":
                 continue
             out.append({"name": link["name"], "kind": link["kind"], "mac": link["mac"], "mtu": link["mtu"],
-                        "up": link["up"], "addresses": k.addrs(link["name"])})
+                        "up": link["up"], "master": link["master"], "addresses": k.addrs(link["name"])})
         return sorted(out, key=lambda i: str(i["name"]))
     finally:
         k.close()

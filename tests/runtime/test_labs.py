@@ -108,6 +108,10 @@ def test_example_lab(lab_host: Host, example: str, tmp_path: Path) -> None:
         nodes = {n["Name"]: n for n in data["Nodes"]}
         for node in nodes.values():
             assert node["Status"] in ("running", "host bridge"), node
+        if example == "mixed":                               # the host's side: bridge ports, host end
+            assert sorted(i["name"] for i in nodes["dmz"]["Interfaces"]) == ["dmz-s1", "dmz-s2"]
+            assert [(i["name"], i["addresses"][:1]) for i in data["HostInterfaces"]] == [
+                ("mixed-h2", ["10.81.80.1/30"])]
         for link in data["Links"]:                           # every link end, as the kernel has it
             for end in link["Endpoints"]:
                 if end["Node"] in nodes and nodes[end["Node"]]["Kind"] == "linux":
