@@ -39,6 +39,13 @@ GLOBALS_FOR: dict[str, tuple[str, ...]] = {
     "run": (*_CONTAINER, "store"),                     # --store: for --start-daemon
     "ps": (*_CONTAINER, "format"),
     "stats": (*_CONTAINER, "format"),
+    "lab": (*_CONTAINER, "format"),
+    "lab deploy": _CONTAINER,
+    "lab inspect": (*_CONTAINER, "format"),
+    "lab exec": _CONTAINER,
+    "lab graph": _CONTAINER,
+    "lab destroy": _CONTAINER,
+    "lab ls": (*_CONTAINER, "format"),
 }
 
 
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     if containers is not None:
         containers.register(sub)
         containers.register_network_verbs(network_verbs)
+        from cli import lab
+
+        lab.register(sub)
     _add_globals_everywhere(parser)
     return parser
 

@@ -337,9 +337,43 @@ class Kernel:
     def set_up(self, name: str) -> None:
         self._call(f"up {name}", self._ipr().link, "set", ifname=name, state="up")
 
+    def veth_pair(self, name: str, peer_name: str, *, alias: str, mtu: int | None = None,
+                  peer_netns_path: str | None = None) -> None:
+        """A lab's point-to-point link: ``name`` here, ``peer_name`` born in ``peer_netns_path``
+        (here when None), both down; ``name`` carries ``alias`` so only its owner deletes it.
+
+        The pair is made in one RTM_NEWLINK (no move afterwards), and deleted again if marking
+        it fails, so a failure leaves nothing.
+        """
+        peer_spec: dict[str, Any] = {"ifname": peer_name}
+        extra: dict[str, Any] = {}
+        if mtu:
+            peer_spec["mtu"] = extra["mtu"] = mtu
+        ns_fd = None
+        if peer_netns_path:
+            try:
+                ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
+            peer_spec["net_ns_fd"] = ns_fd
+        try:
+            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
+                       peer=peer_spec, **extra)
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
+        try:
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+            raise
+
     def link_set(self, name: str, *, mac: str | None = None, mtu: int | None = None,
-                 up: bool | None = None) -> None:
+                 up: bool | None = None, master: str | None = None) -> None:
         spec: dict[str, Any] = {}
+        if master is not None:
+            spec["master"] = self._index(master)
         if mac is not None:
             spec["address"] = mac
         if mtu is not None:

@@ -18,6 +18,9 @@ in_host() { nsenter --net="/run/netns/$NS" "$@"; }
 cnmkit() { echo "\$ cnmkit $*" >&2; in_host .venv/bin/cnmkit --plugin-dir "$TMP/plugins" --state-dir "$TMP/state" "$@"; }
 cleanup() {
   set +e
+  if [ -f "$TMP/state/labs/router.json" ]; then
+    in_host .venv/bin/cnmkit --plugin-dir "$TMP/plugins" --state-dir "$TMP/state" lab destroy --name router >/dev/null 2>&1
+  fi
   if [ -d "$TMP/state/containers" ]; then
     for c in web db cache; do
       in_host .venv/bin/cnmkit --plugin-dir "$TMP/plugins" --state-dir "$TMP/state" rm -f "$c" >/dev/null 2>&1
@@ -66,6 +69,18 @@ cnmkit stats db
 
 step "What the kernel sees in the host namespace (ip -br link)"
 ip -n "$NS" -br link
+
+LAB=examples/labs/router.clab.yml
+step "A lab from one file ($LAB): h1 - r1 - h2, two subnets, r1 forwarding, static routes"
+cnmkit lab deploy "$LAB"
+cnmkit lab inspect "$LAB"
+step "h1 reaches h2 across r1; once r1 stops forwarding, it cannot"
+cnmkit lab exec "$LAB" h1 -- ping -c 1 -W 2 10.81.20.2
+cnmkit lab exec "$LAB" r1 -- sysctl -q -w net.ipv4.ip_forward=0
+if cnmkit lab exec "$LAB" h1 -- ping -c 1 -W 1 10.81.20.2 >/dev/null 2>&1; then echo "UNEXPECTED: reached h2"; exit 1
+else echo "h1 -> h2 with r1 not forwarding: unreachable, as it should be"; fi
+step "Destroy the lab: its nodes, links and management network"
+cnmkit lab destroy "$LAB"
 
 step "Tear down: containers, then networks; nothing of ours is left"
 cnmkit rm -f web db cache >/dev/null

@@ -60,3 +60,25 @@ def test_install_brings_python_venv_on_a_bare_debian() -> None:
     assert packages is not None
     assert {"python3", "python3-venv", "ca-certificates", "busybox-static", "iptables"} <= set(
         packages.group(1).split())
+
+
+def test_readme_labs_section_shows_a_committed_graph_of_an_example() -> None:
+    """The README's lab graph is a committed SVG of an example, with every node of it drawn."""
+    from lab import spec
+
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"!\[[^]]*\]\((examples/labs/([a-z0-9-]+)\.svg)\)", text)
+    assert found is not None, "the Labs section shows no example's graph"
+    svg = (ROOT / found.group(1)).read_text()
+    lab = spec.load_file(str(ROOT / "examples" / "labs" / f"{found.group(2)}.clab.yml"))
+    assert svg.startswith("<?xml") and f"<title>{lab.name}</title>" in svg
+    for node in lab.nodes:
+        assert f">{node}<" in svg, node
+
+
+def test_demo_deploys_pings_and_destroys_an_example_lab() -> None:
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    lab = re.search(r"^LAB=(\S+)$", demo, re.M)
+    assert lab is not None and (ROOT / lab.group(1)).is_file()
+    for verb in ('lab deploy "$LAB"', 'lab exec "$LAB" h1 -- ping', 'lab destroy "$LAB"', "lab destroy --name"):
+        assert verb in demo, verb

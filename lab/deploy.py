@@ -1,0 +1,384 @@
+"""Deploy, destroy, inspect and list labs: the plan (lab/plan.py) carried out step by step.
+
+Each step either completes or is undone before the error is raised (a network, a node, a link
+each unwind themselves; a node whose ``exec`` failed is marked so the next deploy re-makes it),
+and the record (lab/records.py) is saved after every step, so it always lists what exists. The
+whole deploy or destroy holds the labs lock.
+
+Nodes are started through ``runtime.batch.start_nodes``, one call for every node the plan starts
+(consecutive node creations are grouped): the seam a faster bring-up plugs into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from client.engine import DaemonUnavailable, PluginError
+from drivers.errors import KernelError
+from lab import links, plan
+from lab.plan import CREATE, EXEC, REMOVE, Action, Item
+from lab.records import LabStore, Record
+from lab.spec import Lab
+from runtime import batch, process
+from runtime.containers import ContainerError, ContainerService
+
+Progress = Callable[[int, int, str], None]
+DIRTY = ""                                     # a recorded digest no item has: re-made next time
+
+
+class LabError(Exception):
+    """A user-facing failure: the message is the one line the CLI prints."""
+
+
+def _quiet(_done: int, _total: int, _text: str) -> None:
+    return None
+
+
+class LabService:
+    def __init__(self, svc: ContainerService) -> None:
+        self.svc = svc
+        self.store = LabStore(svc.state_dir)
+
+    # -- plan and deploy ------------------------------------------------------------------------
+
+    def plan(self, lab: Lab) -> list[Action]:
+        with self.store.locked():
+            record = self.store.load(lab.name)
+            if record is not None:
+                self._refresh(record)
+            return plan.plan(plan.items(lab), record)
+
+    def deploy(self, lab: Lab, progress: Progress = _quiet) -> list[Action]:
+        with self.store.locked():
+            record = self.store.load(lab.name) or {"name": lab.name, "items": {}}
+            self._refresh(record)
+            wanted = plan.items(lab)
+            actions = plan.plan(wanted, record)
+            record["file"] = os.path.abspath(lab.path)
+            for key, item in wanted.items():                # labels and such: no step needed
+                if key in record["items"]:
+                    record["items"][key]["extra"] = item.extra
+            self._save(record)
+            total, done = len(actions), 0
+            index = 0
+            while index < len(actions):
+                action = actions[index]
+                if action.verb == CREATE and action.kind == "node":
+                    group = []
+                    while index < len(actions) and actions[index].verb == CREATE and actions[index].kind == "node":
+                        group.append(actions[index])
+                        index += 1
+                    done = self._start_nodes(record, group, done, total, progress)
+                    continue
+                progress(done, total, action.describe())
+                self._step(record, action)
+                done += 1
+                index += 1
+            progress(done, total, "done")
+            return actions
+
+    def _save(self, record: Record) -> None:
+        record["updated"] = time.time()
+        self.store.save(record)
+
+    def _refresh(self, record: Record) -> None:
+        """Mark what vanished behind the lab's back (a node stopped or removed, a network removed)."""
+        for entry in record.get("items", {}).values():
+            made = entry.get("made") or {}
+            if entry.get("kind") == "node" and not self._running(str(made.get("id", ""))):
+                entry["digest"] = DIRTY
+            elif entry.get("kind") == "network":
+                try:
+                    self.svc.engine.inspect_network(str(made.get("id", "")))
+                except PluginError:
+                    entry["digest"] = DIRTY
+                    made["created"] = False                 # nothing left to remove
+
+    def _running(self, cid: str) -> bool:
+        if not cid or self.svc.store.find(cid) is None:
+            return False
+        return bool(self.svc.inspect(cid)["State"]["status"] == "running")
+
+    def _entry(self, item: Item, made: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": item.kind, "name": item.name, "digest": item.digest, "spec": item.spec,
+                "deps": item.deps, "extra": item.extra, "made": made}
+
+    def _step(self, record: Record, action: Action) -> None:
+        try:
+            if action.verb == REMOVE:
+                self._remove(record, action.kind, action.name)
+            elif action.verb == EXEC:
+                self._exec(record, action)
+            elif action.kind == "network":
+                self._create_network(record, action)
+            elif action.kind == "bridge":
+                self._create_bridge(record, action)
+            elif action.kind == "link":
+                self._create_link(record, action)
+        except (PluginError, DaemonUnavailable, ContainerError, KernelError, OSError) as exc:
+            raise LabError(f"{action.describe()}: {exc}") from None
+
+    def _create_network(self, record: Record, action: Action) -> None:
+        assert action.item is not None
+        spec = action.item.spec
+        engine = self.svc.engine
+        try:
+            found: dict[str, Any] = engine.inspect_network(spec["name"])
+        except PluginError:
+            found = {}
+        if found.get("Name") == spec["name"]:
+            if not spec["mgmt"]:
+                raise LabError(f"network {spec['name']} exists and is not this lab's")
+            made = {"id": found["Id"], "created": False}            # a shared management network
+        else:
+            nid = engine.create_network(spec["name"], driver=spec["driver"], subnets=spec["subnets"],
+                                        gateways=spec["gateways"], internal=spec["internal"],
+                                        ipv6=any(":" in s for s in spec["subnets"]), options=spec["options"])
+            made = {"id": nid, "created": True}
+        record["items"][action.item.key] = self._entry(action.item, made)
+        self._save(record)
+
+    def _create_bridge(self, record: Record, action: Action) -> None:
+        assert action.item is not None
+        created = links.make_bridge(record["name"], action.name)
+        record["items"][action.item.key] = self._entry(action.item, {"created": created})
+        self._save(record)
+
+    def _start_nodes(self, record: Record, group: list[Action], done: int, total: int,
+                     progress: Progress) -> int:
+        starts, by_name = [], {}
+        for action in group:
+            assert action.item is not None
+            spec = action.item.spec
+            rootfs = self._unpack(record["name"], spec) if spec.get("rootfs_tar") else spec["rootfs"]
+            starts.append(batch.NodeStart(name=spec["container"], command=spec["cmd"], hostname=spec["hostname"],
+                                          networks=spec["networks"], rootfs=rootfs,
+                                          env=[f"{k}={v}" for k, v in spec["env"].items()]))
+            by_name[spec["container"]] = action.item
+        count = [done]
+        progress(done, total, f"start node {group[0].name}")
+
+        def started(node: batch.Started) -> None:
+            item = by_name[node.name]
+            record["items"][item.key] = entry = self._entry(item, {"id": node.id, "netns": node.netns})
+            if plan.configures(item.spec):
+                entry["digest"] = DIRTY              # complete once binds and exec ran (a deploy may stop first)
+            self._save(record)
+            count[0] += 1
+            following = [a.name for a in group if a.item is not None and a.item.key not in record["items"]]
+            progress(count[0], total, f"start node {following[0]}" if following else f"started {item.name}")
+
+        try:
+            batch.start_nodes(self.svc, starts, started)
+        except batch.BatchError as exc:
+            failed = by_name[exc.failed].name if exc.failed in by_name else exc.failed
+            raise LabError(f"start node {failed}: {str(exc).split(': ', 1)[-1]}") from None
+        except (PluginError, DaemonUnavailable, ContainerError) as exc:
+            raise LabError(f"start nodes: {exc}") from None
+        return count[0]
+
+    def _netns_of(self, record: Record, end: dict[str, Any]) -> str | None:
+        if end["kind"] != "node":
+            return None
+        made = record["items"][f"node:{end['node']}"]["made"]
+        return str(made["netns"])
+
+    def _create_link(self, record: Record, action: Action) -> None:
+        assert action.item is not None
+        spec = action.item.spec
+        a_ns, b_ns = self._netns_of(record, spec["a"]), self._netns_of(record, spec["b"])
+        links.make_link(record["name"], spec["a"], spec["b"], a_ns, b_ns, spec["mtu"])
+        record["items"][action.item.key] = self._entry(action.item, {"netns": a_ns, "ifname": spec["a"]["ifname"]})
+        self._save(record)
+
+    def _unpack(self, lab: str, spec: dict[str, Any]) -> str:
+        """The node's image tarball unpacked once per content hash under the lab's images dir.
+
+        ``tarfile``'s "tar" filter keeps members inside the target (no absolute paths, no ``..``,
+        no links leading out), which a hostile or careless tarball would otherwise exploit.
+        """
+        target = os.path.join(self.store.images_dir(lab), str(spec["rootfs_sha"])[:16])
+        if os.path.isdir(target):
+            return target
+        partial = target + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial, mode=0o755)
+        try:
+            with tarfile.open(str(spec["rootfs_tar"])) as tar:
+                tar.extractall(partial, filter="tar")
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise LabError(f"image {spec['rootfs_tar']}: cannot unpack: {exc}") from None
+        os.rename(partial, target)
+        return target
+
+    def _exec(self, record: Record, action: Action) -> None:
+        entry = record["items"][f"node:{action.name}"]
+        steps = []
+        for bind in action.spec.get("binds") or []:
+            steps.append(["mount", "--bind", bind["src"], bind["dst"]])
+            if bind["ro"]:
+                steps.append(["mount", "-o", "remount,bind,ro", bind["dst"]])
+        for argv in steps + action.spec["exec"]:
+            code, output = self.exec_captured(str(entry["made"]["id"]), argv)
+            if code != 0:
+                entry["digest"] = DIRTY                     # re-made by the next deploy
+                self._save(record)
+                last = output.strip().splitlines()[-1] if output.strip() else ""
+                raise LabError(f"exec on node {action.name}: {' '.join(argv)!r} exited {code}"
+                               + (f": {last}" if last else ""))
+        assert action.item is not None
+        entry["digest"] = action.item.digest
+        self._save(record)
+
+    def exec_captured(self, cid: str, argv: list[str]) -> tuple[int, str]:
+        """Run ``argv`` in the container with its output collected instead of shown."""
+        with tempfile.TemporaryFile() as out:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = os.dup(1), os.dup(2)
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                code = self.svc.exec(cid, argv)
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+                process.restore_signals()                # exec_in forwarded our signals to its child
+            out.seek(0)
+            return code, out.read(65536).decode(errors="replace")
+
+    # -- removal --------------------------------------------------------------------------------
+
+    def _remove(self, record: Record, kind: str, name: str) -> None:
+        key = f"{kind}:{name}"
+        entry = record["items"].get(key)
+        if entry is None:
+            return
+        made = entry.get("made") or {}
+        if kind == "link":
+            links.remove_link(record["name"], str(made.get("ifname")), made.get("netns"))
+        elif kind == "node":
+            cid = str(made.get("id", ""))
+            if cid and self.svc.store.find(cid) is not None:
+                self.svc.rm(cid, force=True)
+        elif kind == "bridge":
+            if made.get("created"):
+                links.remove_bridge(record["name"], name)
+        elif kind == "network" and made.get("created"):
+            try:
+                self.svc.engine.inspect_network(str(made["id"]))
+            except PluginError:
+                pass                                        # gone already
+            else:
+                self.svc.engine.remove_network(str(made["id"]))   # refuses while anything is attached
+        del record["items"][key]
+        self._save(record)
+
+    def destroy(self, name: str, progress: Progress = _quiet) -> int:
+        """Remove everything the lab made, newest kind first; the record last. Returns the steps."""
+        with self.store.locked():
+            record = self.store.load(name)
+            if record is None:
+                raise LabError(f"no lab {name} is deployed")
+            entries = sorted(record["items"].values(),
+                             key=lambda e: (-plan.ORDER.index(e["kind"]), e["name"]))
+            for done, entry in enumerate(entries):
+                action = Action(REMOVE, entry["kind"], entry["name"], recorded=entry)
+                progress(done, len(entries), action.describe())
+                self._step(record, action)
+            progress(len(entries), len(entries), "done")
+            self.store.delete(name)
+            return len(entries)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def record(self, name: str) -> Record:
+        record = self.store.load(name)
+        if record is None:
+            raise LabError(f"no lab {name} is deployed")
+        return record
+
+    def node_id(self, name: str, node: str) -> str:
+        entry = self.record(name)["items"].get(f"node:{node}")
+        if entry is None:
+            raise LabError(f"lab {name} has no node {node}")
+        return str(entry["made"]["id"])
+
+    def ls(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.store.names():
+            record = self.store.load(name) or {}
+            items = list((record.get("items") or {}).values())
+            nodes = [e for e in items if e["kind"] == "node"]
+            rows.append({"Name": name, "File": record.get("file", ""), "Nodes": len(nodes),
+                         "Running": sum(self._running(str(e["made"].get("id", ""))) for e in nodes),
+                         "Networks": sum(e["kind"] == "network" for e in items),
+                         "Links": sum(e["kind"] == "link" for e in items)})
+        return rows
+
+    @staticmethod
+    def _host_ends(items: dict[str, Any]) -> list[dict[str, Any]]:
+        """The lab's link ends in the host's namespace (bridge ports, host:IFACE), from the kernel."""
+        names = {e["ifname"] for entry in items.values() if entry["kind"] == "link"
+                 for e in (entry["spec"]["a"], entry["spec"]["b"]) if e["kind"] in ("bridge", "host")}
+        if not names:
+            return []
+        try:
+            return [i for i in links.interfaces(None) if i["name"] in names]
+        except (KernelError, OSError):
+            return []
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        record = self.record(name)
+        items = record["items"]
+        nodes = []
+        for entry in sorted((e for e in items.values() if e["kind"] == "node"), key=lambda e: e["name"]):
+            cid = str(entry["made"].get("id", ""))
+            state: dict[str, Any] = {}
+            if cid and self.svc.store.find(cid) is not None:
+                state = self.svc.inspect(cid)["State"]
+            running = state.get("status") == "running"
+            ifaces = []
+            if running:
+                with contextlib.suppress(KernelError, OSError):
+                    ifaces = links.interfaces(str(entry["made"]["netns"]))
+            nodes.append({"Name": entry["name"], "Container": entry["spec"]["container"], "Id": cid,
+                          "Kind": "linux", "Image": entry.get("extra", {}).get("image"),
+                          "Labels": entry.get("extra", {}).get("labels", {}),
+                          "Status": state.get("status", "missing"), "Pid": state.get("pid", 0) if running else 0,
+                          "Interfaces": ifaces})
+        host_ends = self._host_ends(items)
+        for entry in sorted((e for e in items.values() if e["kind"] == "bridge"), key=lambda e: e["name"]):
+            ports = [i for i in host_ends if i["master"] == entry["name"]]
+            nodes.append({"Name": entry["name"], "Container": "", "Id": "", "Kind": "bridge", "Image": None,
+                          "Labels": entry.get("extra", {}).get("labels", {}), "Status": "host bridge", "Pid": 0,
+                          "Interfaces": ports})
+        networks = []
+        for entry in sorted((e for e in items.values() if e["kind"] == "network"), key=lambda e: e["name"]):
+            spec = entry["spec"]
+            try:
+                net = self.svc.engine.inspect_network(str(entry["made"]["id"]))
+                subnets = [d["Pool"] for d in (*net.get("IPv4", []), *net.get("IPv6", []))]
+            except PluginError:
+                subnets = []
+            networks.append({"Name": entry["name"], "Driver": spec["driver"], "Subnets": subnets,
+                             "Management": spec["mgmt"], "Created": bool(entry["made"].get("created"))})
+        link_rows = []
+        for entry in sorted((e for e in items.values() if e["kind"] == "link"), key=lambda e: e["name"]):
+            spec = entry["spec"]
+            link_rows.append({"Name": entry["name"], "MTU": spec["mtu"],
+                              "Endpoints": [{"Node": e["node"], "Interface": e["ifname"], "Addresses": e["addresses"]}
+                                            for e in (spec["a"], spec["b"])]})
+        return {"Name": name, "File": record.get("file", ""), "Nodes": nodes, "Networks": networks,
+                "Links": link_rows, "HostInterfaces": [i for i in host_ends if not i["master"]]}
