@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.network import SPACE_OPTION, vlan_space
+from client.engine import Engine
 from store.sqlite import SQLiteStore
 from tests.conftest import ip_json
 from tests.guest.test_guest_vlan_basics import PROBE, _capture_on_trunk
@@ -98,9 +100,26 @@ def _send_probe(h: Host, container: str, target: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _vlan_net(h: Host, name: str, vid: int, *extra: str) -> None:
-    h.cli("network", "create", "-d", "vlan", name, "-o", "parent=trunk", "-o", f"vlan={vid}",
-          "--subnet", SUBNET, *extra)
+def _vlan_net(h: Host, name: str, vid: int, **extra: str) -> None:
+    """What ``cnmkit network create -d vlan`` sends (cli/network.py's address space included),
+    from this process: a CLI process costs seconds in the guest (the CLI itself is run by the
+    pool and bad-input tests)."""
+    options = {"parent": "trunk", "vlan": str(vid), **extra}
+    engine = Engine(str(h.plugin_dir))
+    try:
+        engine.create_network(name, driver="vlan", subnets=[SUBNET], options=options,
+                              ipam_options={SPACE_OPTION: vlan_space(options, name)})
+    finally:
+        engine.close()
+
+
+def _rm_nets(h: Host, *names: str) -> None:
+    engine = Engine(str(h.plugin_dir))
+    try:
+        for name in names:
+            engine.remove_network(name)
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("mode", ["bridge", "macvlan"])
@@ -111,8 +130,8 @@ def test_two_hosts_share_a_vlan_and_a_second_vlan_with_the_same_subnet_is_isolat
     v1, v2 = (100, 200) if mode == "bridge" else (300, 400)
     net1, net2 = f"v{v1}", f"v{v2}"
     for h in (a, b):
-        _vlan_net(h, net1, v1, "-o", f"mode={mode}")
-        _vlan_net(h, net2, v2, "-o", f"mode={mode}")        # the same subnet: accepted (item 2)
+        _vlan_net(h, net1, v1, mode=mode)
+        _vlan_net(h, net2, v2, mode=mode)                  # the same subnet: accepted (item 2)
     for h in (a, b):
         links = _links(h)
         for vid in (v1, v2):
@@ -141,7 +160,7 @@ def test_two_hosts_share_a_vlan_and_a_second_vlan_with_the_same_subnet_is_isolat
         assert [tag for tag, probe in frames if probe] == [vid], frames
     for h, names in ((a, (a1, a2)), (b, (b1, b2))):
         h.cli("rm", "-f", *names)
-        h.cli("network", "rm", net1, net2)
+        _rm_nets(h, net1, net2)
         links = _links(h)
         assert f"trunk.{v1}" not in links and f"trunk.{v2}" not in links   # ours: deleted
         assert not any(name.startswith(("cnm-", "cnv")) for name in links), links
@@ -155,7 +174,7 @@ def test_a_sub_interface_the_operator_made_is_used_and_kept(hosts: tuple[Host, H
         _vlan_net(a, "v500", 500)
         sub = _links(a)["trunk.500"]
         assert sub.get("master", "").startswith("cnm-") and not sub.get("ifalias")
-        a.cli("network", "rm", "v500")
+        _rm_nets(a, "v500")
         sub = _links(a)["trunk.500"]
         assert "master" not in sub and sub["linkinfo"]["info_data"]["id"] == 500     # kept, free again
     finally:
