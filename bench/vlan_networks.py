@@ -102,7 +102,7 @@ def _direct(count: int, mode: str) -> tuple[list[float], list[float]]:
     creates, deletes = [], []
     with entered_netns(f"/run/netns/{NETNS}"):            # iptables runs in this thread's netns
         kernel, firewall = Kernel(), Firewall()
-        nids = [f"{i:064x}" for i in range(1, count + 1)]
+        nids = [f"{i:04x}".ljust(64, "b") for i in range(1, count + 1)]   # bridge names differ
         for i, nid in enumerate(nids):
             t0 = now_ms()
             link = f"trunk.{100 + i}"

@@ -199,8 +199,8 @@ class IpamService:
     def request_pool(self, address_space: str, pool: str, sub_pool: str,
                      options: dict[str, str] | None, v6: bool) -> tuple[str, str, dict[str, str]]:
         """Reserve ``pool`` (or the next free predefined one) in ``address_space``: (PoolID, CIDR, Data)."""
-        opts = _check_options(options)
         space = _check_space(address_space)
+        opts = _check_options(options)
         if SPACE_OPTION in opts:
             space = _named_space(opts[SPACE_OPTION])
         if not isinstance(v6, bool):
@@ -606,11 +606,17 @@ def _check_space(space: object) -> str:
 
 
 def _named_space(name: str) -> str:
+    """A space chosen by ``cnmkit.space``: per host like the local default; the ``cnmkit-`` names
+    stay cnmkit's own (the global space, overlays' shared spaces), whose sharing rules differ."""
+    field = f"Options.{SPACE_OPTION}"
     try:
-        return _check_space(name)
+        _check_space(name)
     except InvalidRequest:
-        raise InvalidRequest(f"Options.{SPACE_OPTION}", f"{shown(name)} is not a valid address space name "
+        raise InvalidRequest(field, f"{shown(name)} is not a valid address space name "
                              "(1..128 of letters, digits, '.', '_', '-')") from None
+    if name.startswith("cnmkit-"):
+        raise InvalidRequest(field, f"{shown(name)}: names starting with 'cnmkit-' are cnmkit's own spaces")
+    return name
 
 
 def _check_pool_id(pool_id: object) -> str:

@@ -250,8 +250,9 @@ def test_ipam_keeps_pools_of_named_spaces_apart(store: MemoryStore) -> None:
     assert ipam.request_address(a[0], "", {})[0] == ipam.request_address(b[0], "", {})[0] == "10.30.0.1/24"
     with pytest.raises(PoolOverlap):
         ipam.request_pool("cnmkit-local", "10.30.0.0/25", "", {"cnmkit.space": "vlan.eth1.100"}, False)
-    with pytest.raises(InvalidRequest, match=r"cnmkit\.space"):
-        ipam.request_pool("cnmkit-local", "10.31.0.0/24", "", {"cnmkit.space": "bad/space"}, False)
+    for bad in ("bad/space", "cnmkit-global"):
+        with pytest.raises(InvalidRequest, match=r"cnmkit\.space"):
+            ipam.request_pool("cnmkit-local", "10.31.0.0/24", "", {"cnmkit.space": bad}, False)
     ipam.release_pool(a[0])
     ipam.release_pool(b[0])
     assert store.list("ipam/pools/")[0] == []
