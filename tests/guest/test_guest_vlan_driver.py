@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 from cli.network import SPACE_OPTION, vlan_space
 from client.engine import Engine
 from store.sqlite import SQLiteStore
-from tests.conftest import ip_json
+from tests.conftest import ip_json, socket_answers
 from tests.guest.test_guest_vlan_basics import PROBE, _capture_on_trunk
 from tests.runtime.conftest import Host, _teardown
 
@@ -52,8 +53,11 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
             _ip("-n", ns, "link", "set", "trunk", "up")
             h = Host(netns=ns, tmp=tmp_path_factory.mktemp(ns))
             made.append(h)
-            h.start_daemon()
-            assert (h.plugin_dir / "cnmkit-vlan.sock").exists(), "a plain daemon serves cnmkit-vlan"
+            h.start_daemon()                 # returns once cnmkit.sock and cnmkit-bridge.sock answer
+            # A plain daemon serves cnmkit-vlan too; its socket may come up a moment after those.
+            while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
+                assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
+                time.sleep(0.05)
         yield made[0], made[1]
     finally:
         for h in made:
