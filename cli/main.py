@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cli import network
+from cli import doctor, network
 from cli.output import emit_json, fail, line, table
 from client.engine import Engine
 from client.transport import DaemonUnavailable, PluginError
@@ -25,6 +25,7 @@ _ENGINE = ("plugin_dir", "log_level")
 _CONTAINER = ("plugin_dir", "state_dir", "run_dir", "log_level")
 GLOBALS_FOR: dict[str, tuple[str, ...]] = {
     "daemon": ("plugin_dir", "state_dir", "store", "log_level"),
+    "doctor": (*_ENGINE, "format"),                  # --plugin-dir: accepted everywhere, unused here
     "cleanup": _ENGINE,
     "host": (*_ENGINE, "format"),
     "host ls": (*_ENGINE, "format"),
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cleanup.set_defaults(func=cmd_cleanup)
 
+    doctor.register(sub)
     network_verbs = network.register(sub)
     try:
         from cli import containers

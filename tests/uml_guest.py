@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 GUEST_TESTS = ROOT / "tests" / "guest"
 KERNEL = "/usr/bin/linux.uml"
@@ -57,6 +59,9 @@ GUEST_ENV = "CNMKIT_UML_GUEST"
 COLLECT_ENV = "CNMKIT_GUEST_COLLECT"
 RESULTS_ENV = "CNMKIT_GUEST_RESULTS"
 WORKAROUND_ENV = "CNMKIT_UML_XSTATE_WORKAROUND"
+
+# Every inner id the outer tier collected (set by tests/uml/test_in_guest.py at collection).
+ALL_INNER_IDS = pytest.StashKey[list[str]]()
 
 # The workaround's environment words (shared/design/machine.md, "When user-mode-linux will not boot").
 NO_AVX_ENV = {
@@ -269,9 +274,11 @@ def guest_env(workdir: Path, workaround: bool) -> dict[str, str]:
     return env
 
 
-def boot(pytest_args: Sequence[str] = (), *, workdir: Path | None = None, workaround: bool | None = None,
-         timeout: float = 600) -> GuestRun:
-    """Boot once, run ``pytest <pytest_args> tests/guest`` inside, and collect what it reported.
+def boot(pytest_args: Sequence[str] = (), *, targets: Sequence[str] = (), workdir: Path | None = None,
+         workaround: bool | None = None, timeout: float = 600) -> GuestRun:
+    """Boot once, run ``pytest <pytest_args> <targets>`` inside (default target: all of
+    tests/guest; a target is an inner node id, relative to the repository), and collect what it
+    reported.
 
     ``timeout`` only stops a wedged guest from hanging the suite (a boot takes seconds); the
     run's evidence is returned whatever happened, never raised, so the caller can show it.
@@ -282,7 +289,7 @@ def boot(pytest_args: Sequence[str] = (), *, workdir: Path | None = None, workar
         workaround = workaround_wanted(Path("/proc/cpuinfo").read_text(), os.environ)
     release = kernel_release()
     inner = ["-q", "-p", "no:cacheprovider", "--basetemp=/run/cnmkit-guest/pytest",
-             *pytest_args, str(GUEST_TESTS)]
+             *pytest_args, *(targets or [str(GUEST_TESTS)])]
     env = guest_env(workdir, workaround)
     init = workdir / "init.sh"
     init.write_text(_init_script(workdir, release, sys.executable, inner, env))
@@ -303,6 +310,10 @@ def boot(pytest_args: Sequence[str] = (), *, workdir: Path | None = None, workar
             os.killpg(proc.pid, 9)               # our own process group, by the pid we started
             returncode = proc.wait()
             console.write(f"\n[tests/uml_guest.py: killed after {timeout:.0f} s]\n".encode())
+        except BaseException:                    # interrupted (Ctrl-C): leave no guest running
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
     run = GuestRun(workdir=workdir, console=console_path.read_text(errors="replace"), returncode=returncode,
                    workaround=workaround)
     kernel = workdir / "kernel"
@@ -327,6 +338,39 @@ def read_reports(path: Path) -> dict[str, list[dict]]:
             continue
         reports.setdefault(rec["nodeid"], []).append(rec)
     return reports
+
+
+def verdict(inner_id: str, run: GuestRun) -> tuple[str, str]:
+    """What the outer test of ``inner_id`` must do: ("passed" | "failed" | "skipped", message).
+
+    Anything short of a reported pass is a failure with evidence: a guest that never booted, an
+    inner collection error covering this test, a test with no report (the guest died, or the inner
+    run never reached it). An inner skip stays a skip (the caller fails it under CNMKIT_ALL_TIERS=1).
+    """
+    if not run.booted:
+        return "failed", f"the user-mode-linux guest never booted (no kernel release reported)\n{run.evidence()}"
+    collect_errors = [p for key, reports in run.reports.items() for p in reports
+                      if p["when"] == "collect" and (inner_id == key or inner_id.startswith(key + "::"))]
+    if collect_errors:
+        return "failed", (f"inner collection failed on kernel {run.kernel}:\n"
+                          + "\n".join(describe(p) for p in collect_errors))
+    phases = run.reports.get(inner_id, [])
+    bad = [p for p in phases if p["outcome"] == "failed"]
+    if bad:
+        return "failed", (f"{inner_id} failed inside the guest (kernel {run.kernel}):\n"
+                          + "\n\n".join(describe(p) for p in bad))
+    skipped = [p for p in phases if p["outcome"] == "skipped"]
+    if skipped:
+        return "skipped", f"skipped inside the guest (kernel {run.kernel}): {skipped[0].get('longrepr', '')}"
+    if not any(p["when"] == "call" and p["outcome"] == "passed" for p in phases):
+        return "failed", f"no result from the guest for {inner_id}\n{run.evidence()}"
+    return "passed", f"passed inside the guest (kernel {run.kernel})"
+
+
+def describe(phase: dict) -> str:
+    """One inner phase report as text: outcome, traceback, captured output."""
+    sections = "\n".join(f"--- {title} ---\n{text}" for title, text in phase.get("sections", []))
+    return f"[{phase['when']}] {phase['outcome']}\n{phase.get('longrepr', '')}\n{sections}".rstrip()
 
 
 def collect_guest_tests() -> tuple[list[str], str]:

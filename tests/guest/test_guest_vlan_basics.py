@@ -109,3 +109,16 @@ def test_frames_on_the_trunk_carry_the_vlan_tag(netns_factory: Callable[[str], s
 
     frames = _capture_on_trunk(b, send)
     assert [vid for vid, probe in frames if probe] == [100], frames
+
+
+def test_iptables_in_the_guest_is_legacy_and_programs_rules(netns: str) -> None:
+    """The UML kernel's nf_tables lacks the ip families: `iptables` on the guest's PATH must be
+    the legacy one, and it must take a rule (what the firewall module does) in a namespace."""
+    version = subprocess.run(["iptables", "--version"], capture_output=True, text=True, check=True).stdout
+    assert "(legacy)" in version, version
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-w", "5", "-t", "nat", "-A", "POSTROUTING",
+                    "-s", "10.9.0.0/24", "-m", "comment", "--comment", "cnmkit:probe", "-j", "MASQUERADE"],
+                   check=True, capture_output=True, text=True)
+    rules = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save", "-t", "nat"],
+                           capture_output=True, text=True, check=True).stdout
+    assert '-A POSTROUTING -s 10.9.0.0/24 -m comment --comment "cnmkit:probe" -j MASQUERADE' in rules

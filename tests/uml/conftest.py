@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
-from tests.uml_guest import GuestRun, boot, missing_tools
+from tests.uml_guest import ALL_INNER_IDS, GuestRun, boot, missing_tools
 
 _RUN = pytest.StashKey[GuestRun]()
 
@@ -37,11 +37,21 @@ def guest_run(request: pytest.FixtureRequest) -> Iterator[GuestRun]:
     require_uml()
     workdir = Path(tempfile.mkdtemp(prefix="cnmkit-uml-"))
     try:
-        run = boot(workdir=workdir)
+        run = boot(targets=_selected_inner_ids(request.session), workdir=workdir)
         request.config.stash[_RUN] = run
         yield run
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _selected_inner_ids(session: pytest.Session) -> list[str]:
+    """The inner ids of the outer tests this session runs, or [] (= all of tests/guest) when it
+    runs them all: `pytest tests/uml -k trunk` then boots for the trunk tests only."""
+    selected = [str(item.callspec.params["inner_id"]) for item in session.items
+                if isinstance(item, pytest.Function) and hasattr(item, "callspec")
+                and "inner_id" in item.callspec.params]
+    everything = session.config.stash.get(ALL_INNER_IDS, [])
+    return [] if not selected or set(selected) >= set(everything) else selected
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,

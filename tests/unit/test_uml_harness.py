@@ -116,3 +116,72 @@ def test_reports_are_read_per_test_and_a_torn_line_is_dropped(tmp_path: Path) ->
     assert list(reports) == ["a::t"]
     assert [r["when"] for r in reports["a::t"]] == ["setup", "call", "teardown"]
     assert g.read_reports(tmp_path / "missing.jsonl") == {}
+
+
+def _run(tmp_path: Path, kernel: str = "6.1.176", **reports: list[dict]) -> g.GuestRun:
+    return g.GuestRun(workdir=tmp_path, console="Run init.sh as init process\nKernel panic\n", returncode=0,
+                      workaround=False, kernel=kernel, pytest_log="inner log", pytest_rc=1,
+                      reports={k.replace("__", "::"): v for k, v in reports.items()})
+
+
+def _phase(when: str, outcome: str, longrepr: str = "", sections: list | None = None) -> dict:
+    return {"when": when, "outcome": outcome, "longrepr": longrepr, "sections": sections or []}
+
+
+def test_verdict_passes_only_a_reported_pass(tmp_path: Path) -> None:
+    run = _run(tmp_path, t__a=[_phase("setup", "passed"), _phase("call", "passed"), _phase("teardown", "passed")])
+    assert g.verdict("t::a", run)[0] == "passed"
+
+
+def test_verdict_fails_with_the_inner_traceback_and_output(tmp_path: Path) -> None:
+    run = _run(tmp_path, t__a=[_phase("setup", "passed"),
+                               _phase("call", "failed", "E   assert 2 == 3", [["Captured stdout call", "hello"]])])
+    outcome, message = g.verdict("t::a", run)
+    assert outcome == "failed"
+    assert "kernel 6.1.176" in message and "assert 2 == 3" in message and "hello" in message
+
+
+def test_verdict_fails_when_the_guest_never_booted_with_the_console(tmp_path: Path) -> None:
+    outcome, message = g.verdict("t::a", _run(tmp_path, kernel=""))
+    assert outcome == "failed" and "never booted" in message and "Kernel panic" in message
+
+
+@pytest.mark.parametrize("phases", [[], [_phase("setup", "passed")], [_phase("setup", "passed"),
+                                                                      _phase("teardown", "passed")]])
+def test_verdict_fails_a_test_the_guest_did_not_report(tmp_path: Path, phases: list[dict]) -> None:
+    outcome, message = g.verdict("t::a", _run(tmp_path, t__a=phases))
+    assert outcome == "failed" and "no result" in message and "inner log" in message
+
+
+def test_verdict_fails_on_an_inner_collection_error_of_its_module(tmp_path: Path) -> None:
+    run = _run(tmp_path, **{"tests/guest/test_x.py": [_phase("collect", "failed", "ImportError: nope")]})
+    outcome, message = g.verdict("tests/guest/test_x.py::test_y", run)
+    assert outcome == "failed" and "ImportError: nope" in message
+    assert g.verdict("tests/guest/test_x2.py::test_y", run)[1].startswith("no result")
+
+
+def test_verdict_passes_a_skip_on_as_a_skip(tmp_path: Path) -> None:
+    run = _run(tmp_path, t__a=[_phase("setup", "skipped", "('x.py', 3, 'Skipped: no tcpdump')")])
+    outcome, message = g.verdict("t::a", run)
+    assert outcome == "skipped" and "no tcpdump" in message
+
+
+def test_init_script_writes_on_the_host_only_into_its_workdir(tmp_path: Path) -> None:
+    """hostfs is the host's own root: a `mkdir -p /lib/modules` in the guest makes that directory on
+    the host (it did once). Everything the init makes must be under the guest's tmpfs /run, or
+    be the report files in the work directory."""
+    script = g._init_script(tmp_path, "6.1.176", "/venv/bin/python", ["-q", "tests/guest"], {"A": "b c"})
+    made = []
+    for line in script.splitlines():
+        words = line.split()
+        if words[:2] == ["mkdir", "-p"]:
+            made += words[2:]
+        if words[:2] == ["ln", "-s"]:
+            made.append(words[3])
+        if words[:1] == ["mount"]:
+            made.append(words[-1])
+    assert made
+    allowed = ("/run", "/proc", "/sys")
+    assert [m for m in made if not m.startswith(allowed)] == []
+    assert "export A='b c'" in script
+    assert f"> {tmp_path}/pytest.log" in script and script.rstrip().endswith("poweroff -f")
