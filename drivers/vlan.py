@@ -18,7 +18,9 @@ the bridge, veths, firewall; this module adds the uplink and the options), or, w
 The sub-interface is made if missing, marked ``cnmkit:uplink:<name>``, reference-counted in the
 store (drivers/vlan_store.py) and deleted with its last network; one that existed before is used
 and left alone. A kernel without 802.1Q fails the create with one error naming the feature,
-before anything is made (the store binding is undone, the manager drops the record).
+before anything is made: validate() asks drivers/capabilities.py's probe, before the manager
+records anything; should the probe not tell, netlink's refusal gives the same error and the
+store binding is undone (the manager drops the record).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from drivers.bridge import (
     _parse_bool,
     _parse_mtu,
 )
-from drivers.errors import Conflict, DriverError, InvalidOption
+from drivers.errors import Conflict, DriverError, InvalidOption, KernelFeatureMissing
 from drivers.firewall import NetworkRules
 from drivers.kernel_api import VlanKernelOps
 from drivers.vlan_store import Binding, VlanClaims
@@ -64,6 +66,15 @@ OPT_HOST_GATEWAY = "host_gateway"
 OWN_OPTIONS = (OPT_PARENT, OPT_VLAN, OPT_VLAN_RANGE, OPT_MODE, OPT_HOST_GATEWAY)
 DEFAULT_VID_RANGE = (2, 4094)     # VID 1 is the default/native VLAN of most switches
 _RANGE = re.compile(r"(\d{1,4})-(\d{1,4})")
+
+
+def _probe_8021q() -> bool | None:
+    """drivers/capabilities.py's probe (what ``cnmkit doctor`` shows): a VLAN made in a throwaway
+    namespace; None when it could not be tried."""
+    from drivers.capabilities import LINK_PROBES, probe_links
+
+    [cap] = probe_links([p for p in LINK_PROBES if p.name == "8021q"])
+    return cap.available
 
 
 def parse_vid(option: str, value: object) -> int:
@@ -137,11 +148,29 @@ class VlanDriver(BridgeDriver):
     def __init__(self, kernel: VlanKernelOps, firewall: FirewallOps, store: Store, *, host_id: str = "",
                  vid_range: tuple[int, int] = DEFAULT_VID_RANGE,
                  mac_factory: Callable[[], str] = naming.random_mac,
-                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS) -> None:
+                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS,
+                 probe_8021q: Callable[[], bool | None] | None = None) -> None:
         super().__init__(kernel, firewall, mac_factory=mac_factory, sandbox_dirs=sandbox_dirs)
         self.vkernel = kernel
         self.claims = VlanClaims(store, host_id)
         self.vid_range = vid_range
+        self._probe_8021q = probe_8021q or _probe_8021q
+        self._has_8021q = False                 # only a yes is kept: a module may be loaded later
+
+    def _require_8021q(self) -> None:
+        """Refuse at validate, before the manager records anything, when the kernel has no 802.1Q.
+
+        Asked once per daemon while the answer is yes. An answer of "could not tell" lets the
+        create go on: netlink's own refusal then gives the same error (drivers/kernel.py vlan_add).
+        """
+        if self._has_8021q:
+            return
+        found = self._probe_8021q()
+        if found is False:
+            raise KernelFeatureMissing("8021q", "this kernel has no 802.1Q VLAN support (the 8021q module, "
+                                       "CONFIG_VLAN_8021Q): VLAN networks cannot be made on this host; load "
+                                       "it (modprobe 8021q) or use a kernel that has it (cnmkit doctor)")
+        self._has_8021q = found is True
 
     # -- options ----------------------------------------------------------------------------
 
@@ -178,6 +207,7 @@ class VlanDriver(BridgeDriver):
             raise InvalidOption(OPT_PARENT, f"{shown(vcfg.parent)} is itself a VLAN sub-interface "
                                 "(stacked 802.1Q is not supported)")
         self._mtu(vcfg, check=True)
+        self._require_8021q()
         return list(vcfg.unknown)
 
     # -- the uplink: the sub-interface, bound in the store, made if missing ------------------

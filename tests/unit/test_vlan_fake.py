@@ -58,7 +58,8 @@ def ipt() -> FakeIptables:
 @pytest.fixture
 def driver(kernel: FakeKernel, ipt: FakeIptables, store: MemoryStore, tmp_path: Path) -> VlanDriver:
     return VlanDriver(kernel, Firewall(run=ipt, sysctl=FakeSysctl()), store, host_id="h1",
-                      mac_factory=lambda: "02:11:22:33:44:55", sandbox_dirs=[str(tmp_path)])
+                      mac_factory=lambda: "02:11:22:33:44:55", sandbox_dirs=[str(tmp_path)],
+                      probe_8021q=lambda: True)
 
 
 def test_bridge_mode_makes_a_marked_sub_interface_on_the_bridge_and_no_host_address(
@@ -174,6 +175,20 @@ def test_no_8021q_is_one_clear_error_and_leaves_nothing(driver: VlanDriver, kern
     assert set(kernel.host) == {"eth1"}
     assert store.list("vlan/")[0] == []
     assert all(not rules for chains in ipt.tables.values() for rules in chains.values())
+
+
+def test_validate_refuses_before_anything_when_the_probe_finds_no_8021q(
+        kernel: FakeKernel, ipt: FakeIptables, store: MemoryStore) -> None:
+    answers = [False, None, True]
+    driver = VlanDriver(kernel, Firewall(run=ipt, sysctl=FakeSysctl()), store, probe_8021q=answers.pop)
+    driver.validate(spec(vlan="100"))                 # True: yes, and kept (not asked again)
+    driver.validate(spec(vlan="100"))
+    assert answers == [False, None]
+    driver._has_8021q = False
+    driver.validate(spec(vlan="100"))                 # None: could not tell, netlink will say
+    with pytest.raises(KernelFeatureMissing, match=r"no 802\.1Q VLAN support \(the 8021q module"):
+        driver.validate(spec(vlan="100"))             # False: refused, nothing made
+    assert set(kernel.host) == {"eth1"} and store.list("")[0] == []
 
 
 def test_macvlan_mode_puts_endpoints_on_the_sub_interface_without_a_bridge(
