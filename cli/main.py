@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
-    daemon.add_argument("--driver", action="append", dest="drivers", help="drivers to serve (default: bridge)")
+    daemon.add_argument("--driver", action="append", dest="drivers",
+                        help="drivers to serve (default: bridge and vlan)")
+    daemon.add_argument("--vlan-range", type=_vid_range, default=None, metavar="A-B",
+                        help="VIDs the vlan driver picks from when a network names none (default 2-4094)")
     daemon.add_argument("--sandbox-dir", action="append", dest="sandbox_dirs", metavar="DIR",
                         help="a directory whose files a direct Join may open as network namespaces; repeat "
                              "(default: /var/run/docker/netns, /run/docker/netns and $CNMKIT_RUN_DIR/netns "
@@ -157,7 +160,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from plugin.server import DaemonConfig, default_sandbox_dirs, run_daemon
 
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
-                          drivers=args.drivers or ["bridge"],
+                          drivers=args.drivers or ["bridge", "vlan"], vlan_range=args.vlan_range,
                           sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
                           cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval,
                           host_id=args.host_id, advertise=args.advertise, host_ttl=args.host_ttl,
@@ -182,6 +185,16 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 86400 or value != value:
         raise argparse.ArgumentTypeError(f"{text!r} is outside 0..86400 seconds")
     return value
+
+
+def _vid_range(text: str) -> tuple[int, int]:
+    from drivers.errors import InvalidOption
+    from drivers.vlan import parse_vid_range
+
+    try:
+        return parse_vid_range("--vlan-range", text)
+    except InvalidOption as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ttl(text: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 
     create = verbs.add_parser("create", help="create a network")
     create.add_argument("name")
-    create.add_argument("-d", "--driver", default="bridge", help="bridge (default)")
+    create.add_argument("-d", "--driver", default="bridge", help="bridge (default) or vlan")
     create.add_argument("--subnet", action="append", default=[], help="CIDR; repeat for IPv4 and IPv6")
     create.add_argument("--gateway", action="append", default=[])
     create.add_argument("--ip-range", action="append", default=[])
@@ -52,11 +53,29 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     return verbs
 
 
+SPACE_OPTION = "cnmkit.space"          # ipam/service.py: the pool's own address space
+_SPACE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def vlan_space(options: dict[str, str], name: str) -> str:
+    """The address space of a VLAN network's pools: one per VLAN segment, so two VLANs may carry
+    the same subnet on one host (IPAM refuses overlaps only within a space). ``vlan.eth1.100``
+    when the VID is given, else one of the network's own (its VID is chosen later, by the driver).
+    """
+    parent, vid = options.get("parent", ""), options.get("vlan", "")
+    label = f"{parent}.{vid}" if parent and vid else f"net.{name}"
+    return ("vlan." + _SPACE_UNSAFE.sub("-", label))[:128]
+
+
 def cmd_create(args: argparse.Namespace, engine: Engine) -> None:
+    options = _kv_list(args.opt, "opt")
+    ipam_options = _kv_list(args.ipam_opt, "ipam-opt")
+    if args.driver in ("vlan", "cnmkit-vlan") and SPACE_OPTION not in ipam_options:
+        ipam_options[SPACE_OPTION] = vlan_space(options, args.name)
     network_id = engine.create_network(
         args.name, driver=args.driver, subnets=args.subnet, gateways=args.gateway, ip_ranges=args.ip_range,
         aux_addresses=_kv_list(args.aux_address, "aux-address"), ipv6=args.ipv6, internal=args.internal,
-        options=_kv_list(args.opt, "opt"), ipam_options=_kv_list(args.ipam_opt, "ipam-opt"))
+        options=options, ipam_options=ipam_options)
     line(network_id)
 
 

@@ -184,7 +184,9 @@ class Engine:
                 "Options": ipam_options, "V6": version == 6})
             pool_id, pool = reply["PoolID"], reply["Pool"]
             undo.push(partial(self.ipam.call, "IpamDriver.ReleasePool", {"PoolID": pool_id}))
-            entry: dict[str, Any] = {"AddressSpace": space, "Pool": pool}
+            # The space the pool really lives in: an ipam option may name one (cnmkit.space), and
+            # later calls find the pool by (space, subnet) when two spaces hold the same subnet.
+            entry: dict[str, Any] = {"AddressSpace": pool_id.partition("/")[0] or space, "Pool": pool}
             data_gw = (reply.get("Data") or {}).get("com.docker.network.gateway")
             gw = gws[i] if i < len(gws) else ""
             if data_gw and not gw:

@@ -72,6 +72,7 @@ class BridgeConfig:
     icc: bool = True
     host_binding_ipv4: str = ""        # "" (or 0.0.0.0): every address of the host
     unknown: tuple[str, ...] = ()      # options kept with the network but not acted on
+    host_gateway: bool = True          # the host holds the gateway addresses (False: a router outside does)
 
     @classmethod
     def parse(cls, spec: NetworkSpec) -> BridgeConfig:
@@ -169,9 +170,32 @@ class BridgeDriver:
 
     # -- networks ---------------------------------------------------------------------------
 
+    # -- what a subclass changes: the config, the uplink (drivers/vlan.py, later vxlan) ------
+
+    def _config(self, spec: NetworkSpec) -> BridgeConfig:
+        """The network's bridge settings; a driver with its own options maps them onto these."""
+        return BridgeConfig.parse(spec)
+
+    def _ensure_uplink(self, spec: NetworkSpec, cfg: BridgeConfig, undo: contextlib.ExitStack) -> str | None:
+        """Make (or find) the link that joins the bridge to the outside; None: no uplink.
+
+        Runs before the bridge is made, so a kernel that lacks what the uplink needs fails the
+        create with nothing made. Whatever this call made is undone through ``undo``.
+        """
+        return None
+
+    def _release_uplink(self, spec: NetworkSpec, cfg: BridgeConfig) -> None:
+        """Let go of the uplink after the bridge is gone (deleted only if it was made for us)."""
+
+    def _uplink_todo(self, spec: NetworkSpec, cfg: BridgeConfig) -> list[str]:
+        """What the reconciler would re-make about the uplink (ensure_network); empty: all there."""
+        return []
+
+    # -- networks ---------------------------------------------------------------------------
+
     def validate(self, spec: NetworkSpec) -> list[str]:
         """Refuse bad options; answer the keys accepted without being acted on (the manager warns)."""
-        return list(BridgeConfig.parse(spec).unknown)
+        return list(self._config(spec).unknown)
 
     def create_network(self, spec: NetworkSpec) -> None:
         """Make (or re-ensure) the network's bridge and rules; a half-done create is undone.
@@ -179,25 +203,30 @@ class BridgeDriver:
         Rollback only applies to a bridge this call created: re-ensuring an existing network
         (daemon restart, retry) must never tear down what running containers use.
         """
-        cfg = BridgeConfig.parse(spec)
+        cfg = self._config(spec)
         alias = naming.network_alias(spec.network_id)
         with contextlib.ExitStack() as undo:
+            uplink = self._ensure_uplink(spec, cfg, undo)
             created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
                                                 mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
             if created:
                 undo.callback(self.kernel.link_delete, cfg.bridge, alias=alias)
                 undo.callback(self.firewall.remove_network, spec.network_id)
-            for pool in (*spec.ipv4, *spec.ipv6):
-                if pool.gateway is not None:
-                    self.kernel.addr_ensure(cfg.bridge, str(pool.gateway))
+            if cfg.host_gateway:
+                for pool in (*spec.ipv4, *spec.ipv6):
+                    if pool.gateway is not None:
+                        self.kernel.addr_ensure(cfg.bridge, str(pool.gateway))
+            if uplink is not None:
+                self.kernel.enslave(uplink, cfg.bridge)
             self.kernel.set_up(cfg.bridge)
             self.firewall.ensure_network(self._rules(spec, cfg))
             undo.pop_all()
 
     def delete_network(self, spec: NetworkSpec) -> None:
-        cfg = BridgeConfig.parse(spec)
+        cfg = self._config(spec)
         self.firewall.remove_network(spec.network_id)
         self.kernel.link_delete(cfg.bridge, alias=naming.network_alias(spec.network_id))
+        self._release_uplink(spec, cfg)
 
     @staticmethod
     def _rules(spec: NetworkSpec, cfg: BridgeConfig) -> NetworkRules:
@@ -218,7 +247,7 @@ class BridgeDriver:
         return EndpointResult(mac=self._new_mac())
 
     def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
-        cfg = BridgeConfig.parse(network)
+        cfg = self._config(network)
         eid = endpoint.endpoint_id
         peer = naming.container_veth_name(eid)
         direct = request.direct and bool(request.sandbox_key)
@@ -265,7 +294,7 @@ class BridgeDriver:
         self.kernel.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
 
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
-        cfg = BridgeConfig.parse(network)
+        cfg = self._config(network)
         return {"hostIfName": naming.host_veth_name(endpoint.endpoint_id), "bridge": cfg.bridge}
 
     # -- published ports --------------------------------------------------------------------
@@ -274,7 +303,7 @@ class BridgeDriver:
         """DNAT the host ports to the endpoint's IPv4 address (``docker run -p``); IPv6 is not published."""
         if endpoint.address is None:
             return
-        cfg = BridgeConfig.parse(network)
+        cfg = self._config(network)
         self.firewall.publish(self._rules(network, cfg), endpoint.endpoint_id, str(endpoint.address.ip),
                               [(p.proto, p.host_port, p.port, p.host_ip or cfg.host_binding_ipv4)
                                for p in ports])
@@ -285,7 +314,7 @@ class BridgeDriver:
         The manager applies it before choosing host ports, so the port-conflict check and the
         bindings it answers (and records) carry the address the rules really use.
         """
-        return BridgeConfig.parse(network).host_binding_ipv4
+        return self._config(network).host_binding_ipv4
 
     def unpublish(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         self.firewall.unpublish(network.network_id, endpoint.endpoint_id)
@@ -300,7 +329,7 @@ class BridgeDriver:
         added with EEXIST tolerated, rules checked with ``-C`` before ``-A``, nothing flushed).
         A link of that name that is not ours raises LinkExists: the caller skips the network.
         """
-        cfg = BridgeConfig.parse(spec)
+        cfg = self._config(spec)
         alias = naming.network_alias(spec.network_id)
         short = spec.network_id[:12]
         link = self.kernel.link_get(cfg.bridge)
@@ -323,7 +352,8 @@ class BridgeDriver:
                 todo.append(f"set bridge {cfg.bridge} up")
             have = set(self.kernel.addrs(cfg.bridge))
             todo += [f"add gateway {p.gateway} to bridge {cfg.bridge}" for p in (*spec.ipv4, *spec.ipv6)
-                     if p.gateway is not None and str(p.gateway) not in have]
+                     if cfg.host_gateway and p.gateway is not None and str(p.gateway) not in have]
+        todo += self._uplink_todo(spec, cfg)
         missing = self.firewall.missing(self._rules(spec, cfg))
         if missing:
             todo.append(f"add {len(missing)} iptables rule(s) of network {short} (first: {missing[0]})")
@@ -340,7 +370,7 @@ class BridgeDriver:
         after any Join. A link with our derived name and no alias is adopted because a record
         names it (a Join killed between link add and alias); any other alias is left alone.
         """
-        cfg = BridgeConfig.parse(network)
+        cfg = self._config(network)
         published: set[str] = set()
         if any(state.ports for state in endpoints):
             published = {ep for net, ep in self.firewall.marks() if net == network.network_id and ep}

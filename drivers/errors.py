@@ -37,3 +37,14 @@ class LinkNotFound(KernelError):
 
 class LinkExists(KernelError):
     pass
+
+
+class KernelFeatureMissing(KernelError):
+    """The running kernel lacks a feature a driver needs (802.1Q, vxlan); ``feature`` names it.
+
+    Raised before anything is made, so the caller can report one clear line and leave nothing.
+    """
+
+    def __init__(self, feature: str, message: str) -> None:
+        super().__init__(message, 95)          # EOPNOTSUPP: what netlink answered
+        self.feature = feature

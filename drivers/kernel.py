@@ -33,7 +33,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
     NetlinkError,
 )
 
-from drivers.errors import KernelError, LinkExists, LinkNotFound
+from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
 from drivers.kernel_api import LinkInfo
 
 CLONE_NEWNET = 0x40000000
@@ -326,6 +326,95 @@ class Kernel:
         except LinkNotFound:
             return False
         return True
+
+    def vlan_add(self, name: str, parent: str, vid: int, *, alias: str, mtu: int) -> None:
+        """Create the 802.1Q sub-interface ``name`` (VID ``vid`` on ``parent``), marked ``alias``, up.
+
+        A name already taken raises LinkExists (the caller decides whether the link there may be
+        used). A kernel without 802.1Q answers EOPNOTSUPP to ``type vlan``; so does a parent that
+        cannot carry VLANs (loopback). When /proc/net/vlan is absent the 8021q code is not in
+        the kernel at all (it would have been autoloaded by this very request): that becomes
+        KernelFeatureMissing, one error naming the feature rather than "Operation not supported".
+        """
+        parent_index = self._index(parent)
+        try:
+            self._call(f"create vlan {name}", self._ipr().link, "add", ifname=name, kind="vlan",
+                       link=parent_index, vlan_id=vid, mtu=mtu)
+        except KernelError as exc:
+            if exc.errno == errno.EOPNOTSUPP and not os.path.exists("/proc/net/vlan"):
+                raise KernelFeatureMissing(
+                    "8021q", f"cannot create VLAN sub-interface {name}: this kernel has no 802.1Q VLAN "
+                    "support (the 8021q module, CONFIG_VLAN_8021Q); load it (modprobe 8021q) or use a "
+                    "kernel that has it") from None
+            if exc.errno == errno.EOPNOTSUPP:
+                raise KernelError(f"cannot create VLAN sub-interface {name}: {parent} cannot carry "
+                                  "VLANs", exc.errno) from None
+            raise
+        self._mark_up(name, alias)
+
+    def vlan_info(self, name: str) -> tuple[str, int] | None:
+        """(parent name, VID) of the 802.1Q link ``name``; None when it is missing or no VLAN."""
+        try:
+            msg = self._call(f"link {name}", self._ipr().link, "get", ifname=name)[0]
+        except LinkNotFound:
+            return None
+        if msg.get(("linkinfo", "kind")) != "vlan":
+            return None
+        vid = msg.get(("linkinfo", "data", "IFLA_VLAN_ID"))
+        parent = None
+        if msg.get("link"):
+            with contextlib.suppress(LinkNotFound):
+                parent = self._call("link", self._ipr().link, "get", index=msg.get("link"))[0].get("ifname")
+        return (str(parent or ""), int(vid or 0))
+
+    def enslave(self, name: str, master: str) -> None:
+        """Make ``name`` a port of bridge ``master`` and set it up (an uplink joining its bridge)."""
+        master_index = self._index(master)
+        self._call(f"enslave {name}", self._ipr().link, "set", ifname=name, master=master_index,
+                   state="up")
+
+    def ensure_macvlan(self, name: str, parent: str, *, alias: str, mtu: int, mac: str | None,
+                       netns_path: str | None = None) -> bool:
+        """A macvlan (bridge mode) on ``parent``, marked ``alias``; True when created now.
+
+        Made in this netns, marked, then moved into ``netns_path`` when one is given (the
+        kernel ignores IFLA_IFALIAS on RTM_NEWLINK, so the mark must be set before the move).
+        An existing link carrying ``alias`` is reused; any other is LinkExists.
+        """
+        existing = self.link_get(name)
+        if existing is not None:
+            self._claim(existing, alias, "macvlan", False)
+            return False
+        spec: dict[str, Any] = {"ifname": name, "kind": "macvlan", "link": self._index(parent),
+                                "macvlan_mode": "bridge", "mtu": mtu}
+        if mac:
+            spec["address"] = mac
+        self._call(f"create macvlan {name}", self._ipr().link, "add", **spec)
+        try:
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+            if netns_path:
+                try:
+                    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise KernelError(f"netns {netns_path}: {exc.strerror}", exc.errno) from exc
+                try:
+                    self._call(f"move {name}", self._ipr().link, "set", ifname=name, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+            raise
+        return True
+
+    def _mark_up(self, name: str, alias: str) -> None:
+        """Set the ownership mark and bring ``name`` up; a link that cannot be marked is removed."""
+        try:
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias, state="up")
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+            raise
 
     def addr_ensure(self, name: str, cidr: str) -> None:
         """Add ``cidr`` (``10.0.0.1/24``) to ``name``; already present is fine."""

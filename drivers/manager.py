@@ -43,7 +43,7 @@ from drivers.base import (
     PortPublisher,
     PortRequest,
 )
-from drivers.errors import Conflict, NotFound
+from drivers.errors import Conflict, DriverError, NotFound
 from ipam.pools import GLOBAL_ADDRESS_SPACE
 from plugin.quoting import shown, shown_key
 from store import records
@@ -68,6 +68,18 @@ class HostBindingDefault(Protocol):
     """
 
     def default_host_ip(self, network: NetworkSpec) -> str: ...
+
+
+@runtime_checkable
+class HostRouting(Protocol):
+    """Optional capability: whether the host routes a network's subnets (holds an address on it).
+
+    A network the host does not route (a VLAN whose gateway is a router outside) puts nothing in
+    the host's routing table, so the overlap check leaves it out: two VLANs may carry one subnet.
+    Drivers without it route what they carry, as a bridge does.
+    """
+
+    def routes_on_host(self, spec: NetworkSpec) -> bool: ...
 
 
 class NetworkManager:
@@ -170,7 +182,7 @@ class NetworkManager:
                                    "configuration")
                 driver.create_network(spec)          # re-ensure the kernel side; idempotent
                 return
-            self._check_overlap(spec)
+            self._check_overlap(driver_name, spec)
             value = NetworkRecord(driver=driver_name, spec=spec, host=self.host_id).encode()
             compares = [Cmp(records.SUBNET_CLAIMS, claims.mod_rev if claims else 0), Cmp(key, 0)]
             ops: list[Put | Delete] = [Put(records.SUBNET_CLAIMS, records.next_claim(claims)), Put(key, value)]
@@ -193,19 +205,30 @@ class NetworkManager:
             self._drop_network_records(spec)
             raise
 
-    def _check_overlap(self, spec: NetworkSpec) -> None:
+    def _routed(self, driver_name: str, spec: NetworkSpec) -> bool:
+        driver = self.drivers.get(driver_name)
+        if not isinstance(driver, HostRouting):
+            return True
+        try:
+            return driver.routes_on_host(spec)
+        except DriverError:
+            return True                        # a record this driver cannot read: assume the worst
+
+    def _check_overlap(self, driver_name: str, spec: NetworkSpec) -> None:
         """Two networks with overlapping subnets would fight over host routes: refuse, naming the other.
 
         Only two local-space subnets on different hosts may overlap: each lives behind its own
         host's bridge. A global-space subnet may reach every host, so it clashes with any.
         """
         mine = [d for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
-        if not mine:
+        if not mine or not self._routed(driver_name, spec):
             return
         kvs, _ = self.store.list(records.NETWORKS)
         for kv in kvs:
             rec = NetworkRecord.decode(kv.value)
             other = rec.spec
+            if not self._routed(rec.driver, other):
+                continue
             same_host = rec.owned_by(self.host_id)
             for data in (d for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):
                 theirs = data.pool

@@ -10,6 +10,9 @@ somebody else's link is then detected instead of silently adopted or deleted.
     bridge            cnm-<network_id[:11]>     alias cnmkit:net:<network_id>
     host veth end     cnv<endpoint_id[:12]>     alias cnmkit:ep:<endpoint_id>
     container end     cni<endpoint_id[:12]>     (renamed by Docker or the runtime)
+    VLAN sub-interface <parent>.<vid>           alias cnmkit:uplink:<parent>.<vid>
+                      (cnq<sha(parent)[:6]>.<vid> when that is longer than 15 bytes)
+    macvlan endpoint  cnv<endpoint_id[:12]>     alias cnmkit:ep:<endpoint_id>
 """
 
 from __future__ import annotations
@@ -70,6 +73,31 @@ def network_alias(network_id: str) -> str:
 
 def endpoint_alias(endpoint_id: str) -> str:
     return alias("ep", endpoint_id)
+
+
+def vlan_link_name(parent: str, vid: int) -> str:
+    """The 802.1Q sub-interface of ``parent`` for ``vid``: ``eth1.100``, as ``ip link`` users name it.
+
+    A parent whose name leaves no room for ``.<vid>`` gets a hashed stand-in, still one name per
+    (parent, VID), so a restarted daemon finds the same link again.
+    """
+    name = f"{parent}.{vid}"
+    if len(name.encode()) <= IFNAMSIZ:
+        return name
+    return f"cnq{hashlib.sha256(parent.encode()).hexdigest()[:6]}.{vid}"
+
+
+def uplink_alias(link: str) -> str:
+    """The mark of an uplink cnmkit made (a VLAN sub-interface): ``cnmkit:uplink:<name>``.
+
+    Only links carrying it are ever deleted; a sub-interface the operator made carries none.
+    """
+    return alias("uplink", link)
+
+
+def is_ours(alias_text: str) -> bool:
+    """A link marked by cnmkit (bridge, veth, uplink): never a parent for a VLAN network."""
+    return isinstance(alias_text, str) and alias_text.startswith(ALIAS_ROOT)
 
 
 def firewall_mark(network_id: str) -> str:

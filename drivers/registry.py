@@ -20,6 +20,8 @@ class DriverSettings:
     """Daemon settings some drivers need; empty ``sandbox_dirs`` means the driver's defaults."""
 
     sandbox_dirs: tuple[str, ...] = field(default=())
+    host_id: str = ""                                  # the VLAN driver's host-local store keys
+    vlan_range: tuple[int, int] | None = None          # None: drivers/vlan.py's DEFAULT_VID_RANGE
 
 
 def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
@@ -30,8 +32,20 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
     return BridgeDriver(Kernel(), Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
 
 
+def _vlan(store: Store, settings: DriverSettings) -> NetworkDriver:
+    from drivers.bridge import DEFAULT_SANDBOX_DIRS
+    from drivers.firewall import Firewall
+    from drivers.kernel import Kernel
+    from drivers.vlan import DEFAULT_VID_RANGE, VlanDriver
+
+    return VlanDriver(Kernel(), Firewall(), store, host_id=settings.host_id,
+                      vid_range=settings.vlan_range or DEFAULT_VID_RANGE,
+                      sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
+
+
 FACTORIES: dict[str, Callable[[Store, DriverSettings], NetworkDriver]] = {
     "bridge": _bridge,
+    "vlan": _vlan,
     "null": lambda store, settings: NullDriver(),
 }
 

@@ -87,6 +87,12 @@ FREE = "ipam/free/"
 GATEWAY_OPTION = "RequestAddressType"
 GATEWAY_LABEL = "com.docker.network.gateway"
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
+# ``--ipam-opt cnmkit.space=NAME``: the pool lives in address space NAME instead of the one dockerd
+# names (it always sends its default). Pools of different spaces never clash with each other, only
+# with the global space's: two VLAN segments carrying one subnet each take a space of their own
+# (``cnmkit network create -d vlan`` does it for you). The PoolID carries the space, so every later
+# call (RequestAddress, ReleasePool) finds the pool without the option.
+SPACE_OPTION = "cnmkit.space"
 
 # Statics stepped over per txn: each adds a compare, and etcd counts compares in --max-txn-ops.
 MAX_SKIP = 32
@@ -195,6 +201,8 @@ class IpamService:
         """Reserve ``pool`` (or the next free predefined one) in ``address_space``: (PoolID, CIDR, Data)."""
         space = _check_space(address_space)
         opts = _check_options(options)
+        if SPACE_OPTION in opts:
+            space = _named_space(opts[SPACE_OPTION])
         if not isinstance(v6, bool):
             raise InvalidRequest("V6", f"{shown(v6)} is not a boolean")
         if sub_pool is None:
@@ -595,6 +603,20 @@ def _check_space(space: object) -> str:
         raise InvalidRequest("AddressSpace", f"{shown(space)} is not a valid address space name "
                              "(letters, digits, '.', '_', '-')")
     return space
+
+
+def _named_space(name: str) -> str:
+    """A space chosen by ``cnmkit.space``: per host like the local default; the ``cnmkit-`` names
+    stay cnmkit's own (the global space, overlays' shared spaces), whose sharing rules differ."""
+    field = f"Options.{SPACE_OPTION}"
+    try:
+        _check_space(name)
+    except InvalidRequest:
+        raise InvalidRequest(field, f"{shown(name)} is not a valid address space name "
+                             "(1..128 of letters, digits, '.', '_', '-')") from None
+    if name.startswith("cnmkit-"):
+        raise InvalidRequest(field, f"{shown(name)}: names starting with 'cnmkit-' are cnmkit's own spaces")
+    return name
 
 
 def _check_pool_id(pool_id: object) -> str:

@@ -58,7 +58,8 @@ class DaemonConfig:
     plugin_dir: str = DEFAULT_PLUGIN_DIR
     state_dir: str = DEFAULT_STATE_DIR
     store_url: str = ""                     # empty: sqlite under state_dir
-    drivers: list[str] = field(default_factory=lambda: ["bridge"])
+    drivers: list[str] = field(default_factory=lambda: ["bridge", "vlan"])
+    vlan_range: tuple[int, int] | None = None   # the VLAN driver's VID pool (None: 2-4094)
     workers: int = 4
     sandbox_dirs: list[str] = field(default_factory=default_sandbox_dirs)
     # Per socket. dockerd keeps a handful of connections per plugin; the cap stops idle or
@@ -113,10 +114,11 @@ class Daemon:
         self.store_url = display_url(url)
         self.store = store or GuardedStore(open_store(url), url)
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
-        self.drivers = drivers if drivers is not None else build_drivers(
-            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
+        self.drivers = drivers if drivers is not None else build_drivers(
+            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
+                                                       host_id=self.host_id, vlan_range=config.vlan_range))
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "

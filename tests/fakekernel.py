@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from drivers.errors import KernelError, LinkExists, LinkNotFound
+from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
 from drivers.kernel_api import LinkInfo
 
 HOST = "host"                                   # the namespace key of the fake's own netns
@@ -31,6 +31,7 @@ class FakeKernel:
         self.fail_on: dict[str, KernelError] = {}          # verb -> error to raise once
         self._index = itertools.count(2)
         self._lock = threading.Lock()
+        self.has_8021q = True                              # False: a kernel like this machine's
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -155,6 +156,52 @@ class FakeKernel:
         with self._lock:
             self._get(name)
             return list(self.addresses.get(name, []))
+
+    # -- the VLAN driver's verbs (VlanKernelOps) ---------------------------------------------
+
+    def vlan_add(self, name: str, parent: str, vid: int, *, alias: str, mtu: int) -> None:
+        with self._lock:
+            self._maybe_fail("vlan_add")
+            self._get(parent)
+            if not self.has_8021q:
+                raise KernelFeatureMissing("8021q", f"cannot create VLAN sub-interface {name}: this "
+                                           "kernel has no 802.1Q VLAN support (fake)")
+            if name in self.host:
+                raise LinkExists(f"create vlan {name}: File exists", errno.EEXIST)
+            self.host[name] = {**self._new(name, "vlan", mtu, parent=parent, vlan_id=vid),
+                               "alias": alias, "up": True}
+            self.addresses[name] = []
+
+    def vlan_info(self, name: str) -> tuple[str, int] | None:
+        with self._lock:
+            link = self.host.get(name)
+            if link is None or link["kind"] != "vlan":
+                return None
+            return str(link.get("parent", "")), int(link.get("vlan_id", 0))
+
+    def enslave(self, name: str, master: str) -> None:
+        with self._lock:
+            self._maybe_fail("enslave")
+            self._get(master)
+            self._get(name).update(master=master, up=True)
+
+    def ensure_macvlan(self, name: str, parent: str, *, alias: str, mtu: int, mac: str | None,
+                       netns_path: str | None = None) -> bool:
+        with self._lock:
+            self._maybe_fail("ensure_macvlan")
+            existing = self.host.get(name)
+            if existing is not None:
+                self._claim(existing, alias, "macvlan", False)
+                return False
+            self._get(parent)
+            link = {**self._new(name, "macvlan", mtu, mac=mac, parent=parent), "alias": alias}
+            self.links_by_ns.setdefault(netns_path or HOST, {})[name] = link
+            return True
+
+    def plant_vlan(self, name: str, parent: str, vid: int, *, alias: str = "") -> None:
+        """A sub-interface somebody else made (the operator's own ``eth0.100``)."""
+        with self._lock:
+            self.host[name] = {**self._new(name, "vlan", 1500, parent=parent, vlan_id=vid), "alias": alias}
 
 
 class FakeIptables:
