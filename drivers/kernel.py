@@ -35,6 +35,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
 
 from drivers.errors import KernelError, LinkExists, LinkNotFound
 from drivers.kernel_api import LinkInfo
+from drivers.naming import DOOMED_GROUP
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -326,6 +327,31 @@ class Kernel:
         except LinkNotFound:
             return False
         return True
+
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool:
+        """Mark ``name`` (carrying ``alias``) for the reaper: alias ``doomed_alias``, group DOOMED_GROUP.
+
+        One RTM_NEWLINK (~1 ms), against ~20 ms for the delete itself (drivers/reaper.py). True
+        when the link is (now or already) marked, False when it is gone; another alias raises.
+        """
+        try:
+            msg = self._call(f"link {name}", self._ipr().link, "get", ifname=name)[0]
+        except LinkNotFound:
+            return False
+        have = msg.get("ifalias") or ""
+        if have not in (alias, doomed_alias):
+            raise LinkExists(f"refusing to delete {name}: alias {have!r} is not {alias!r}", errno.EEXIST)
+        try:
+            self._call(f"mark {name} for deletion", self._ipr().link, "set", index=int(msg["index"]),
+                       ifalias=doomed_alias, group=DOOMED_GROUP)
+        except LinkNotFound:
+            return False
+        return True
+
+    def reap_doomed(self) -> None:
+        """Delete every link in DOOMED_GROUP with one RTM_DELLINK: one unregister batch for all."""
+        with contextlib.suppress(LinkNotFound):
+            self._call("delete doomed links", self._ipr().link, "del", group=DOOMED_GROUP)
 
     def addr_ensure(self, name: str, cidr: str) -> None:
         """Add ``cidr`` (``10.0.0.1/24``) to ``name``; already present is fine."""

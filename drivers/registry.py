@@ -26,8 +26,11 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
     from drivers.bridge import DEFAULT_SANDBOX_DIRS, BridgeDriver
     from drivers.firewall import Firewall
     from drivers.kernel import Kernel
+    from drivers.reaper import BackgroundReaper
 
-    return BridgeDriver(Kernel(), Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
+    kernel = Kernel()
+    return BridgeDriver(kernel, Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS,
+                        reaper=BackgroundReaper(kernel))
 
 
 FACTORIES: dict[str, Callable[[Store, DriverSettings], NetworkDriver]] = {

@@ -158,6 +158,10 @@ class Daemon:
             await runner.cleanup()
         self._runners.clear()
         self.executor.shutdown(wait=True)
+        for driver in self.drivers:
+            close = getattr(driver, "close", None)   # the bridge's reaper deletes what is marked
+            if callable(close):
+                await asyncio.get_running_loop().run_in_executor(None, close)
         self.store.close()
 
     async def serve_forever(self) -> None:
