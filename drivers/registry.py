@@ -27,8 +27,9 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
     from drivers.firewall import Firewall
     from drivers.kernel import Kernel
     from drivers.reaper import BackgroundReaper
+    from plugin import profile
 
-    kernel = Kernel()
+    kernel = profile.wrap(Kernel(), "kernel")
     return BridgeDriver(kernel, Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS,
                         reaper=BackgroundReaper(kernel))
 
