@@ -279,3 +279,21 @@ def test_ipv6_addresses_are_usable_at_once(netns_factory: Callable[[str], str]) 
         assert in_netns(box, "ping", "-6", "-c", "1", "-W", "2", "fd00:66::1", check=False).returncode == 0
     finally:
         k.close()
+
+
+def test_ensure_veth_finds_a_bridge_re_made_under_the_same_name(kernel: Kernel, netns: str) -> None:
+    """The bridge's ifindex is remembered between Joins; a bridge re-made (the reconciler, an
+    operator) has a new one, and the next veth must still land on it, not fail."""
+    kernel.ensure_bridge("cnm-test", alias=ALIAS, mtu=1500)
+    kernel.ensure_veth("cnvone", "cnione", alias=EP_ALIAS, mtu=1500, peer_mac=None, master="cnm-test")
+    subprocess.run(["ip", "-n", netns, "link", "del", "cnm-test"], check=True)
+    kernel.ensure_bridge("cnm-test", alias=ALIAS, mtu=1500)
+    assert kernel.ensure_veth("cnvtwo", "cnitwo", alias=EP_ALIAS + "2", mtu=1500, peer_mac=None,
+                              master="cnm-test") is True
+    (two,) = ip_json("link", "show", "cnvtwo", netns=netns)
+    assert two["master"] == "cnm-test" and two["ifalias"] == EP_ALIAS + "2"
+    # A name already taken still takes the look-up path: the existing pair is re-attached.
+    assert kernel.ensure_veth("cnvone", "cnione", alias=EP_ALIAS, mtu=1500, peer_mac=None,
+                              master="cnm-test") is False
+    (one,) = ip_json("link", "show", "cnvone", netns=netns)
+    assert one["master"] == "cnm-test"
