@@ -415,6 +415,27 @@ class BridgeDriver:
 
     # -- reconciliation ---------------------------------------------------------------------
 
+    def remove_doomed(self, *, dry_run: bool) -> list[str]:
+        """Delete the links a DeleteEndpoint marked doomed and no reaper deleted (a crash between).
+
+        Needs no record: the mark itself is the decision, taken when the endpoint's record went.
+        So the agent runs this even when it leaves the other orphans alone (a store that looks
+        empty may be the wrong store; a doomed link is garbage whichever store is right).
+        """
+        return self._delete_doomed(self.kernel.links_owned(naming.ALIAS_ROOT + "doomed:"), dry_run=dry_run)
+
+    def _delete_doomed(self, links: list[tuple[str, str]], *, dry_run: bool) -> list[str]:
+        actions: list[str] = []
+        for name, alias in sorted(links):
+            if not alias.startswith(naming.ALIAS_ROOT + "doomed:"):
+                continue
+            owner = alias[len(naming.ALIAS_ROOT + "doomed:"):]
+            actions.append(f"delete link {name} (endpoint {owner[:12]} was deleted, its link marked doomed)")
+            if not dry_run:
+                with contextlib.suppress(LinkNotFound):     # the reaper was quicker: fine
+                    self.kernel.link_delete(name, alias=alias)
+        return actions
+
     def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
         """Remove links and rules that carry our mark but belong to no network or endpoint on record.
 
@@ -423,16 +444,10 @@ class BridgeDriver:
         links = self.kernel.links_owned(naming.ALIAS_ROOT)
         marks = self.firewall.marks()
         networks, endpoints = known()                      # after the scan: see drivers/base.py
-        actions: list[str] = []
+        actions = self._delete_doomed(links, dry_run=dry_run)
         for name, alias in sorted(links, key=lambda link: link[1].startswith(naming.ALIAS_ROOT + "net:")):
             kind, _, owner = alias[len(naming.ALIAS_ROOT):].partition(":")
             if kind == "doomed":
-                # Marked by a DeleteEndpoint, not yet deleted by the reaper (a crash, or a pass
-                # racing the reaper: deleting a link already gone is fine). Always ours to delete.
-                actions.append(f"delete link {name} (endpoint {owner[:12]} was deleted, its link marked doomed)")
-                if not dry_run:
-                    with contextlib.suppress(LinkNotFound):
-                        self.kernel.link_delete(name, alias=alias)
                 continue
             on_record = {"net": networks, "ep": endpoints}.get(kind)
             if on_record is None or owner in on_record:

@@ -177,3 +177,23 @@ def test_a_held_reaper_deletes_nothing_even_on_close() -> None:
     reaper.submit()
     reaper.close()
     assert kernel.link_get("a0") is not None and reaper.batches == 0
+
+
+def test_the_agent_removes_doomed_links_even_when_it_leaves_other_orphans_alone(
+        driver: BridgeDriver, kernel: FakeKernel) -> None:
+    """An unattended pass on a store with no network keeps marked objects (maybe the wrong store),
+    but a doomed link was condemned by the DeleteEndpoint that marked it: it goes all the same."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.reconcile import Agent
+    from store.memory import MemoryStore
+
+    joined(driver)
+    joined(driver, EID2)
+    driver.delete_endpoint(spec(), ep())
+    with ThreadPoolExecutor(2) as pool:
+        actions = asyncio.run(Agent(MemoryStore(), {driver.name: driver}, pool).reconcile(unattended=True))
+    assert actions == [f"delete link {HOST_END} (endpoint {EID[:12]} was deleted, its link marked doomed)"]
+    assert kernel.link_get(HOST_END) is None
+    assert kernel.link_get(naming.host_veth_name(EID2)) is not None       # an orphan, left alone
