@@ -382,6 +382,8 @@ class Bench:
     def take_profile(self) -> list[dict[str, Any]]:
         """The daemon's per-request profile records since the last call (plugin/profile.py, SIGUSR1)."""
         assert self.daemon is not None
+        if self.args.no_profile:
+            return []
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.profile_path)
         self.daemon.send_signal(signal.SIGUSR1)
@@ -526,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=30, help="probe lifecycles per variant and level")
     p.add_argument("--pause", type=float, default=0.02, help="seconds between probes (lets softirq settle)")
     p.add_argument("--seed", type=int, default=None, help="shuffle seed")
+    p.add_argument("--no-profile", action="store_true",
+                   help="no per-call profile (a daemon from before plugin/profile.py dies of SIGUSR1)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
@@ -582,6 +586,8 @@ def outer(args: argparse.Namespace) -> int:
                "--pause", str(args.pause)]
         if args.seed is not None:
             cmd += ["--seed", str(args.seed)]
+        if args.no_profile:
+            cmd.append("--no-profile")
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             return proc.wait()
