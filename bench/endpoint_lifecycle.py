@@ -414,7 +414,7 @@ class Bench:
                 gets.append(now_ms() - t1)
         finally:
             store.close()
-        return {"store put (SQLite WAL, synchronous=FULL)": puts, "store get (SQLite)": gets}
+        return {"store put (SQLite: commit + WAL fdatasync)": puts, "store get (SQLite)": gets}
 
     def _noop(self) -> float:
         assert self.cnm is not None
