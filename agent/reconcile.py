@@ -19,8 +19,9 @@ Then orphans: kernel objects carrying our mark that no record explains are remov
 driver's ``Reconciler.reconcile``, which scans the kernel *before* it reads the store (records
 are written before kernel objects and removed after them, so nothing in flight looks orphaned).
 ``--no-cleanup`` skips that step. Links a DeleteEndpoint marked doomed (drivers/reaper.py) and a
-crash left undeleted go in every pass, whatever the store holds: the mark is the decision. Objects without our mark are never touched; a link with our
-derived name but no mark is adopted only when a record names it (the drivers decide that).
+crash left undeleted go in every pass, whatever the store holds: the mark is the decision.
+Objects without our mark are never touched; a link with our derived name but no mark is
+adopted only when a record names it (the drivers decide that).
 
 Many hosts on one store: a pass converges only this host's networks and endpoints (records whose
 ``Host`` is ours, or that carry none, from before hosts existed). Orphan removal still counts
