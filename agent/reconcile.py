@@ -18,8 +18,10 @@ half-made, never flush or re-create what exists, so running containers keep thei
 Then orphans: kernel objects carrying our mark that no record explains are removed by the
 driver's ``Reconciler.reconcile``, which scans the kernel *before* it reads the store (records
 are written before kernel objects and removed after them, so nothing in flight looks orphaned).
-``--no-cleanup`` skips that step. Objects without our mark are never touched; a link with our
-derived name but no mark is adopted only when a record names it (the drivers decide that).
+``--no-cleanup`` skips that step. Links a DeleteEndpoint marked doomed (drivers/reaper.py) and a
+crash left undeleted go in every pass, whatever the store holds: the mark is the decision.
+Objects without our mark are never touched; a link with our derived name but no mark is
+adopted only when a record names it (the drivers decide that).
 
 Many hosts on one store: a pass converges only this host's networks and endpoints (records whose
 ``Host`` is ours, or that carry none, from before hosts existed). Orphan removal still counts
@@ -86,6 +88,8 @@ class Agent:
         actions = [action for chunk in per_network for action in chunk]
         if cleanup:
             actions += await self.remove_orphans(dry_run=dry_run)
+        else:
+            actions += await self._remove_doomed(dry_run=dry_run)
         log.info("reconcile%s: %d network(s), %d action(s) in %.2f s", " (dry run)" if dry_run else "",
                  len(network_ids), len(actions), time.monotonic() - started)
         return actions
@@ -98,6 +102,19 @@ class Agent:
             if isinstance(driver, Reconciler):
                 removed = await loop.run_in_executor(
                     self.executor, partial(driver.reconcile, self._known_ids, dry_run=dry_run))
+                for action in removed:
+                    self._log(action, dry_run)
+                actions += removed
+        return actions
+
+    async def _remove_doomed(self, *, dry_run: bool) -> list[str]:
+        """Links a DeleteEndpoint marked for deletion and a crash left: garbage whatever the store says."""
+        loop = asyncio.get_running_loop()
+        actions: list[str] = []
+        for driver in self.drivers.values():
+            remove = getattr(driver, "remove_doomed", None)
+            if callable(remove):
+                removed: list[str] = await loop.run_in_executor(self.executor, partial(remove, dry_run=dry_run))
                 for action in removed:
                     self._log(action, dry_run)
                 actions += removed

@@ -274,16 +274,18 @@ class Bench:
         self.samples: dict[int, dict[str, list[Steps]]] = {}
         self.background: dict[int, dict[str, list[float]]] = {}
         self.extra: dict[str, list[float]] = {}
+        self.profile_path = os.path.join(self.tmp, "profile.jsonl")
+        self.profiles: dict[int, list[dict[str, Any]]] = {}
 
     # -- set-up and tear-down ---------------------------------------------------------------------
 
     def start_daemon(self) -> None:
         os.makedirs(self.state_dir, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "CNMKIT_PROFILE": self.profile_path}
         with open(os.path.join(self.tmp, "daemon.log"), "ab") as log:   # the child keeps its own copy
             self.daemon = subprocess.Popen(
                 ["ip", "netns", "exec", self.plan.cnm_host, sys.executable, "-m", "cli.main", "--plugin-dir",
-                 self.plugin_dir, "--state-dir", self.state_dir, "daemon"],
+                 self.plugin_dir, "--state-dir", self.state_dir, "daemon", "--sandbox-dir", NETNS_DIR],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         probe = PluginTransport(os.path.join(self.plugin_dir, "cnmkit-bridge.sock"), timeout=5)
@@ -363,6 +365,7 @@ class Bench:
                 self.extra["CNI bridge VERSION (exec only)"] = [self.cni.version_exec() for _ in range(20)]
                 self.extra.update(self._store_costs())
             per_variant: dict[str, list[Steps]] = {v: [] for v in VARIANTS}
+            self.take_profile()                    # forget the set-up's requests
             t_level = time.monotonic()
             for _ in range(self.plan.probes):
                 order = list(VARIANTS)
@@ -372,8 +375,24 @@ class Bench:
                     if self.args.pause:
                         time.sleep(self.args.pause)
             self.samples[level] = per_variant
+            self.profiles[level] = self.take_profile()
             print(f"  level {level}: {self.plan.probes} rounds x {len(VARIANTS)} variants "
                   f"({time.monotonic() - t_level:.1f} s)", flush=True)
+
+    def take_profile(self) -> list[dict[str, Any]]:
+        """The daemon's per-request profile records since the last call (plugin/profile.py, SIGUSR1)."""
+        assert self.daemon is not None
+        if self.args.no_profile:
+            return []
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.profile_path)
+        self.daemon.send_signal(signal.SIGUSR1)
+        while not os.path.exists(self.profile_path):
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"daemon died; see {self.tmp}/daemon.log")
+            time.sleep(0.01)
+        with open(self.profile_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def _store_costs(self, n: int = 50) -> dict[str, list[float]]:
         """What one store write/read costs here (a separate SQLite file on the daemon's disk).
@@ -395,7 +414,7 @@ class Bench:
                 gets.append(now_ms() - t1)
         finally:
             store.close()
-        return {"store put (SQLite WAL, synchronous=FULL)": puts, "store get (SQLite)": gets}
+        return {"store put (SQLite: commit + WAL fdatasync)": puts, "store get (SQLite)": gets}
 
     def _noop(self) -> float:
         assert self.cnm is not None
@@ -462,11 +481,41 @@ def report(bench: Bench) -> str:
                f"{dele - ld:.2f} ms (medians): the server's share of the two kernel calls "
                "(HTTP + JSON + store + thread hop).")
 
+    profile = profile_table(bench)
+
     grow = []
     for level, per in bench.background.items():
         grow.append([str(level)] + [Summary.of(per[v]).text() if per[v] else "—" for v in ("floor", "cnmkit", "cni")])
     growth = markdown_table(["up to level", "floor create ms", "cnmkit attach (4 calls) ms", "CNI ADD ms"], grow)
-    return "\n\n".join([main, breakdown, derived, "Background endpoints (creation, kept):", growth])
+    return "\n\n".join([main, breakdown, derived, PROFILE_HEAD, profile,
+                        "Background endpoints (creation, kept):", growth])
+
+
+PROFILE_HEAD = ("Per-call profile, all cnmkit variants' probes (server side from plugin/profile.py; medians, ms). "
+                "protocol = client round trip - server handler (HTTP, JSON, socket, client); "
+                "loop/lock = handler - hop - worker (decode, encode, network lock, event loop); "
+                "hop = to the worker thread and back; py = worker - store - kernel (manager, driver, IPAM code).")
+PROFILE_CALLS = ("RequestAddress", "CreateEndpoint", "Join", "EndpointOperInfo", "Leave", "DeleteEndpoint",
+                 "ReleaseAddress")
+
+
+def profile_table(bench: Bench) -> str:
+    rows = []
+    for level, records in bench.profiles.items():
+        for call in PROFILE_CALLS:
+            recs = [r for r in records if r["path"].endswith("." + call)]
+            if not recs:
+                continue
+            client = Summary.of([st[call] for v in ("cnmkit", "cnmkit-direct", "cnmkit-direct+cfg")
+                                 for st in bench.samples[level][v]]).median
+            med = {k: Summary.of([r[k] for r in recs]).median for k in ("server", "hop", "worker", "store", "kernel")}
+            loop_lock = Summary.of([r["server"] - r["hop"] - r["worker"] for r in recs]).median
+            py = Summary.of([r["worker"] - r["store"] - r["kernel"] for r in recs]).median
+            rows.append([str(level), call, f"{client:.2f}", f"{client - med['server']:.2f}", f"{med['server']:.2f}",
+                         f"{loop_lock:.2f}", f"{med['hop']:.2f}", f"{med['store']:.2f}", f"{med['kernel']:.2f}",
+                         f"{py:.2f}"])
+    return markdown_table(["existing eps", "call", "client", "protocol", "server", "loop/lock", "hop", "store",
+                           "kernel", "py"], rows)
 
 
 # -- outer process: namespaces, re-exec, cleanup ------------------------------------------------------
@@ -479,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=30, help="probe lifecycles per variant and level")
     p.add_argument("--pause", type=float, default=0.02, help="seconds between probes (lets softirq settle)")
     p.add_argument("--seed", type=int, default=None, help="shuffle seed")
+    p.add_argument("--no-profile", action="store_true",
+                   help="no per-call profile (a daemon from before plugin/profile.py dies of SIGUSR1)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
@@ -535,6 +586,8 @@ def outer(args: argparse.Namespace) -> int:
                "--pause", str(args.pause)]
         if args.seed is not None:
             cmd += ["--seed", str(args.seed)]
+        if args.no_profile:
+            cmd.append("--no-profile")
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
         try:
             return proc.wait()
@@ -571,7 +624,7 @@ def inner(args: argparse.Namespace) -> int:
         "variants": list(VARIANTS), "summary": summarize(bench.samples),
         "samples": {str(k): v for k, v in bench.samples.items()},
         "background_ms": {str(k): v for k, v in bench.background.items()},
-        "extra_ms": bench.extra, "markdown": text})
+        "extra_ms": bench.extra, "profile": {str(k): v for k, v in bench.profiles.items()}, "markdown": text})
     print()
     print(f"kernel {info['kernel']}, Python {info['python']}, pyroute2 {info['pyroute2']}, "
           f"CNI plugins {info['containernetworking_plugins']}, {info['cpus']} CPUs, "

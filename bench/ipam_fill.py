@@ -5,6 +5,13 @@ Fills a /16 completely (65534 addresses) and compares the median cost of the fir
 then samples a /64, which a bitmap-based IPAM could not even represent. A ratio near 1 is the claim.
 
     python bench/ipam_fill.py [--store sqlite|memory] [--prefix 16]
+    python bench/ipam_fill.py --socket [--prefix 16] [--clients 16]
+
+``--socket`` (issue 11 item 3) asks the same question through the IPAM socket of a real daemon
+(``--driver null``, SQLite): a pool is filled up to its last 1000 addresses by ``--clients``
+concurrent clients, then its last 1000 allocations are timed interleaved one by one with the
+first 1000 of a fresh pool of the same size (same load for both). Every address answered is
+checked to be unique and the full pool to be exhausted at the end.
 """
 
 from __future__ import annotations
@@ -75,11 +82,93 @@ def v6_sample(ipam: IpamService) -> tuple[float, float]:
     return med(first), med(more)
 
 
+def socket_fill(prefix: int, clients: int) -> int:
+    """The first and the last WINDOW allocations of a pool, through a daemon's IPAM socket, interleaved.
+
+    Two pools of the same size on one daemon: ``full`` is first filled up to its last WINDOW
+    addresses by ``clients`` concurrent clients; then one client alternates, one allocation from
+    the fresh pool (its first WINDOW) and one from ``full`` (its last WINDOW), each timed. Both
+    windows thus see the same machine load, which on a shared machine drifts more than the
+    effect measured.
+    """
+    import threading
+
+    from bench.ipam_throughput import Daemon
+    from client.transport import PluginError, PluginTransport
+
+    with tempfile.TemporaryDirectory(prefix="cnmkit-bench-") as tmp:
+        daemon = Daemon(Path(tmp), f"sqlite://{tmp}/state/state.db")
+        sock = str(daemon.plugins / "cnmkit.sock")
+        try:
+            one = PluginTransport(sock, 60)
+
+            def pool(cidr: str) -> str:
+                return str(one.call("IpamDriver.RequestPool", {"AddressSpace": "LocalDefault", "Pool": cidr,
+                                                               "Options": {}})["PoolID"])
+
+            full, fresh = pool(f"10.0.0.0/{prefix}"), pool(f"10.128.0.0/{prefix}")
+            got: dict[str, list[str]] = {full: [], fresh: []}
+
+            def alloc(pool_id: str, transport: PluginTransport = one) -> None:
+                got[pool_id].append(transport.call("IpamDriver.RequestAddress",
+                                                   {"PoolID": pool_id, "Address": "", "Options": {}})["Address"])
+
+            total = 2 ** (32 - prefix) - 2
+            middle = total - WINDOW
+            conns = [PluginTransport(sock, 60) for _ in range(clients)]
+            errors: list[BaseException] = []
+
+            def worker(i: int) -> None:
+                try:
+                    for _ in range(middle // clients + (1 if i < middle % clients else 0)):
+                        alloc(full, conns[i])
+                except BaseException as exc:          # reported below: the run is invalid
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+            t_mid = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            mid_rate = middle / (time.perf_counter() - t_mid)
+            if errors:
+                raise SystemExit(f"{len(errors)} client(s) failed: {errors[0]!r}")
+            first: list[float] = []
+            last: list[float] = []
+            for _ in range(WINDOW):
+                first += timed(lambda: alloc(fresh), 1)
+                last += timed(lambda: alloc(full), 1)
+            try:
+                alloc(full)
+            except PluginError as exc:
+                exhausted = str(exc)
+            else:
+                raise SystemExit("pool did not report exhaustion after being filled")
+            for c in conns:
+                c.close()
+            one.close()
+        finally:
+            daemon.stop()
+        dupes = sum(len(v) - len(set(v)) for v in got.values())
+        print(f"socket, SQLite: pool 10.0.0.0/{prefix} filled ({len(got[full])} allocations; {middle} of them by "
+              f"{clients} clients at {mid_rate:.0f}/s), duplicates: {dupes}; then: {exhausted}")
+        p90 = int(WINDOW * 0.9)
+        print(f"first {WINDOW} (fresh pool): median {med(first):.3f} ms/alloc (p90 {sorted(first)[p90]:.3f})")
+        print(f"last  {WINDOW} (full pool):  median {med(last):.3f} ms/alloc (p90 {sorted(last)[p90]:.3f})")
+        print(f"ratio last/first: {med(last) / med(first):.2f} (interleaved, same run)")
+        return 1 if dupes or len(got[full]) != total else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     ap.add_argument("--prefix", type=int, default=16, help="IPv4 prefix length to fill (default /16)")
+    ap.add_argument("--socket", action="store_true", help="through a daemon's IPAM socket (SQLite)")
+    ap.add_argument("--clients", type=int, default=16, help="--socket: concurrent clients for the middle")
     args = ap.parse_args()
+    if args.socket:
+        return socket_fill(args.prefix, args.clients)
     with tempfile.TemporaryDirectory(prefix="cnmkit-bench-") as tmp:
         store: Store = SQLiteStore(str(Path(tmp) / "state.db")) if args.store == "sqlite" else MemoryStore()
         ipam = IpamService(store)

@@ -8,7 +8,8 @@ hands it back in, and every kernel object is found again by its derived name and
     join             veth pair: host end on the bridge, container end with MAC/MTU, in the host
                      netns for dockerd to move, or born in the sandbox when the runtime asks
     leave            nothing: dockerd moves the link back after Leave (protocol pitfall 6.10)
-    delete_endpoint  delete the host end, which takes the peer with it wherever it is
+    delete_endpoint  mark the host end doomed; the reaper deletes it (and so the peer, wherever it
+                     is) off the request's path, in batches (drivers/reaper.py)
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from drivers.base import (
     NetworkSpec,
     PortBinding,
 )
-from drivers.errors import DriverError, InvalidOption, LinkExists
+from drivers.errors import DriverError, InvalidOption, LinkExists, LinkNotFound
 from drivers.firewall import NetworkRules
 from drivers.kernel_api import KernelOps
+from drivers.reaper import InlineReaper, Reaper
 from plugin.quoting import shown
 
 OPT_MTU = "com.docker.network.driver.mtu"
@@ -162,8 +164,9 @@ class BridgeDriver:
 
     def __init__(self, kernel: KernelOps, firewall: FirewallOps, *,
                  mac_factory: Callable[[], str] = naming.random_mac,
-                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS) -> None:
+                 sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS, reaper: Reaper | None = None) -> None:
         self.kernel = kernel
+        self.reaper: Reaper = reaper or InlineReaper(kernel)
         self.firewall = firewall
         self._new_mac = mac_factory
         self.sandbox_dirs = tuple(dict.fromkeys(os.path.realpath(d) for d in sandbox_dirs))
@@ -259,10 +262,19 @@ class BridgeDriver:
             # the end born in the sandbox, so the pair is made again there.
             with contextlib.suppress(LinkExists):
                 self.kernel.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
-        self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
-                                alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
-                                peer_mac=endpoint.mac or None, master=cfg.bridge,
-                                peer_netns_path=request.sandbox_key if direct else None)
+        def make() -> None:
+            self.kernel.ensure_veth(naming.host_veth_name(eid), peer,
+                                    alias=naming.endpoint_alias(eid), mtu=cfg.mtu,
+                                    peer_mac=endpoint.mac or None, master=cfg.bridge,
+                                    peer_netns_path=request.sandbox_key if direct else None)
+        try:
+            make()
+        except LinkExists:
+            # Our name is taken: by the doomed predecessor of an endpoint with this id (deleted a
+            # moment ago, not yet reaped)? Then that one link goes now and the pair is made.
+            if not self._drop_doomed(eid):
+                raise
+            make()
         if network.internal:
             # No default route and no docker_gwbridge leg: an internal network reaches nothing.
             return JoinResult(src_name=peer, dst_prefix="eth", disable_gateway_service=True)
@@ -290,8 +302,24 @@ class BridgeDriver:
         """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""
 
     def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        """Mark the host end doomed and hand it to the reaper: the ~20 ms delete is not waited for."""
         eid = endpoint.endpoint_id
-        self.kernel.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
+        if self.kernel.link_doom(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid),
+                                 doomed_alias=naming.doomed_alias(eid)):
+            self.reaper.submit()
+
+    def _drop_doomed(self, endpoint_id: str) -> bool:
+        """Delete this endpoint's doomed host end now, if that is what holds its name."""
+        host = naming.host_veth_name(endpoint_id)
+        link = self.kernel.link_get(host)
+        if link is None or link["alias"] != naming.doomed_alias(endpoint_id):
+            return False
+        self.kernel.link_delete(host, alias=naming.doomed_alias(endpoint_id))
+        return True
+
+    def close(self) -> None:
+        """Delete what is still marked (the reaper's last batch); the daemon calls it on stop."""
+        self.reaper.close()
 
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
         cfg = self._config(network)
@@ -389,6 +417,13 @@ class BridgeDriver:
         host, alias = naming.host_veth_name(eid), naming.endpoint_alias(eid)
         link = self.kernel.link_get(host)
         todo: list[str] = []
+        if link is not None and link["alias"] == naming.doomed_alias(eid):
+            # Marked by a DeleteEndpoint whose record removal never came (a crash in between):
+            # the mark wins, the record decides below whether a fresh pair is needed.
+            todo.append(f"delete doomed veth {host} of endpoint {eid[:12]}")
+            if not dry_run:
+                self.kernel.link_delete(host, alias=link["alias"])
+            link = None
         if link is None:
             if state.joined:
                 todo.append(f"create veth {host} of joined endpoint {eid[:12]} on bridge {cfg.bridge}")
@@ -410,6 +445,27 @@ class BridgeDriver:
 
     # -- reconciliation ---------------------------------------------------------------------
 
+    def remove_doomed(self, *, dry_run: bool) -> list[str]:
+        """Delete the links a DeleteEndpoint marked doomed and no reaper deleted (a crash between).
+
+        Needs no record: the mark itself is the decision, taken when the endpoint's record went.
+        So the agent runs this even when it leaves the other orphans alone (a store that looks
+        empty may be the wrong store; a doomed link is garbage whichever store is right).
+        """
+        return self._delete_doomed(self.kernel.links_owned(naming.ALIAS_ROOT + "doomed:"), dry_run=dry_run)
+
+    def _delete_doomed(self, links: list[tuple[str, str]], *, dry_run: bool) -> list[str]:
+        actions: list[str] = []
+        for name, alias in sorted(links):
+            if not alias.startswith(naming.ALIAS_ROOT + "doomed:"):
+                continue
+            owner = alias[len(naming.ALIAS_ROOT + "doomed:"):]
+            actions.append(f"delete link {name} (endpoint {owner[:12]} was deleted, its link marked doomed)")
+            if not dry_run:
+                with contextlib.suppress(LinkNotFound):     # the reaper was quicker: fine
+                    self.kernel.link_delete(name, alias=alias)
+        return actions
+
     def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
         """Remove links and rules that carry our mark but belong to no network or endpoint on record.
 
@@ -418,9 +474,11 @@ class BridgeDriver:
         links = self.kernel.links_owned(naming.ALIAS_ROOT)
         marks = self.firewall.marks()
         networks, endpoints = known()                      # after the scan: see drivers/base.py
-        actions: list[str] = []
+        actions = self._delete_doomed(links, dry_run=dry_run)
         for name, alias in sorted(links, key=lambda link: link[1].startswith(naming.ALIAS_ROOT + "net:")):
             kind, _, owner = alias[len(naming.ALIAS_ROOT):].partition(":")
+            if kind == "doomed":
+                continue
             on_record = {"net": networks, "ep": endpoints}.get(kind)
             if on_record is None or owner in on_record:
                 continue

@@ -45,6 +45,7 @@ from drivers.base import (
 )
 from drivers.errors import Conflict, DriverError, NotFound
 from ipam.pools import GLOBAL_ADDRESS_SPACE
+from plugin import profile
 from plugin.quoting import shown, shown_key
 from store import records
 from store.base import Cmp, Delete, Put, Store
@@ -122,7 +123,7 @@ class NetworkManager:
 
     async def _run(self, network_id: str, fn: Callable[..., T], *args: Any) -> T:
         async with self._network_lock(network_id):
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return await profile.run_in_executor(self.executor, fn, *args)
 
     def _read_network(self, network_id: str) -> NetworkRecord | None:
         kv = self.store.get(records.network_key(network_id))

@@ -13,6 +13,8 @@ somebody else's link is then detected instead of silently adopted or deleted.
     VLAN sub-interface <parent>.<vid>           alias cnmkit:uplink:<parent>.<vid>
                       (cnq<sha(parent)[:6]>.<vid> when that is longer than 15 bytes)
     macvlan endpoint  cnv<endpoint_id[:12]>     alias cnmkit:ep:<endpoint_id>
+    doomed host end   (same name)               alias cnmkit:doomed:<endpoint_id>, netdev group
+                                                DOOMED_GROUP: deleted in the background (drivers/reaper.py)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ BRIDGE_PREFIX = "cnm-"
 HOST_VETH_PREFIX = "cnv"
 CONTAINER_VETH_PREFIX = "cni"
 
+DOOMED_GROUP = 0x636E6B64    # "cnkd": the netdev group of doomed links, deleted as one batch
+DOOMED_ALIAS_PREFIX = ALIAS_ROOT + "doomed:"
 _HEX_ID = re.compile(r"[0-9a-f]{64}")          # always fullmatch: "$" lets a trailing newline in
 # Interface names a client may choose (-o com.docker.network.bridge.name): the kernel's rules
 # (1..15 bytes, not "." or "..", no "/", ":" or whitespace) are not enough, because names reach
@@ -65,6 +69,11 @@ def container_veth_name(endpoint_id: str) -> str:
 def alias(kind: str, object_id: str) -> str:
     """The ifalias that marks an object as ours: ``cnmkit:net:<id>``, ``cnmkit:ep:<id>``."""
     return f"{ALIAS_ROOT}{kind}:{object_id}"
+
+
+def doomed_alias(endpoint_id: str) -> str:
+    """The mark of a host veth whose endpoint is deleted and whose link awaits the reaper."""
+    return alias("doomed", endpoint_id)
 
 
 def network_alias(network_id: str) -> str:

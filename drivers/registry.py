@@ -28,8 +28,12 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
     from drivers.bridge import DEFAULT_SANDBOX_DIRS, BridgeDriver
     from drivers.firewall import Firewall
     from drivers.kernel import Kernel
+    from drivers.reaper import BackgroundReaper
+    from plugin import profile
 
-    return BridgeDriver(Kernel(), Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
+    kernel = profile.wrap(Kernel(), "kernel")
+    return BridgeDriver(kernel, Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS,
+                        reaper=BackgroundReaper(kernel))
 
 
 def _vlan(store: Store, settings: DriverSettings) -> NetworkDriver:

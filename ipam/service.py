@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,6 +97,7 @@ SPACE_OPTION = "cnmkit.space"
 
 # Statics stepped over per txn: each adds a compare, and etcd counts compares in --max-txn-ops.
 MAX_SKIP = 32
+POOL_LOCK_STRIPES = 64  # in-process locks pools are hashed onto (see IpamService._pool_lock)
 MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -157,6 +159,17 @@ class IpamService:
         self._store = store
         self._avoid = avoid
         self.host_id = host_id
+        self._pool_locks = tuple(threading.Lock() for _ in range(POOL_LOCK_STRIPES))
+
+    def _pool_lock(self, sid: str) -> threading.Lock:
+        """Orders this process's own writes to one pool, so its threads queue instead of racing.
+
+        Correctness never rests on it (every write is a compare-and-swap, as across processes and
+        hosts): it only spares the CAS retry storm of many concurrent requests on one pool's
+        cursor, each failed round a wasted transaction plus a backoff sleep holding a worker.
+        Striped, so ids from any input add nothing that grows.
+        """
+        return self._pool_locks[hash(sid) % POOL_LOCK_STRIPES]
 
     # -- which pools are whose --------------------------------------------------------------------
 
@@ -413,14 +426,15 @@ class IpamService:
         if opts.get(MAC_OPTION):
             record["mac"] = opts[MAC_OPTION]
         sid = self._resolve(pool_id)
-        for _ in _attempts():
-            pool = self._load(sid)
-            if pool is None:
-                raise PoolNotFound(pool_id)
-            got = (self._try_static(pool, wanted, record) if wanted is not None
-                   else self._try_dynamic(pool, record))
-            if got is not None:
-                return pool.spec.with_prefix(got), {}
+        with self._pool_lock(sid):
+            for _ in _attempts():
+                pool = self._load(sid)
+                if pool is None:
+                    raise PoolNotFound(pool_id)
+                got = (self._try_static(pool, wanted, record) if wanted is not None
+                       else self._try_dynamic(pool, record))
+                if got is not None:
+                    return pool.spec.with_prefix(got), {}
         raise StoreContention(f"RequestAddress in pool {shown(pool_id)}: store contention, try again")
 
     def release_address(self, pool_id: str, address: str) -> None:
@@ -429,6 +443,10 @@ class IpamService:
         pool_id = _check_pool_id(pool_id)
         addr = parse_address("Address", address)
         sid = self._resolve(pool_id)
+        with self._pool_lock(sid):
+            self._release_address(sid, addr, address, pool_id)
+
+    def _release_address(self, sid: str, addr: IPAddress, address: str, pool_id: str) -> None:
         for _ in _attempts():
             pool = self._load(sid)
             if pool is None:

@@ -17,7 +17,7 @@ from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
-from plugin import ipam_routes, network_routes
+from plugin import ipam_routes, network_routes, profile
 from plugin.errors import error_middleware
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -36,7 +36,8 @@ def _router(routes: Mapping[str, Handler]) -> Handler:
 
 
 def _app(routes: Mapping[str, Handler]) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
+    middlewares = [profile.middleware, error_middleware] if profile.enabled() else [error_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=4 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", _router(routes))
     return app
 

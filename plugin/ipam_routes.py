@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from agent.hosts import HostLiveness
 from agent.reconcile import Agent
 from drivers.manager import NetworkManager
 from ipam.service import IpamService
+from plugin import profile
 from plugin import protocol as p
 from plugin.errors import reply
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 
 async def _call(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], fn, *args)
+    return await profile.run_in_executor(request.app[EXECUTOR], fn, *args)
 
 
 async def _body(request: web.Request) -> dict:

@@ -29,6 +29,7 @@ from drivers.manager import NetworkManager
 from drivers.registry import DriverSettings, build_drivers
 from ipam.hostroutes import host_networks
 from ipam.service import IpamService
+from plugin import profile
 from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
 from store.base import Store, Unavailable
@@ -112,7 +113,7 @@ class Daemon:
         self.config = config
         url = config.resolved_store_url()
         self.store_url = display_url(url)
-        self.store = store or GuardedStore(open_store(url), url)
+        self.store = profile.wrap(store or GuardedStore(open_store(url), url), "store")
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
@@ -160,6 +161,10 @@ class Daemon:
             await runner.cleanup()
         self._runners.clear()
         self.executor.shutdown(wait=True)
+        for driver in self.drivers:
+            close = getattr(driver, "close", None)   # the bridge's reaper deletes what is marked
+            if callable(close):
+                await asyncio.get_running_loop().run_in_executor(None, close)
         self.store.close()
 
     async def serve_forever(self) -> None:
@@ -167,6 +172,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if profile.enabled():                        # bench/endpoint_lifecycle.py's per-call profile
+            loop.add_signal_handler(signal.SIGUSR1, profile.dump)
         # -- reconciling agent (agent/reconcile.py): the kernel made to match the store before
         # dockerd can reach us, then again every reconcile_interval seconds. Until the store
         # answers, nothing is served (no socket: dockerd must not activate a half-working plugin).
@@ -197,6 +204,7 @@ class Daemon:
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
+            profile.dump()
             try:
                 os.unlink(pid_path)
             except FileNotFoundError:

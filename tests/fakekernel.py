@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
 from drivers.kernel_api import LinkInfo
+from drivers.naming import DOOMED_GROUP
 
 HOST = "host"                                   # the namespace key of the fake's own netns
 
@@ -137,6 +138,25 @@ class FakeKernel:
                 if other["master"] == name:
                     other["master"] = None
             return True
+
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool:
+        with self._lock:
+            self._maybe_fail("link_doom")
+            link = self.host.get(name)
+            if link is None:
+                return False
+            if link["alias"] not in (alias, doomed_alias):
+                raise LinkExists(f"refusing to delete {name}: not owned by {alias}", errno.EEXIST)
+            link.update(alias=doomed_alias, group=DOOMED_GROUP)
+            return True
+
+    def reap_doomed(self) -> None:
+        self._maybe_fail("reap_doomed")
+        with self._lock:
+            doomed = [(name, link["alias"]) for name, link in self.host.items()
+                      if link.get("group") == DOOMED_GROUP]
+        for name, alias in doomed:
+            self.link_delete(name, alias=alias)
 
     def set_up(self, name: str) -> None:
         with self._lock:

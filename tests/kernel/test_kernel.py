@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from drivers import naming
 from drivers.errors import KernelError, LinkExists, LinkNotFound
 from drivers.kernel import Kernel
 from tests.conftest import in_netns, ip_json
@@ -279,3 +280,43 @@ def test_ipv6_addresses_are_usable_at_once(netns_factory: Callable[[str], str]) 
         assert in_netns(box, "ping", "-6", "-c", "1", "-W", "2", "fd00:66::1", check=False).returncode == 0
     finally:
         k.close()
+
+
+def test_ensure_veth_finds_a_bridge_re_made_under_the_same_name(kernel: Kernel, netns: str) -> None:
+    """The bridge's ifindex is remembered between Joins; a bridge re-made (the reconciler, an
+    operator) has a new one, and the next veth must still land on it, not fail."""
+    kernel.ensure_bridge("cnm-test", alias=ALIAS, mtu=1500)
+    kernel.ensure_veth("cnvone", "cnione", alias=EP_ALIAS, mtu=1500, peer_mac=None, master="cnm-test")
+    subprocess.run(["ip", "-n", netns, "link", "del", "cnm-test"], check=True)
+    kernel.ensure_bridge("cnm-test", alias=ALIAS, mtu=1500)
+    assert kernel.ensure_veth("cnvtwo", "cnitwo", alias=EP_ALIAS + "2", mtu=1500, peer_mac=None,
+                              master="cnm-test") is True
+    (two,) = ip_json("link", "show", "cnvtwo", netns=netns)
+    assert two["master"] == "cnm-test" and two["ifalias"] == EP_ALIAS + "2"
+    # A name already taken still takes the look-up path: the existing pair is re-attached.
+    assert kernel.ensure_veth("cnvone", "cnione", alias=EP_ALIAS, mtu=1500, peer_mac=None,
+                              master="cnm-test") is False
+    (one,) = ip_json("link", "show", "cnvone", netns=netns)
+    assert one["master"] == "cnm-test"
+
+
+def test_reap_doomed_leaves_a_stranger_that_shares_the_group(kernel: Kernel, netns: str) -> None:
+    """The doomed group is only a number: a foreign link set to it must survive the reaper."""
+    kernel.ensure_bridge("cnm-reap", alias="cnmkit:net:reap", mtu=1500)
+    kernel.ensure_veth("cnvdoomed", "cnidoomed", alias="cnmkit:ep:doomed", mtu=1500, peer_mac=None,
+                       master="cnm-reap")
+    subprocess.run(["ip", "-n", netns, "link", "add", "stranger", "type", "veth", "peer", "name", "stranger1"],
+                   check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "stranger", "group", str(naming.DOOMED_GROUP)], check=True)
+    assert kernel.link_doom("cnvdoomed", alias="cnmkit:ep:doomed", doomed_alias="cnmkit:doomed:doomed")
+    kernel.reap_doomed()
+    names = {x["ifname"] for x in ip_json("link", "show", netns=netns)}
+    assert "cnvdoomed" not in names and "cnidoomed" not in names
+    assert {"stranger", "stranger1"} <= names
+    # Without a stranger, one group delete takes every doomed link.
+    subprocess.run(["ip", "-n", netns, "link", "del", "stranger"], check=True)
+    for n in ("a", "b"):
+        kernel.ensure_veth(f"cnv{n}", f"cni{n}", alias=f"cnmkit:ep:{n}", mtu=1500, peer_mac=None, master="cnm-reap")
+        kernel.link_doom(f"cnv{n}", alias=f"cnmkit:ep:{n}", doomed_alias=f"cnmkit:doomed:{n}")
+    kernel.reap_doomed()
+    assert not {"cnva", "cnvb"} & {x["ifname"] for x in ip_json("link", "show", netns=netns)}

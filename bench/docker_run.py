@@ -1,0 +1,183 @@
+"""``docker run --rm`` through a real dockerd: a cnmkit-bridge network vs Docker's own bridge vs none.
+
+Issue 11 item 2: what a cnmkit-bridge network adds to ``docker run --rm`` over ``--network none``
+must be at most 0.85 times what a network of Docker's own (in-process) bridge driver adds, and
+``docker network create``/``rm`` no slower than Docker's bridge. One run, interleaved: every round
+runs the three variants in shuffled order (``docker run --rm --network X IMAGE sh -c :``), and the
+network create/rm pairs alternate between the two drivers.
+
+Runs like the docker tier (tests/docker/conftest.py): under the shared lock
+``/tmp/cnmkit-docker.lock`` (taken here with flock(2), so ``flock`` on the command line is not
+needed), with the dockerd that already answers or one it starts itself (and stops afterwards;
+never one it did not start), and a cnmkit daemon serving /run/docker/plugins (refused if another
+one already does). Networks and containers are named ``cnmb-<pid>-...`` and removed by name.
+
+    PYTHONPATH=. .venv/bin/python bench/docker_run.py [--rounds 12] [--net-rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, Summary, machine_info, markdown_table, write_results
+
+LOCK = "/tmp/cnmkit-docker.lock"
+PLUGIN_DIR = "/run/docker/plugins"
+IMAGE = "cnmkit-test-bb:latest"                 # the docker tier's image, made the same way if absent
+ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, env=ENV, timeout=300)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def docker_up() -> bool:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return subprocess.run(["docker", "version"], capture_output=True, env=ENV, timeout=10).returncode == 0
+    return False
+
+
+def ms(*args: str) -> float:
+    t = time.perf_counter()
+    docker(*args)
+    return (time.perf_counter() - t) * 1000
+
+
+def ensure_image() -> None:
+    if docker("image", "inspect", IMAGE, check=False).returncode == 0:
+        return
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    with tempfile.TemporaryDirectory() as root:
+        bindir = Path(root, "bin")
+        bindir.mkdir()
+        shutil.copy(busybox, bindir / "busybox")
+        for applet in subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split():
+            if applet != "busybox":
+                (bindir / applet).symlink_to("busybox")
+        for d in ("etc", "tmp", "proc", "sys", "dev"):
+            Path(root, d).mkdir(exist_ok=True)
+        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "import", "-", IMAGE], stdin=tar.stdout, env=ENV, check=True, capture_output=True)
+        tar.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    tag = f"cnmb-{os.getpid()}"
+    own_dockerd: subprocess.Popen[bytes] | None = None
+    state = tempfile.mkdtemp(prefix="cnmb-docker-")
+    cnmkit: subprocess.Popen[bytes] | None = None
+    made: list[str] = []
+    try:
+        if not docker_up():
+            log = open(os.path.join(state, "dockerd.log"), "wb")
+            own_dockerd = subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+            deadline = time.monotonic() + 90
+            while not docker_up():
+                if own_dockerd.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dockerd did not start; see {log.name}")
+                time.sleep(0.5)
+        for name in ("cnmkit.sock", "cnmkit-bridge.sock"):
+            if os.path.exists(os.path.join(PLUGIN_DIR, name)):
+                raise RuntimeError(f"{PLUGIN_DIR}/{name} exists: another cnmkit daemon serves dockerd")
+        ensure_image()
+        log = open(os.path.join(state, "cnmkit.log"), "ab")
+        cnmkit = subprocess.Popen([sys.executable, "-m", "cli.main", "--plugin-dir", PLUGIN_DIR, "--state-dir",
+                                   os.path.join(state, "cnmkit"), "--log-level", "warning", "daemon"],
+                                  stdout=log, stderr=log, cwd=REPO, start_new_session=True,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        while not os.path.exists(os.path.join(PLUGIN_DIR, "cnmkit-bridge.sock")):
+            if cnmkit.poll() is not None:
+                raise RuntimeError(Path(state, "cnmkit.log").read_text()[-2000:])
+            time.sleep(0.05)
+        info = machine_info()
+        create = {"cnmkit-bridge": ["-d", "cnmkit-bridge", "--ipam-driver", "cnmkit", "--subnet", "10.231.0.0/24"],
+                  "bridge": ["-d", "bridge", "--subnet", "10.232.0.0/24"]}
+        net_ms: dict[str, dict[str, list[float]]] = {d: {"create": [], "rm": []} for d in create}
+        for i in range(args.net_rounds + 1):           # the first pair is a warm-up
+            for driver in (list(create) if i % 2 else list(create)[::-1]):
+                name = f"{tag}-n{i}-{driver}"
+                made.append(name)
+                c = ms("network", "create", *create[driver], name)
+                r = ms("network", "rm", name)
+                if i:
+                    net_ms[driver]["create"].append(c)
+                    net_ms[driver]["rm"].append(r)
+        nets = {"none": "none", "bridge": f"{tag}-bridge", "cnmkit-bridge": f"{tag}-cnm"}
+        made += [nets["bridge"], nets["cnmkit-bridge"]]
+        docker("network", "create", *create["bridge"], nets["bridge"])
+        docker("network", "create", *create["cnmkit-bridge"], nets["cnmkit-bridge"])
+        rng = random.Random(args.seed)
+        runs: dict[str, list[float]] = {v: [] for v in nets}
+        for i in range(args.rounds + 1):               # round 0 is a warm-up
+            order = list(nets)
+            rng.shuffle(order)
+            for variant in order:
+                t = ms("run", "--rm", "--network", nets[variant], IMAGE, "sh", "-c", ":")
+                if i:
+                    runs[variant].append(t)
+        info["loadavg_end"] = list(os.getloadavg())
+    finally:
+        for name in made:
+            docker("network", "rm", name, check=False)
+        if cnmkit is not None:
+            cnmkit.send_signal(signal.SIGTERM)
+            cnmkit.wait(timeout=60)
+        if own_dockerd is not None:
+            own_dockerd.send_signal(signal.SIGTERM)
+            try:
+                own_dockerd.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                own_dockerd.kill()
+                own_dockerd.wait()
+        shutil.rmtree(state, ignore_errors=True)
+    med = {v: Summary.of(s).median for v, s in runs.items()}
+    add_cnm, add_br = med["cnmkit-bridge"] - med["none"], med["bridge"] - med["none"]
+    rows = [[f"docker run --rm --network {v}", Summary.of(s).text(), f"{med[v] - med['none']:+.1f}"]
+            for v, s in runs.items()]
+    for driver, per in net_ms.items():
+        rows += [[f"docker network {op} -d {driver}", Summary.of(s).text(), ""] for op, s in per.items()]
+    print(f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}; {args.rounds} rounds; "
+          f"dockerd {'started here' if own_dockerd is not None else 'already running'}; git {info['git_head']}")
+    print(markdown_table(["what", "ms min / median / max (N)", "over none"], rows))
+    print(f"\nadded over --network none: cnmkit-bridge {add_cnm:.1f} ms, Docker's bridge {add_br:.1f} ms: "
+          f"ratio {add_cnm / add_br:.2f} (target <= 0.85)")
+    for op in ("create", "rm"):
+        a, b = (Summary.of(net_ms[d][op]).median for d in ("cnmkit-bridge", "bridge"))
+        print(f"docker network {op}: cnmkit-bridge {a:.1f} ms vs bridge {b:.1f} ms: ratio {a / b:.2f}")
+    path = write_results("docker_run", {"machine": info, "runs_ms": runs, "network_ms": net_ms})
+    print(f"results: {path}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--net-rounds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (dockerd)", file=sys.stderr)
+        return 2
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)               # the docker tier's lock: one dockerd user at a time
+        return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Deleting veths off the request's critical path: mark now, delete in batches in the background.
+
+Deleting a veth costs the kernel an RCU grace period, ~20 ms (perf-anchors §3), whatever the
+tool; it was 23 of the 39 ms of dockerd's seven calls for one container. Nothing the engine does
+next waits for that link to be gone: after DeleteEndpoint it only needs the endpoint to be
+*ours no more*. So DeleteEndpoint only **marks** the host end (one RTM_NEWLINK, ~1 ms):
+
+    ifalias  cnmkit:doomed:<endpoint id>     (drivers/naming.doomed_alias)
+    group    DOOMED_GROUP                    (a netdev group number kept for this)
+
+and answers. A ``Reaper`` thread then deletes every marked link with ONE ``RTM_DELLINK`` on the
+group (the kernel's ``ip link delete group N``): one unregister batch, so ten links cost about
+the grace periods of one. Each link goes exactly once: the group delete removes what is in the
+group at that moment, and a link gone is not in it any more.
+
+A crash between the answer and the deletion leaves only links carrying the doomed mark; the
+reconciler (``BridgeDriver.reconcile``, run at every daemon start) deletes every such link by
+name and alias, never by group, so nothing unmarked is ever at risk. A new endpoint with the
+same id (the host end's name is derived from it) finds its doomed predecessor under that name:
+the Join deletes that one link first (drivers/bridge.py), synchronously, which is then simply
+not there any more for the batch.
+
+``InlineReaper`` deletes at once in the caller: the behaviour before this module, kept for the
+unit tier and for tools that want the link gone when the call returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Protocol
+
+from drivers.errors import DriverError
+
+log = logging.getLogger("cnmkit.reaper")
+
+HOLD_ENV = "CNMKIT_TEST_HOLD_REAPER"
+"""Test hook: set to 1, the background reaper marks but never deletes (a test then SIGKILLs the
+daemon "between the answer and the deletion" and proves the reconciler finishes the job)."""
+
+
+class DoomOps(Protocol):
+    """The two kernel verbs deferred deletion needs (``Kernel`` and ``FakeKernel`` have them)."""
+
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool: ...
+    def reap_doomed(self) -> None: ...
+
+
+class Reaper(Protocol):
+    """What the bridge driver hands marked links to."""
+
+    def submit(self) -> None:
+        """A link was just marked: delete it (now or soon)."""
+
+    def close(self) -> None:
+        """Delete whatever is still marked, then stop."""
+
+
+class InlineReaper:
+    """Deletes the marked links at once, in the caller's thread."""
+
+    def __init__(self, kernel: DoomOps) -> None:
+        self.kernel = kernel
+
+    def submit(self) -> None:
+        self.kernel.reap_doomed()
+
+    def close(self) -> None:
+        """Nothing is ever left pending."""
+
+
+class BackgroundReaper:
+    """One daemon thread that deletes the marked links in batches, off every request's path.
+
+    ``submit`` only sets a flag and wakes the thread: the requests that mark links while a batch
+    is being deleted are all taken by the next one. The thread uses its own netlink socket
+    (drivers/kernel.py keeps one per thread).
+    """
+
+    def __init__(self, kernel: DoomOps, *, hold: bool | None = None) -> None:
+        self.kernel = kernel
+        self.hold = os.environ.get(HOLD_ENV) == "1" if hold is None else hold
+        self._cond = threading.Condition()
+        self._pending = False
+        self._stopping = False
+        self.batches = 0                         # how many group deletes ran (tests, bench)
+        self._thread = threading.Thread(target=self._run, name="cnmkit-reaper", daemon=True)
+        self._thread.start()
+
+    def submit(self) -> None:
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._pending or self._stopping):
+                    self._cond.wait()
+                if self.hold:
+                    if self._stopping:
+                        return
+                    self._pending = False
+                    continue
+                stopping, self._pending = self._stopping, False
+            self._reap()
+            if stopping:
+                return
+
+    def _reap(self) -> None:
+        try:
+            self.kernel.reap_doomed()
+            self.batches += 1
+        except DriverError as exc:
+            # Left marked: the next batch, or the reconciler's pass, deletes them.
+            log.warning("deleting doomed links failed (left for the next pass): %s", exc)
+        except Exception:                        # never let the thread die: the next submit retries
+            with contextlib.suppress(Exception):
+                log.exception("doomed-link reaper")

@@ -1,0 +1,131 @@
+"""Deferred veth deletion in a real daemon (issue 11 item 1), read back with ``ip -j link``.
+
+DeleteEndpoint answers once the host end is marked (alias ``cnmkit:doomed:<id>``, netdev group
+DOOMED_GROUP); the background reaper deletes the marked links later, in batches. The test hook
+``CNMKIT_TEST_HOLD_REAPER=1`` holds the reaper, so the daemon can be SIGKILLed exactly "between
+the answer and the deletion": the restarted daemon's start-up reconcile must remove every marked
+link, and nothing else. A fast re-create of an endpoint with the same id must not collide with
+its doomed predecessor. A SIGTERM'd daemon deletes what is marked before it exits.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.engine import Engine
+from drivers import naming
+from tests.conftest import ip_json
+from tests.kernel.test_daemon_process import HostDaemon
+
+SANDBOX = "/var/run/docker/netns/cnmkit-test-none"          # dockerd-style Join: never opened
+
+
+@pytest.fixture
+def host(netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostDaemon]:
+    monkeypatch.setenv("CNMKIT_TEST_HOLD_REAPER", "1")
+    daemon = HostDaemon(netns, tmp_path)
+    daemon.start("--reconcile-interval", "0")
+    yield daemon
+    if daemon.proc is not None:
+        daemon.stop(signal.SIGKILL)
+
+
+def links(netns: str) -> dict[str, dict]:
+    return {link["ifname"]: link for link in ip_json("link", "show", netns=netns)}
+
+
+def endpoint(engine: Engine, nid: str, eid: str, address: str) -> None:
+    """CreateEndpoint + Join of a chosen id, as dockerd sends them."""
+    bridge = engine.driver("bridge")
+    ref = {"NetworkID": nid, "EndpointID": eid}
+    bridge.call("NetworkDriver.CreateEndpoint", {**ref, "Interface": {"Address": address, "AddressIPv6": "",
+                                                                      "MacAddress": ""}, "Options": {}})
+    bridge.call("NetworkDriver.Join", {**ref, "SandboxKey": SANDBOX, "Options": {}})
+
+
+def remove(engine: Engine, nid: str, eid: str) -> None:
+    ref = {"NetworkID": nid, "EndpointID": eid}
+    engine.driver("bridge").call("NetworkDriver.Leave", ref)
+    engine.driver("bridge").call("NetworkDriver.DeleteEndpoint", ref)
+
+
+def test_sigkill_before_the_deletion_leaves_marked_links_that_the_restart_removes(
+        host: HostDaemon, netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(str(host.plugins))
+    try:
+        nid = engine.create_network("doom", subnets=["10.96.0.0/24"])
+        eids = [f"{i:x}" * 64 for i in range(10, 14)]
+        for i, eid in enumerate(eids):
+            endpoint(engine, nid, eid, f"10.96.0.{10 + i}/24")
+        keep = eids[-1]
+        for eid in eids[:-1]:
+            remove(engine, nid, eid)
+        now = links(netns)
+        for eid in eids[:-1]:                          # answered, marked, not deleted
+            link = now[naming.host_veth_name(eid)]
+            assert link["ifalias"] == naming.doomed_alias(eid)
+            assert int(link["group"]) == naming.DOOMED_GROUP
+            assert naming.container_veth_name(eid) in now            # the pair is still whole
+        assert now[naming.host_veth_name(keep)]["ifalias"] == naming.endpoint_alias(keep)
+        eps = engine.inspect_network(nid)["EndpointList"]
+        assert [e["EndpointID"] for e in eps] == [keep]             # the records are gone already
+        unrelated = {name for name in now if not name.startswith(("cnv", "cni"))}
+
+        assert host.stop(signal.SIGKILL) != 0
+        monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
+        host.start("--reconcile-interval", "0")       # the start-up pass runs before the sockets appear
+
+        after = links(netns)
+        for eid in eids[:-1]:
+            assert naming.host_veth_name(eid) not in after and naming.container_veth_name(eid) not in after
+        assert after[naming.host_veth_name(keep)]["ifalias"] == naming.endpoint_alias(keep)
+        assert {name for name in after if not name.startswith(("cnv", "cni"))} == unrelated
+        log = (host.state.parent / "daemon.log").read_text()
+        for eid in eids[:-1]:
+            assert f"delete link {naming.host_veth_name(eid)} (endpoint {eid[:12]} was deleted" in log
+        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+    finally:
+        engine.close()
+
+
+def test_recreating_an_endpoint_id_before_the_reaper_ran_does_not_collide(host: HostDaemon, netns: str) -> None:
+    engine = Engine(str(host.plugins))
+    try:
+        nid = engine.create_network("again", subnets=["10.95.0.0/24"])
+        eid = "ab" * 32
+        name = naming.host_veth_name(eid)
+        endpoint(engine, nid, eid, "10.95.0.10/24")
+        first = links(netns)[name]["ifindex"]
+        remove(engine, nid, eid)
+        assert links(netns)[name]["ifalias"] == naming.doomed_alias(eid)
+        endpoint(engine, nid, eid, "10.95.0.10/24")   # the same id again, the reaper held
+        link = links(netns)[name]
+        assert link["ifalias"] == naming.endpoint_alias(eid) and link["ifindex"] != first
+        assert link["master"] == f"cnm-{nid[:11]}" and str(link.get("group")) != str(naming.DOOMED_GROUP)
+        remove(engine, nid, eid)
+        assert engine.driver("bridge").call("NetworkDriver.DeleteNetwork", {"NetworkID": nid}) is not None
+    finally:
+        engine.close()
+
+
+def test_sigterm_deletes_what_is_marked_before_the_daemon_exits(netns: str, tmp_path: Path) -> None:
+    daemon = HostDaemon(netns, tmp_path)
+    daemon.start("--reconcile-interval", "0")
+    engine = Engine(str(daemon.plugins))
+    try:
+        nid = engine.create_network("term", subnets=["10.94.0.0/24"])
+        eids = [f"{i:x}" * 64 for i in range(10, 15)]
+        for i, eid in enumerate(eids):
+            endpoint(engine, nid, eid, f"10.94.0.{10 + i}/24")
+        for eid in eids:
+            remove(engine, nid, eid)
+    finally:
+        engine.close()
+        assert daemon.stop(signal.SIGTERM) == 0
+    left = [name for name, link in links(netns).items()
+            if name.startswith(("cnv", "cni")) or str(link.get("ifalias", "")).startswith("cnmkit:doomed:")]
+    assert left == []
