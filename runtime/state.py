@@ -87,7 +87,8 @@ class ContainerState:
     pid: int = 0                 # host pid of the user's command (what ``kill -9`` from outside targets)
     init_pid: int = 0            # host pid of the container's PID 1 (namespaces are taken from it)
     init_start: int = 0          # its start time, so a recycled pid is not mistaken for it
-    shim_pid: int = 0
+    shim_pid: int = 0            # the supervisor of its batch (shared by the batch's containers)
+    shim_start: int = 0          # the supervisor's start time (pid reuse)
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
