@@ -85,7 +85,8 @@ class Supervisor:
     start: int
 
     def wait(self) -> int:
-        """Wait for the supervisor (a foreground run: it exits with its only container's code)."""
+        """Wait for the supervisor of a foreground run (our child; it exits with its only
+        container's code)."""
         _, status = os.waitpid(self.pid, 0)
         return exit_code(status)
 
@@ -99,24 +100,34 @@ def spawn(launches: Sequence[Launch], on_exit: Callable[[str, int], None], *,
     foreground run whose caller waits for it anyway). Fork with no other thread of ours running.
     """
     r, w = os.pipe()
+    detached = supervisor_log is not None
     pid = os.fork()
     if pid == 0:                                      # pragma: no cover - runs in the child
         code = 70
         try:
             os.close(r)
-            code = _supervise(launches, w, on_exit, supervisor_log)
+            # Detached, the supervisor is a grandchild whose parent exits at once: it is adopted by
+            # init (or the nearest subreaper), so a long-lived caller (a lab deployer) collects no
+            # zombie supervisors. A foreground run keeps it as its child to wait for its code.
+            if not detached or os.fork() == 0:
+                code = _supervise(launches, w, on_exit, supervisor_log)
+            else:
+                code = 0
         finally:
             os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as fh:
         data = fh.read()
+    if detached:
+        os.waitpid(pid, 0)
     reports = {}
     for raw in data.splitlines():
         item = json.loads(raw)
-        reports[item["cid"]] = Started(**item)
-    out = [reports.get(launch.cid) or Started(launch.cid, error="the container's supervisor exited before "
-                                                                "starting it") for launch in launches]
-    return Supervisor(pid, start_time(pid) or 0), out
+        reports[item.pop("cid")] = item
+    sup_pid = int(reports.pop("", {}).get("init_pid", 0)) or pid
+    out = [Started(launch.cid, **reports[launch.cid]) if launch.cid in reports else
+           Started(launch.cid, error="the container's supervisor exited before starting it") for launch in launches]
+    return Supervisor(sup_pid, start_time(sup_pid) or 0), out
 
 
 # -- inside the supervisor --------------------------------------------------------------------
@@ -192,6 +203,7 @@ def _supervise(launches: Sequence[Launch], report_w: int, on_exit: Callable[[str
         if item.init_pid:
             item.pid = _command_pid(item.init_pid)
     with os.fdopen(report_w, "w") as fh:
+        fh.write(json.dumps(Started("", init_pid=os.getpid()).__dict__) + "\n")   # who supervises
         for item in reports:
             fh.write(json.dumps(item.__dict__) + "\n")
     last = 0
