@@ -104,7 +104,8 @@ def parent_pid(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    """The live children of ``pid`` (every thread's), for knowing whether a supervisor is idle."""
+    """The live children of ``pid`` (every thread's), for knowing whether a supervisor still has
+    containers to watch; zombies (ended, about to be reaped by it) do not count."""
     kids: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -112,7 +113,7 @@ def children(pid: int) -> list[int]:
                 kids += [int(k) for k in fh.read().split()]
     except OSError:
         return []
-    return kids
+    return [k for k in kids if alive(k)]
 
 
 def exit_code(status: int) -> int:
