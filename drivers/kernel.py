@@ -305,26 +305,32 @@ class Kernel:
             raise
         return True
 
-    def veth_link(self, name: str, peer_name: str, *, peer_netns_path: str, mtu: int | None = None) -> None:
-        """A point-to-point veth pair between this netns (``name``) and another (``peer_name``).
+    def veth_link(self, name: str, peer_name: str, *, netns_path: str, peer_netns_path: str,
+                  mtu: int | None = None) -> None:
+        """A point-to-point veth pair between two other namespaces, ``name`` in ``netns_path`` and
+        ``peer_name`` in ``peer_netns_path``.
 
-        Both ends are born in place, so a lab link costs one netlink request and no netns move
-        (perf-anchors §3). Our end comes up at once; the kernel ignores IFF_UP in the peer's
-        ifinfomsg, so the peer's owner brings it up from inside its netns.
+        Both ends are born in place (IFLA_NET_NS_FD on each), so a lab link costs one netlink
+        request from this handle's socket, no netns move (perf-anchors §3) and no socket inside
+        either namespace. They are born down: the kernel ignores IFF_UP in the peer's ifinfomsg,
+        so the namespaces' owner brings both up from inside.
         """
+        fds: list[int] = []
         try:
-            ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
-        peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": ns_fd}
-        extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
-        if mtu:
-            peer["mtu"] = mtu
-        try:
+            for path in (netns_path, peer_netns_path):
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as exc:
+                    raise KernelError(f"netns {path}: {exc.strerror}", exc.errno) from exc
+            peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": fds[1]}
+            extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
+            if mtu:
+                peer["mtu"] = mtu
             self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
-                       flags=IFF_UP, change=IFF_UP, peer=peer, **extra)
+                       net_ns_fd=fds[0], peer=peer, **extra)
         finally:
-            os.close(ns_fd)
+            for fd in fds:
+                os.close(fd)
 
     def _claim(self, link: LinkInfo, alias: str, kind: str, adopt: bool) -> None:
         if link["alias"] == alias:

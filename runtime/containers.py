@@ -242,6 +242,10 @@ class ContainerService:
         if state.netns:
             sandbox.remove_netns(state.netns)
             state.netns = ""
+            if refresh:                                  # a batch does this once, after all
+                from runtime.batch import release_own_mount
+
+                release_own_mount(os.path.dirname(self._netns_path(cid)))
         if os.path.isdir(self.store.dir(cid)):
             self.store.save_state(cid, state)
         if refresh:

@@ -217,7 +217,17 @@ def _setup_mounts(spec: InitSpec) -> None:
     ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
     # Our copy of the mount table also holds the netns bind mounts of other containers; left
     # in place they would pin those namespaces alive after their own rm.
-    for prefix in spec.hide_mounts:
+    for prefix in dict.fromkeys(os.path.realpath(p) for p in spec.hide_mounts):
+        if not os.path.isdir(prefix):
+            continue
+        try:
+            # A directory that is a mount of its own (the runtime's, ``ip netns``'s) goes with
+            # everything under it in one call: one umount per container, not one per container
+            # per other container (20-70 ms each at 200 containers).
+            ns.umount2(prefix, ns.MNT_DETACH)
+            continue
+        except OSError:
+            pass
         for point in ns.mount_points_under(prefix):
             with contextlib.suppress(OSError):
                 ns.umount2(point, ns.MNT_DETACH)
