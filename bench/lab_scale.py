@@ -37,7 +37,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from runtime.batch import Link, NodeSpec  # noqa: E402
+from runtime.batch import Link, NodeStart  # noqa: E402
 from runtime.containers import ContainerService  # noqa: E402
 
 MININET_PY = "/usr/bin/python3"
@@ -100,10 +100,10 @@ def start_daemon(ns: str, tmp: str) -> subprocess.Popen:
 def cnmkit_case(svc: ContainerService, kind: str, n: int) -> dict[str, float]:
     cmd = ["sleep", "1000000"]
     if kind == "star":
-        specs = [NodeSpec(f"s{i}", cmd, networks=["star"]) for i in range(n)]
+        specs = [NodeStart(f"s{i}", cmd, networks=["star"]) for i in range(n)]
         links: list[Link] = []
     else:
-        specs = [NodeSpec(f"c{i}", cmd) for i in range(n)]
+        specs = [NodeStart(f"c{i}", cmd) for i in range(n)]
         links = [Link(f"c{i}", "eth1", f"c{i + 1}", "eth2",
                       a_address=f"10.{92 + (i >> 14)}.{(i >> 6) & 255}.{(i & 63) * 4 + 1}/30",
                       b_address=f"10.{92 + (i >> 14)}.{(i >> 6) & 255}.{(i & 63) * 4 + 2}/30")

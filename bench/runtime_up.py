@@ -8,7 +8,8 @@ removes all of it at the end. Three columns per N:
 * **cnmkit**: ``ContainerService.run(-d)`` in-process (no CLI start-up), phases timed by
   wrapping the service's steps: sandbox netns, attach (RequestAddress + CreateEndpoint + Join
   with the veth born in the sandbox + EndpointOperInfo, over the plugin socket), configure
-  (rename, MAC, MTU, address, up, routes), /etc files + hosts refresh, shim start; then ``rm -f``.
+  (rename, MAC, MTU, address, up, routes), /etc files + hosts refresh, init start (the forked
+  supervisor and its tini init, runtime/supervisor.py); then ``rm -f``.
 * **cni-bridge**: the reference CNI bridge plugin's ADD/DEL (/usr/lib/cni/bridge + host-local)
   on the same kind of netns: the network part only, as a container runtime would call it.
 * **floor**: the same kernel work with no protocol, no IPAM and no processes: veth born in the
@@ -35,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from drivers.kernel import Kernel  # noqa: E402
-from runtime import process, sandbox  # noqa: E402
+from runtime import batch, sandbox, supervisor  # noqa: E402
 from runtime.containers import ContainerService  # noqa: E402
 
 CNI_DIR = "/usr/lib/cni"
@@ -94,11 +95,11 @@ def start_daemon(ns: str, tmp: str) -> subprocess.Popen:
 
 def bench_cnmkit(svc: ContainerService, n: int) -> dict[str, Any]:
     phases = Phases()
-    phases.wrap(sandbox, "create_netns", "netns")
+    phases.wrap(batch, "new_netns", "netns")
     phases.wrap(svc.engine, "attach", "attach (protocol)")
     phases.wrap(sandbox, "configure", "configure")
     phases.wrap(svc, "_refresh_hosts", "hosts refresh")
-    phases.wrap(process, "spawn_shim", "shim start")
+    phases.wrap(supervisor, "spawn", "init start")
     phases.wrap(svc.engine, "detach", "detach (protocol)")
     phases.wrap(sandbox, "remove_netns", "netns remove")
     try:

@@ -1,8 +1,10 @@
 """Starting and removing many containers at once: the runtime's path for labs and for ``run``.
 
-``start_many(specs, links)`` brings a set of nodes up as real containers (own network, UTS,
+``start_many(nodes, links)`` brings a set of nodes up as real containers (own network, UTS,
 mount and PID namespaces each) and ``stop_many(refs)`` takes them down leaving nothing; a single
-``cnmkit run`` is a batch of one through the same ``start_locked``. Where the time went before,
+``cnmkit run`` is a batch of one through the same ``start_locked``. ``start_nodes`` is the seam
+the lab deployer calls (lab/deploy.py): the same batch, with its progress callback and
+``BatchError``. Where the time went before,
 and what is done instead (issue 10 item 5):
 
 - a Python shim per container (120-160 ms each): one supervisor per batch, forked from the
@@ -35,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from client.engine import Engine
+from client.engine import DaemonUnavailable, Engine, PluginError
 from runtime import hosts, ns, process, sandbox, supervisor
 from runtime.containers import ContainerError
 from runtime.process import InitSpec
@@ -48,17 +50,17 @@ T = TypeVar("T")
 MAX_IFNAME = 15
 
 
-@dataclass
-class NodeSpec:
+@dataclass(frozen=True)
+class NodeStart:
     """One node of a batch, as ``cnmkit run -d`` takes it. ``networks`` are ``NET[,ip=..][,alias=..]``
     and become eth0, eth1, ... in order."""
 
     name: str
     command: list[str]
-    networks: list[str] = field(default_factory=list)
     hostname: str | None = None
-    rootfs: str | None = None
+    networks: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
+    rootfs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,32 @@ class Link:
 
 
 @dataclass(frozen=True)
-class Container:
+class Started:
     """A started node: what a lab needs to find and reach it."""
 
-    id: str
     name: str
-    init_pid: int
-    pid: int
+    id: str
     netns: str
+    init_pid: int = 0
+    pid: int = 0
+
+
+class NodeFailed(ContainerError):
+    """A failure that belongs to one node of the batch (its message starts with the node's name)."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"{node}: {message}")
+        self.node = node
+
+
+class BatchError(ContainerError):
+    """``start_nodes`` failed: the batch was unwound whole, so ``started`` is empty and nothing of
+    any node remains; ``failed`` names the node at fault ("" when the fault was no one node's)."""
+
+    def __init__(self, message: str, started: list[Started], failed: str) -> None:
+        super().__init__(message)
+        self.started = started
+        self.failed = failed
 
 
 class _Engines:
@@ -185,8 +205,24 @@ def new_netns(path: str) -> None:
 
 # -- up ---------------------------------------------------------------------------------------
 
-def start_many(svc: ContainerService, specs: Sequence[NodeSpec], links: Sequence[Link] = (), *,
-               workers: int = 4) -> list[Container]:
+def start_nodes(svc: ContainerService, nodes: Sequence[NodeStart],
+                progress: Callable[[Started], None] | None = None, *, links: Sequence[Link] = (),
+                workers: int = 4) -> list[Started]:
+    """The lab deployer's call: ``start_many``, then ``progress`` for every node, in order."""
+    try:
+        started = start_many(svc, nodes, links, workers=workers)
+    except NodeFailed as exc:
+        raise BatchError(str(exc), [], exc.node) from None
+    except (ContainerError, PluginError, DaemonUnavailable) as exc:
+        raise BatchError(str(exc), [], "") from None
+    if progress is not None:
+        for node in started:
+            progress(node)
+    return started
+
+
+def start_many(svc: ContainerService, specs: Sequence[NodeStart], links: Sequence[Link] = (), *,
+               workers: int = 4) -> list[Started]:
     """Create and start every node (detached), then return them in the order given.
 
     Nothing remains if this raises: a bad spec is refused before anything is taken, and a
@@ -201,15 +237,19 @@ def start_many(svc: ContainerService, specs: Sequence[NodeSpec], links: Sequence
         if spec.name in seen:
             raise ContainerError(f"node {spec.name!r} given twice")
         seen.add(spec.name)
-        configs.append(svc.prepare(spec.command, name=spec.name, networks=spec.networks, hostname=spec.hostname,
-                                   rootfs=spec.rootfs, env=spec.env, detach=True, network_ids=network_ids))
+        try:
+            configs.append(svc.prepare(spec.command, name=spec.name, networks=spec.networks,
+                                       hostname=spec.hostname, rootfs=spec.rootfs, env=spec.env, detach=True,
+                                       network_ids=network_ids))
+        except ContainerError as exc:
+            raise NodeFailed(spec.name, str(exc)) from None
     _check_links(links, {c.name: c for c in configs})
     by_name = {c.name: c.id for c in configs}
     with svc.store.locked():
         taken = {svc.store._name_of(cid) for cid in svc.store.ids()}
         clash = next((c.name for c in configs if c.name in taken), None)
         if clash is not None:
-            raise ContainerError(f"container name {clash!r} is already in use")
+            raise NodeFailed(clash, f"container name {clash!r} is already in use")
         for config in configs:
             svc.store.create(config)
         try:
@@ -222,7 +262,7 @@ def start_many(svc: ContainerService, specs: Sequence[NodeSpec], links: Sequence
         out = []
         for config in configs:
             state = svc.store.load_state(config.id)
-            out.append(Container(config.id, config.name, state.init_pid, state.pid, state.netns))
+            out.append(Started(config.name, config.id, state.netns, state.init_pid, state.pid))
     return out
 
 
@@ -260,9 +300,12 @@ def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool
 
         def network(cid: str) -> None:
             state = states[cid]
-            new_netns(state.netns)
-            for index, req in enumerate(configs[cid].networks):
-                svc._attach_one(cid, state, req, f"eth{index}", engine=engines.get())
+            try:
+                new_netns(state.netns)
+                for index, req in enumerate(configs[cid].networks):
+                    svc._attach_one(cid, state, req, f"eth{index}", engine=engines.get())
+            except (ContainerError, PluginError, DaemonUnavailable) as exc:
+                raise NodeFailed(configs[cid].name, str(exc)) from None
 
         errors = _parallel(network, cids, workers)
         if not errors and links:
@@ -283,7 +326,8 @@ def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool
         failed = next((s for s in started if s.error), None)
         if failed is not None:
             _kill_inits(started)
-            raise ContainerError(failed.error)
+            raise NodeFailed(configs[failed.cid].name, failed.error) if len(cids) > 1 else \
+                ContainerError(failed.error)
     except BaseException:
         _parallel(lambda cid: _quiet_release(svc, cid, states[cid], engines.get()), cids, workers)
         release_own_mount(os.path.join(svc.run_dir, "netns"))

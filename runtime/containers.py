@@ -36,7 +36,7 @@ from runtime.state import (
 )
 
 if TYPE_CHECKING:
-    from runtime.batch import Container, Link, NodeSpec
+    from runtime.batch import Link, NodeStart, Started
     from runtime.supervisor import Supervisor
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
@@ -155,8 +155,8 @@ class ContainerService:
                 raise
         return config.id, sup
 
-    def start_many(self, specs: Sequence[NodeSpec], links: Sequence[Link] = (), *,
-                   workers: int = 4) -> list[Container]:
+    def start_many(self, specs: Sequence[NodeStart], links: Sequence[Link] = (), *,
+                   workers: int = 4) -> list[Started]:
         """Start a set of detached containers at once (a lab); see ``runtime.batch``."""
         from runtime import batch
 

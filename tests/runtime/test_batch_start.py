@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.batch import Link, NodeSpec
+from runtime.batch import BatchError, Link, NodeStart, start_nodes
 from runtime.containers import ContainerError, ContainerService
 from tests.conftest import ip_json
 from tests.runtime.conftest import Host
@@ -61,8 +61,8 @@ def test_batch_gives_every_node_its_namespaces_no_python_and_correct_hosts(host:
     h.cli("network", "create", "--subnet", "10.97.0.0/24", "lan")
     svc = _service(h)
     try:
-        specs = [NodeSpec(f"n{i}", ["sleep", "100000"], networks=["lan"], hostname=f"host{i}") for i in range(5)]
-        specs.append(NodeSpec("solo", ["sleep", "100000"]))
+        specs = [NodeStart(f"n{i}", ["sleep", "100000"], networks=["lan"], hostname=f"host{i}") for i in range(5)]
+        specs.append(NodeStart("solo", ["sleep", "100000"]))
         links = [Link("n0", "p1", "solo", "p1", mtu=1400, a_address="192.0.2.1/30", b_address="192.0.2.2/30")]
         nodes = svc.start_many(specs, links)
         assert [n.name for n in nodes] == [s.name for s in specs]
@@ -130,17 +130,21 @@ def test_a_failing_node_unwinds_the_whole_batch(host: Host) -> None:
     svc = _service(h)
     try:
         # Six addresses in a /29 (gateway taken): the seventh node cannot get one.
-        specs = [NodeSpec(f"t{i}", ["sleep", "100000"], networks=["tiny"]) for i in range(7)]
-        with pytest.raises(ContainerError):
-            svc.start_many(specs)
+        specs = [NodeStart(f"t{i}", ["sleep", "100000"], networks=["tiny"]) for i in range(7)]
+        seen: list[str] = []
+        with pytest.raises(BatchError) as caught:
+            start_nodes(svc, specs, lambda node: seen.append(node.name))
+        assert caught.value.failed in {s.name for s in specs}, str(caught.value)
+        assert str(caught.value).startswith(f"{caught.value.failed}: ")
+        assert caught.value.started == [] and seen == []
         assert svc.store.ids() == []
         assert not list((h.run_dir / "netns").iterdir())
         assert json.loads(h.cli("--format", "json", "network", "inspect", "tiny").stdout)[0]["EndpointList"] == []
         # Bad input is refused before anything is taken, naming what is wrong.
         with pytest.raises(ContainerError, match="no node 'ghost'"):
-            svc.start_many([NodeSpec("a", ["true"])], [Link("a", "e1", "ghost", "e1")])
+            svc.start_many([NodeStart("a", ["true"])], [Link("a", "e1", "ghost", "e1")])
         with pytest.raises(ContainerError, match="given twice"):
-            svc.start_many([NodeSpec("a", ["true"]), NodeSpec("a", ["true"])])
+            svc.start_many([NodeStart("a", ["true"]), NodeStart("a", ["true"])])
         assert svc.store.ids() == []
     finally:
         svc.close()
