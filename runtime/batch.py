@@ -317,7 +317,9 @@ def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool
         for cid in cids:
             hosts.write_in_place(svc.store.path(cid, "hostname"), configs[cid].hostname + "\n")
             hosts.write_in_place(svc.store.path(cid, "resolv.conf"), resolv)
-        svc._refresh_hosts()                       # once for the batch: peers know each other at start
+        # Once for the batch, before any init starts: the nodes know each other and their peers
+        # learn of them (their files rendered, one block appended to each peer's).
+        svc._hosts_join({cid: (configs[cid], states[cid]) for cid in cids})
         launches = [supervisor.Launch(cid, _init_spec(svc, configs[cid], states[cid]),
                                       None if foreground else svc.store.log_path(cid)) for cid in cids]
         sup, started = supervisor.spawn(launches, svc.on_exit_callback(),
@@ -331,7 +333,7 @@ def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool
     except BaseException:
         _parallel(lambda cid: _quiet_release(svc, cid, states[cid], engines.get()), cids, workers)
         release_own_mount(os.path.join(svc.run_dir, "netns"))
-        svc._refresh_hosts()
+        svc._hosts_leave(cids)
         engines.close()
         raise
     engines.close()
@@ -462,7 +464,7 @@ def stop_many(svc: ContainerService, refs: Sequence[str], timeout: float = 10.0,
 
             _parallel(release, cids, workers)
             release_own_mount(os.path.join(svc.run_dir, "netns"))
-            svc._refresh_hosts()
+            svc._hosts_leave(cids)
     finally:
         engines.close()
     for pid, start in supervisors:

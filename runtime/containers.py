@@ -249,7 +249,7 @@ class ContainerService:
         if os.path.isdir(self.store.dir(cid)):
             self.store.save_state(cid, state)
         if refresh:
-            self._refresh_hosts()
+            self._hosts_leave([cid])
         if kept:
             raise ContainerError(f"endpoints of {cid[:12]} not released: {problems[0]}")
 
@@ -348,7 +348,7 @@ class ContainerService:
             state = self.store.load_state(cid)
             self._release_locked(cid, state)
             self.store.delete(cid)
-            self._refresh_hosts()
+            self._hosts_leave([cid])
         for pid, start in supervisors:
             self._end_supervisor(pid, start)
         return cid
@@ -536,7 +536,7 @@ class ContainerService:
             with contextlib.suppress(OSError, ValueError):
                 config, state = self.store.load_config(cid), self.store.load_state(cid)
                 if state.attachments or state.status == STATUS_RUNNING:
-                    members[cid] = hosts.Member(config.name, config.hostname, tuple(state.attachments))
+                    members[cid] = _member(config, state)
         for cid, text in hosts.render_all(members).items():
             path = self.store.path(cid, "hosts")
             with contextlib.suppress(OSError):
@@ -545,6 +545,38 @@ class ContainerService:
                         continue                          # unchanged: spare the write
             with contextlib.suppress(OSError):
                 hosts.write_in_place(path, text)
+        hosts.Index(self._hosts_index_path(), members).save()
+
+    def _hosts_index_path(self) -> str:
+        return os.path.join(self.store.root, ".hosts-index.json")
+
+    def _hosts_index(self) -> hosts.Index | None:
+        return hosts.Index.load(self._hosts_index_path(), lambda cid: os.path.isdir(self.store.dir(cid)))
+
+    def _hosts_join(self, records: dict[str, tuple[ContainerConfig, ContainerState]]) -> None:
+        """Containers join name resolution: their files in full, their lines appended to their
+        peers' (hosts.Index); a full refresh when there is no index yet."""
+        index = self._hosts_index()
+        if index is None:
+            self._refresh_hosts()
+            return
+        index.add({cid: _member(c, s) for cid, (c, s) in records.items()},
+                  lambda cid: self.store.path(cid, "hosts"))
+
+    def _hosts_leave(self, cids: Sequence[str]) -> None:
+        """Containers leave name resolution: their lines go from their peers' files."""
+        index = self._hosts_index()
+        if index is None:
+            self._refresh_hosts()
+            return
+        index.remove(cids, lambda cid: self.store.path(cid, "hosts"))
+
+
+def _member(config: ContainerConfig, state: ContainerState) -> hosts.Member:
+    """What name resolution needs of a container (the index keeps no more than this)."""
+    keep = ("network_id", "address", "address_v6", "aliases")
+    return hosts.Member(config.name, config.hostname,
+                        tuple({k: a.get(k) for k in keep if a.get(k) is not None} for a in state.attachments))
 
 
 def _check_command(command: str, path: str, rootfs: str | None) -> None:
