@@ -41,6 +41,7 @@ from runtime.batch import Link, NodeStart  # noqa: E402
 from runtime.containers import ContainerService  # noqa: E402
 
 MININET_PY = "/usr/bin/python3"
+WORKERS = int(os.environ.get("CNMKIT_BATCH_WORKERS", "8"))
 MININET_WORKER = r"""
 import json, sys, time
 from mininet.log import setLogLevel
@@ -109,11 +110,11 @@ def cnmkit_case(svc: ContainerService, kind: str, n: int) -> dict[str, float]:
                       b_address=f"10.{92 + (i >> 14)}.{(i >> 6) & 255}.{(i & 63) * 4 + 2}/30")
                  for i in range(n - 1)]
     t0 = time.perf_counter()
-    nodes = svc.start_many(specs, links)
+    nodes = svc.start_many(specs, links, workers=WORKERS)
     up = time.perf_counter() - t0
     assert len(nodes) == n and all(node.init_pid for node in nodes)
     t0 = time.perf_counter()
-    svc.stop_many([node.id for node in nodes], timeout=10.0)
+    svc.stop_many([node.id for node in nodes], timeout=10.0, workers=WORKERS)
     down = time.perf_counter() - t0
     left = svc.store.ids()
     assert not left, f"records left: {left}"

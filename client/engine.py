@@ -228,9 +228,14 @@ class Engine:
     # -- endpoints ----------------------------------------------------------------------------
 
     def attach(self, network: str, sandbox_key: str, *, ip: str | None = None, ip6: str | None = None,
-               mac: str | None = None, direct: bool = False) -> Attachment:
-        """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure."""
-        net = self.inspect_network(network)
+               mac: str | None = None, direct: bool = False, net: dict[str, Any] | None = None) -> Attachment:
+        """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure.
+
+        ``net`` is the network as ``inspect_network`` gave it, when the caller (a batch of nodes on
+        the same network) asked once for all: the reply lists every endpoint, so asking per node
+        costs O(n) per node.
+        """
+        net = net or self.inspect_network(network)
         transport = self.driver(net["Driver"])
         att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
         mtu = net.get("Options", {}).get(MTU_OPTION)
@@ -290,12 +295,15 @@ class Engine:
         undo.push(lambda: self._release(pool_id, address))
         return address, pool_id
 
-    def detach(self, att: Attachment) -> None:
-        """``docker network disconnect``/stop: every step runs even if an earlier one failed."""
+    def detach(self, att: Attachment, driver: str | None = None) -> None:
+        """``docker network disconnect``/stop: every step runs even if an earlier one failed.
+
+        ``driver`` is the network's driver when the caller knows it (a batch asks once per network).
+        """
         ref = {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}
         errors: list[str] = []
         try:
-            transport: PluginTransport | None = self.driver(self.inspect_network(att.network_id)["Driver"])
+            transport: PluginTransport | None = self.driver(driver or self.inspect_network(att.network_id)["Driver"])
         except PluginError:
             transport = None                            # the network is gone: its endpoints went with it
         steps: list[Callable[[], object]] = []

@@ -156,13 +156,13 @@ class ContainerService:
         return config.id, sup
 
     def start_many(self, specs: Sequence[NodeStart], links: Sequence[Link] = (), *,
-                   workers: int = 4) -> list[Started]:
+                   workers: int = 8) -> list[Started]:
         """Start a set of detached containers at once (a lab); see ``runtime.batch``."""
         from runtime import batch
 
         return batch.start_many(self, specs, links, workers=workers)
 
-    def stop_many(self, refs: Sequence[str], timeout: float = 10.0, *, workers: int = 4) -> list[str]:
+    def stop_many(self, refs: Sequence[str], timeout: float = 10.0, *, workers: int = 8) -> list[str]:
         """Stop and remove a set of containers at once, leaving nothing; see ``runtime.batch``."""
         from runtime import batch
 
@@ -197,10 +197,12 @@ class ContainerService:
 
         return on_exit
 
-    def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest,
-                    ifname: str, engine: Engine | None = None) -> dict[str, Any]:
+    def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest, ifname: str,
+                    engine: Engine | None = None, net: dict[str, Any] | None = None,
+                    configure: Any = None) -> dict[str, Any]:
         try:
-            att = (engine or self.engine).attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True)
+            att = (engine or self.engine).attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True,
+                                                 net=net)
         except PluginError as exc:
             raise ContainerError(f"network {req.network}: {exc}") from None
         record = att.to_dict() | {"ifname": ifname, "aliases": list(req.aliases), "default_route": False}
@@ -208,7 +210,7 @@ class ContainerService:
         self.store.save_state(cid, state)                  # recorded before configuring: rollback sees it
         has_default = any(a.get("default_route") for a in state.attachments)
         try:
-            record["default_route"] = sandbox.configure(state.netns, record, ifname, not has_default)
+            record["default_route"] = (configure or sandbox.configure)(state.netns, record, ifname, not has_default)
         except Exception as exc:
             raise ContainerError(f"configuring {ifname} for network {req.network}: {exc}") from exc
         self.store.save_state(cid, state)
@@ -223,7 +225,7 @@ class ContainerService:
     # -- release --------------------------------------------------------------------------------
 
     def _release_locked(self, cid: str, state: ContainerState, *, refresh: bool = True,
-                        engine: Engine | None = None) -> None:
+                        engine: Engine | None = None, drivers: dict[str, str] | None = None) -> None:
         """Detach every endpoint and remove the sandbox; keeps what could not be released recorded.
 
         A batch passes ``refresh=False`` and refreshes the hosts files once for all its members.
@@ -232,7 +234,8 @@ class ContainerService:
         problems: list[str] = []
         for record in state.attachments:
             try:
-                (engine or self.engine).detach(Attachment.from_dict(record))
+                (engine or self.engine).detach(Attachment.from_dict(record),
+                                               (drivers or {}).get(record.get("network_id", "")))
             except DaemonUnavailable as exc:
                 kept.append(record)
                 problems.append(str(exc))

@@ -92,6 +92,16 @@ def test_batch_gives_every_node_its_namespaces_no_python_and_correct_hosts(host:
                     (node.name, other.name, hosts_lines)
             assert not any("solo" in words for words in hosts_lines)
 
+        # The LAN side as the Join said: address, MAC, up, default route via the gateway.
+        gateway = json.loads(h.cli("network", "inspect", "lan").stdout)[0]["IPv4"][0]["Gateway"].split("/")[0]
+        for node in nodes[:5]:
+            (eth0,) = json.loads(_in_node(node.init_pid, "ip", "-j", "addr", "show", "eth0"))
+            assert "UP" in eth0["flags"]
+            assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [addresses[node.name]]
+            routes = json.loads(_in_node(node.init_pid, "ip", "-j", "route"))
+            assert {"dst": "default", "gateway": gateway, "dev": "eth0"}.items() <= next(
+                r for r in routes if r["dst"] == "default").items()
+
         # The link: both ends up, addressed, in the right namespaces (iproute2 as the oracle).
         end_a = json.loads(_in_node(nodes[0].init_pid, "ip", "-j", "addr", "show", "p1"))[0]
         end_b = json.loads(_in_node(nodes[5].init_pid, "ip", "-j", "addr", "show", "p1"))[0]
