@@ -162,12 +162,14 @@ def own_mount(directory: str) -> None:
     ``release_own_mount`` takes it away again once the last sandbox is gone.
     """
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    directory = os.path.realpath(directory)
     if directory not in ns.mount_points_under(directory):
         ns.mount(directory, directory, None, ns.MS_BIND)
 
 
 def release_own_mount(directory: str) -> None:
     """Unmount ``own_mount``'s mount when no sandbox is left in it (the caller holds the lock)."""
+    directory = os.path.realpath(directory)
     with contextlib.suppress(OSError):
         if os.listdir(directory):
             return
@@ -350,6 +352,8 @@ def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool
                     svc._attach_one(cid, state, req, f"eth{index}", engine=engines.get(), net=nets[req.network],
                                     configure=configure_fast)
             except (ContainerError, PluginError, DaemonUnavailable) as exc:
+                if len(cids) == 1:
+                    raise                                    # a plain run: its message as it was
                 raise NodeFailed(configs[cid].name, str(exc)) from None
 
         errors = _parallel(network, cids, workers)

@@ -257,7 +257,7 @@ class ContainerService:
             raise ContainerError(f"endpoints of {cid[:12]} not released: {problems[0]}")
 
     def on_shim_exit(self, cid: str, code: int) -> None:
-        """Called by the shim when the container's init has ended."""
+        """Called by the batch's supervisor when the container's init has ended."""
         with self.store.locked():
             if not os.path.isdir(self.store.dir(cid)):
                 return
@@ -522,11 +522,6 @@ class ContainerService:
         return out
 
     # -- /etc files -----------------------------------------------------------------------------
-
-    def _write_etc(self, cid: str, config: ContainerConfig, state: ContainerState) -> None:
-        hosts.write_in_place(self.store.path(cid, "hostname"), config.hostname + "\n")
-        resolv = hosts.render_resolv(hosts.read_host_resolv())
-        hosts.write_in_place(self.store.path(cid, "resolv.conf"), resolv)
 
     def _refresh_hosts(self) -> None:
         """Rewrite the hosts file of every container from the current records (caller holds the lock).

@@ -33,7 +33,7 @@ _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 @dataclass(frozen=True)
 class InitSpec:
-    """Everything the container's init needs, gathered by the shim from the record."""
+    """Everything the container's init needs, gathered from the record (runtime/batch.py)."""
 
     command: list[str]
     env: dict[str, str]
@@ -136,7 +136,7 @@ def defer_signals() -> list[int]:
 
     A foreground ``cnmkit run`` must not die from a signal that arrives while the container is
     being set up (the default action would orphan a running container); ``wait_foreground``
-    replays what was held once the shim exists.
+    replays what was held once the container's init exists.
     """
     pending: list[int] = []
     for sig in FORWARDED_SIGNALS:
