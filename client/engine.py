@@ -88,6 +88,9 @@ class Engine:
         self.timeout = timeout
         self.ipam = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout)
         self._drivers: dict[str, PluginTransport] = {}
+        # Set by a caller that attaches many endpoints to the same networks at once (runtime/batch.py):
+        # the pool ids do not change under it, so PoolList is asked once, not once per endpoint.
+        self.pool_ids: dict[tuple[str, str], str] | None = None
 
     def driver(self, name: str) -> PluginTransport:
         name = name if name.startswith("cnmkit-") else f"cnmkit-{name}"
@@ -124,6 +127,14 @@ class Engine:
         return [str(a) for a in self.ipam.call("Cnmkit.Reconcile", body)["Actions"]]
 
     def _pool_id(self, cidr: str, space: str) -> str:
+        if self.pool_ids is not None and (cidr, space) in self.pool_ids:
+            return self.pool_ids[(cidr, space)]
+        found = self._find_pool_id(cidr, space)
+        if self.pool_ids is not None:
+            self.pool_ids[(cidr, space)] = found
+        return found
+
+    def _find_pool_id(self, cidr: str, space: str) -> str:
         for pool in self.list_pools():
             if pool.get("Pool") == cidr and (not space or pool.get("AddressSpace") == space):
                 return str(pool["PoolID"])

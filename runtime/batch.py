@@ -111,6 +111,7 @@ class _Engines:
 
     def __init__(self, plugin_dir: str) -> None:
         self.plugin_dir = plugin_dir
+        self.pool_ids: dict[tuple[str, str], str] = {}        # shared: one PoolList per batch
         self._local = threading.local()
         self._all: list[Engine] = []
         self._lock = threading.Lock()
@@ -119,6 +120,7 @@ class _Engines:
         engine = getattr(self._local, "engine", None)
         if engine is None:
             engine = self._local.engine = Engine(plugin_dir=self.plugin_dir)
+            engine.pool_ids = self.pool_ids
             with self._lock:
                 self._all.append(engine)
         return engine
