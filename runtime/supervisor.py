@@ -235,6 +235,8 @@ def _command_pid(init_pid: int) -> int:
             return 0
         if kids:
             return int(kids[0])
+        if start_time(init_pid) is None:          # the init has ended (a zombie until we reap it)
+            return 0
         time.sleep(0.0005)
     return 0
 
