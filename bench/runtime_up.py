@@ -83,7 +83,8 @@ def start_daemon(ns: str, tmp: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=ROOT)
     log = open(os.path.join(tmp, "daemon.log"), "ab")
     proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "cli.main",
-                             "--plugin-dir", f"{tmp}/plugins", "--state-dir", f"{tmp}/state", "daemon"],
+                             "--plugin-dir", f"{tmp}/plugins", "--state-dir", f"{tmp}/state", "daemon",
+                             "--sandbox-dir", f"{tmp}/run/netns"],
                             env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     for _ in range(300):
