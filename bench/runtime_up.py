@@ -8,7 +8,8 @@ removes all of it at the end. Three columns per N:
 * **cnmkit**: ``ContainerService.run(-d)`` in-process (no CLI start-up), phases timed by
   wrapping the service's steps: sandbox netns, attach (RequestAddress + CreateEndpoint + Join
   with the veth born in the sandbox + EndpointOperInfo, over the plugin socket), configure
-  (rename, MAC, MTU, address, up, routes), /etc files + hosts refresh, shim start; then ``rm -f``.
+  (rename, MAC, MTU, address, up, routes), /etc files + hosts refresh, init start (the forked
+  supervisor and its tini init, runtime/supervisor.py); then ``rm -f``.
 * **cni-bridge**: the reference CNI bridge plugin's ADD/DEL (/usr/lib/cni/bridge + host-local)
   on the same kind of netns: the network part only, as a container runtime would call it.
 * **floor**: the same kernel work with no protocol, no IPAM and no processes: veth born in the
@@ -34,8 +35,9 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from client.engine import Engine  # noqa: E402
 from drivers.kernel import Kernel  # noqa: E402
-from runtime import process, sandbox  # noqa: E402
+from runtime import batch, sandbox, supervisor  # noqa: E402
 from runtime.containers import ContainerService  # noqa: E402
 
 CNI_DIR = "/usr/lib/cni"
@@ -81,7 +83,8 @@ def start_daemon(ns: str, tmp: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=ROOT)
     log = open(os.path.join(tmp, "daemon.log"), "ab")
     proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "cli.main",
-                             "--plugin-dir", f"{tmp}/plugins", "--state-dir", f"{tmp}/state", "daemon"],
+                             "--plugin-dir", f"{tmp}/plugins", "--state-dir", f"{tmp}/state", "daemon",
+                             "--sandbox-dir", f"{tmp}/run/netns"],
                             env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     for _ in range(300):
@@ -94,12 +97,12 @@ def start_daemon(ns: str, tmp: str) -> subprocess.Popen:
 
 def bench_cnmkit(svc: ContainerService, n: int) -> dict[str, Any]:
     phases = Phases()
-    phases.wrap(sandbox, "create_netns", "netns")
-    phases.wrap(svc.engine, "attach", "attach (protocol)")
-    phases.wrap(sandbox, "configure", "configure")
-    phases.wrap(svc, "_refresh_hosts", "hosts refresh")
-    phases.wrap(process, "spawn_shim", "shim start")
-    phases.wrap(svc.engine, "detach", "detach (protocol)")
+    phases.wrap(batch, "new_netns", "netns")
+    phases.wrap(Engine, "attach", "attach (protocol)")          # the batch's per-thread connections too
+    phases.wrap(batch, "configure_fast", "configure")
+    phases.wrap(svc, "_hosts_join", "hosts (incremental join)")
+    phases.wrap(supervisor, "spawn", "init start")
+    phases.wrap(Engine, "detach", "detach (protocol)")
     phases.wrap(sandbox, "remove_netns", "netns remove")
     try:
         t0 = time.perf_counter()

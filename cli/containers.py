@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace, svc: ContainerService) -> int:
 
     pending = [] if args.detach else process.defer_signals()
     try:
-        cid, shim = svc.run(_command(args.cmd), name=args.name, networks=args.network, hostname=args.hostname,
+        cid, sup = svc.run(_command(args.cmd), name=args.name, networks=args.network, hostname=args.hostname,
                             rootfs=args.rootfs, env=args.env, detach=args.detach)
     except BaseException:
         if not args.detach:
@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace, svc: ContainerService) -> int:
     if args.detach:
         line(cid)
         return 0
-    return svc.wait_foreground(shim, pending)
+    return svc.wait_foreground(cid, sup, pending)
 
 
 def cmd_exec(args: argparse.Namespace, svc: ContainerService) -> int:

@@ -88,6 +88,9 @@ class Engine:
         self.timeout = timeout
         self.ipam = PluginTransport(os.path.join(plugin_dir, "cnmkit.sock"), timeout)
         self._drivers: dict[str, PluginTransport] = {}
+        # Set by a caller that attaches many endpoints to the same networks at once (runtime/batch.py):
+        # the pool ids do not change under it, so PoolList is asked once, not once per endpoint.
+        self.pool_ids: dict[tuple[str, str], str] | None = None
 
     def driver(self, name: str) -> PluginTransport:
         name = name if name.startswith("cnmkit-") else f"cnmkit-{name}"
@@ -124,6 +127,14 @@ class Engine:
         return [str(a) for a in self.ipam.call("Cnmkit.Reconcile", body)["Actions"]]
 
     def _pool_id(self, cidr: str, space: str) -> str:
+        if self.pool_ids is not None and (cidr, space) in self.pool_ids:
+            return self.pool_ids[(cidr, space)]
+        found = self._find_pool_id(cidr, space)
+        if self.pool_ids is not None:
+            self.pool_ids[(cidr, space)] = found
+        return found
+
+    def _find_pool_id(self, cidr: str, space: str) -> str:
         for pool in self.list_pools():
             if pool.get("Pool") == cidr and (not space or pool.get("AddressSpace") == space):
                 return str(pool["PoolID"])
@@ -230,9 +241,14 @@ class Engine:
     # -- endpoints ----------------------------------------------------------------------------
 
     def attach(self, network: str, sandbox_key: str, *, ip: str | None = None, ip6: str | None = None,
-               mac: str | None = None, direct: bool = False) -> Attachment:
-        """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure."""
-        net = self.inspect_network(network)
+               mac: str | None = None, direct: bool = False, net: dict[str, Any] | None = None) -> Attachment:
+        """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure.
+
+        ``net`` is the network as ``inspect_network`` gave it, when the caller (a batch of nodes on
+        the same network) asked once for all: the reply lists every endpoint, so asking per node
+        costs O(n) per node.
+        """
+        net = net or self.inspect_network(network)
         transport = self.driver(net["Driver"])
         att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
         mtu = net.get("Options", {}).get(MTU_OPTION)
@@ -292,12 +308,15 @@ class Engine:
         undo.push(lambda: self._release(pool_id, address))
         return address, pool_id
 
-    def detach(self, att: Attachment) -> None:
-        """``docker network disconnect``/stop: every step runs even if an earlier one failed."""
+    def detach(self, att: Attachment, driver: str | None = None) -> None:
+        """``docker network disconnect``/stop: every step runs even if an earlier one failed.
+
+        ``driver`` is the network's driver when the caller knows it (a batch asks once per network).
+        """
         ref = {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}
         errors: list[str] = []
         try:
-            transport: PluginTransport | None = self.driver(self.inspect_network(att.network_id)["Driver"])
+            transport: PluginTransport | None = self.driver(driver or self.inspect_network(att.network_id)["Driver"])
         except PluginError:
             transport = None                            # the network is gone: its endpoints went with it
         steps: list[Callable[[], object]] = []

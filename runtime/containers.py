@@ -18,16 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.engine import Attachment, DaemonUnavailable, Engine, PluginError
 from runtime import hosts, names, process, sandbox
 from runtime.state import (
-    STATUS_CREATED,
     STATUS_EXITED,
     STATUS_RUNNING,
     ContainerConfig,
@@ -36,6 +34,10 @@ from runtime.state import (
     StateStore,
     new_id,
 )
+
+if TYPE_CHECKING:
+    from runtime.batch import Link, NodeStart, Started
+    from runtime.supervisor import Supervisor
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
 EXIT_UNKNOWN = -1
@@ -81,6 +83,22 @@ class ContainerService:
                hostname: str | None = None, rootfs: str | None = None, env: Sequence[str] = (),
                detach: bool = False) -> ContainerConfig:
         """Validate everything that can be validated up front, then write the record (locked)."""
+        config = self.prepare(command, name=name, networks=networks, hostname=hostname, rootfs=rootfs,
+                              env=env, detach=detach)
+        with self.store.locked():
+            if self.store.name_taken(config.name):
+                raise ContainerError(f"container name {config.name!r} is already in use")
+            self.store.create(config)
+        return config
+
+    def prepare(self, command: list[str], *, name: str | None = None, networks: Sequence[str] = (),
+                hostname: str | None = None, rootfs: str | None = None, env: Sequence[str] = (),
+                detach: bool = False, network_ids: dict[str, str] | None = None) -> ContainerConfig:
+        """The record ``create`` would write, checked; nothing is written or taken.
+
+        ``network_ids`` caches network name -> id across the nodes of a batch, so a lab of 200
+        nodes on one network asks the daemon about it once, not 200 times.
+        """
         if not command:
             raise ContainerError("run: no command given (use: cnmkit run [OPTIONS] -- CMD [ARG...])")
         try:
@@ -105,83 +123,86 @@ class ContainerService:
                 raise ContainerError(f"bad -e {item!r}: expected KEY=VALUE")
             environment[key] = value
         seen: set[str] = set()
+        known = {} if network_ids is None else network_ids
         for req in requests:
-            net = self._inspect_network(req.network)
-            if net["Id"] in seen:
+            if req.network not in known:
+                known[req.network] = self._inspect_network(req.network)["Id"]
+            if known[req.network] in seen:
                 raise ContainerError(f"network {req.network} given twice")
-            seen.add(net["Id"])
+            seen.add(known[req.network])
         _check_command(command[0], environment["PATH"], rootfs)
         cid = new_id()
         name = name or f"c-{cid[:12]}"
         hostname = hostname or name
         environment.setdefault("HOSTNAME", hostname)
-        config = ContainerConfig(id=cid, name=name, command=list(command), hostname=hostname,
-                                 networks=requests, env=environment, rootfs=rootfs, detach=detach,
-                                 created=time.time(), plugin_dir=self.plugin_dir, run_dir=self.run_dir)
-        with self.store.locked():
-            if self.store.name_taken(name):
-                raise ContainerError(f"container name {name!r} is already in use")
-            self.store.create(config)
-        return config
+        return ContainerConfig(id=cid, name=name, command=list(command), hostname=hostname,
+                               networks=requests, env=environment, rootfs=rootfs, detach=detach,
+                               created=time.time(), plugin_dir=self.plugin_dir, run_dir=self.run_dir)
 
     def run(self, command: list[str], *, name: str | None = None, networks: Sequence[str] = (),
             hostname: str | None = None, rootfs: str | None = None, env: Sequence[str] = (),
-            detach: bool = False) -> tuple[str, subprocess.Popen]:
-        """Create and start; returns (id, shim process). Nothing remains if this raises."""
+            detach: bool = False) -> tuple[str, Supervisor]:
+        """Create and start (a batch of one); returns (id, supervisor). Nothing remains if this raises."""
+        from runtime import batch
+
         config = self.create(command, name=name, networks=networks, hostname=hostname, rootfs=rootfs,
                              env=env, detach=detach)
         with self.store.locked():
             try:
-                shim = self._start_locked(config.id, detach=detach)
+                sup, _ = batch.start_locked(self, [config.id], foreground=not detach)
             except BaseException:
                 self.store.delete(config.id)
                 raise
-        return config.id, shim
+        return config.id, sup
 
-    def wait_foreground(self, shim: subprocess.Popen, pending: Sequence[int] = ()) -> int:
-        """Wait for a foreground container, passing our signals to it; its exit code.
+    def start_many(self, specs: Sequence[NodeStart], links: Sequence[Link] = (), *,
+                   workers: int = 8) -> list[Started]:
+        """Start a set of detached containers at once (a lab); see ``runtime.batch``."""
+        from runtime import batch
+
+        return batch.start_many(self, specs, links, workers=workers)
+
+    def stop_many(self, refs: Sequence[str], timeout: float = 10.0, *, workers: int = 8) -> list[str]:
+        """Stop and remove a set of containers at once, leaving nothing; see ``runtime.batch``."""
+        from runtime import batch
+
+        return batch.stop_many(self, refs, timeout, workers=workers)
+
+    def wait_foreground(self, cid: str, sup: Supervisor, pending: Sequence[int] = ()) -> int:
+        """Wait for a foreground container, passing our signals to its init; its exit code.
 
         ``pending`` holds signals that arrived during set-up (``process.defer_signals``): they are
         delivered once the forwarders are in place, so none is lost and none kills us first.
         """
-        process.forward_signals(shim.pid)
+        init_pid = self.store.load_state(cid).init_pid
+        process.forward_signals(init_pid)
         try:
             for sig in pending:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(shim.pid, sig)
-            return shim.wait()
+                    os.kill(init_pid, sig)
+            return sup.wait()
         finally:
             process.restore_signals()
 
-    def _start_locked(self, cid: str, *, detach: bool) -> subprocess.Popen:
-        """Sandbox, attachments, /etc files, shim; unwound completely if any step fails."""
-        config = self.store.load_config(cid)
-        state = ContainerState(status=STATUS_CREATED, netns=self._netns_path(cid))
-        self.store.save_state(cid, state)
-        try:
-            sandbox.create_netns(state.netns)
-            for index, req in enumerate(config.networks):
-                self._attach_one(cid, state, req, f"eth{index}")
-            self._write_etc(cid, config, state)
-            self._refresh_hosts()
-            shim, line = process.spawn_shim(self.state_dir, cid, detach=detach,
-                                            log_path=self.store.log_path(cid))
-            if not line.startswith("ok "):
-                shim.wait()
-                raise ContainerError(line[4:] if line.startswith("err ") else line)
-        except BaseException:
-            self._release_locked(cid, state)
-            raise
-        pid, init_pid, init_start = (int(x) for x in line.split()[1:4])
-        state.status, state.pid, state.init_pid, state.init_start = STATUS_RUNNING, pid, init_pid, init_start
-        state.shim_pid, state.started_at, state.exit_code = shim.pid, time.time(), None
-        self.store.save_state(cid, state)               # hosts were refreshed before the shim started
-        return shim
+    def on_exit_callback(self) -> Any:
+        """What a supervisor runs after reaping an init: the record's end, by a service of its own
+        (the caller's engine connection is the caller's, never shared with a forked child)."""
+        state_dir, plugin_dir, run_dir = self.state_dir, self.plugin_dir, self.run_dir
+        holder: list[ContainerService] = []
 
-    def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest,
-                    ifname: str) -> dict[str, Any]:
+        def on_exit(cid: str, code: int) -> None:
+            if not holder:
+                holder.append(ContainerService(state_dir, plugin_dir, run_dir))
+            holder[0].on_shim_exit(cid, code)
+
+        return on_exit
+
+    def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest, ifname: str,
+                    engine: Engine | None = None, net: dict[str, Any] | None = None,
+                    configure: Any = None) -> dict[str, Any]:
         try:
-            att = self.engine.attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True)
+            att = (engine or self.engine).attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True,
+                                                 net=net)
         except PluginError as exc:
             raise ContainerError(f"network {req.network}: {exc}") from None
         record = att.to_dict() | {"ifname": ifname, "aliases": list(req.aliases), "default_route": False}
@@ -189,7 +210,7 @@ class ContainerService:
         self.store.save_state(cid, state)                  # recorded before configuring: rollback sees it
         has_default = any(a.get("default_route") for a in state.attachments)
         try:
-            record["default_route"] = sandbox.configure(state.netns, record, ifname, not has_default)
+            record["default_route"] = (configure or sandbox.configure)(state.netns, record, ifname, not has_default)
         except Exception as exc:
             raise ContainerError(f"configuring {ifname} for network {req.network}: {exc}") from exc
         self.store.save_state(cid, state)
@@ -203,13 +224,18 @@ class ContainerService:
 
     # -- release --------------------------------------------------------------------------------
 
-    def _release_locked(self, cid: str, state: ContainerState) -> None:
-        """Detach every endpoint and remove the sandbox; keeps what could not be released recorded."""
+    def _release_locked(self, cid: str, state: ContainerState, *, refresh: bool = True,
+                        engine: Engine | None = None, drivers: dict[str, str] | None = None) -> None:
+        """Detach every endpoint and remove the sandbox; keeps what could not be released recorded.
+
+        A batch passes ``refresh=False`` and refreshes the hosts files once for all its members.
+        """
         kept: list[dict[str, Any]] = []
         problems: list[str] = []
         for record in state.attachments:
             try:
-                self.engine.detach(Attachment.from_dict(record))
+                (engine or self.engine).detach(Attachment.from_dict(record),
+                                               (drivers or {}).get(record.get("network_id", "")))
             except DaemonUnavailable as exc:
                 kept.append(record)
                 problems.append(str(exc))
@@ -219,14 +245,19 @@ class ContainerService:
         if state.netns:
             sandbox.remove_netns(state.netns)
             state.netns = ""
+            if refresh:                                  # a batch does this once, after all
+                from runtime.batch import release_own_mount
+
+                release_own_mount(os.path.dirname(self._netns_path(cid)))
         if os.path.isdir(self.store.dir(cid)):
             self.store.save_state(cid, state)
-        self._refresh_hosts()
+        if refresh:
+            self._hosts_leave([cid])
         if kept:
             raise ContainerError(f"endpoints of {cid[:12]} not released: {problems[0]}")
 
     def on_shim_exit(self, cid: str, code: int) -> None:
-        """Called by the shim when the container's init has ended."""
+        """Called by the batch's supervisor when the container's init has ended."""
         with self.store.locked():
             if not os.path.isdir(self.store.dir(cid)):
                 return
@@ -241,7 +272,7 @@ class ContainerService:
         """Make the record tell the truth about a container whose processes are gone."""
         state = self.store.load_state(cid)
         if state.status == STATUS_RUNNING and not process.alive(state.init_pid, state.init_start):
-            process.wait_gone(state.shim_pid, None, 5.0)   # its shim is writing the exit code
+            state = self._await_supervisor_record(cid, state)   # it is writing the exit code
             with self.store.locked():
                 state = self.store.load_state(cid)
                 if state.status == STATUS_RUNNING and not process.alive(state.init_pid, state.init_start):
@@ -251,6 +282,16 @@ class ContainerService:
                 if state.status != STATUS_RUNNING and (state.attachments or state.netns):
                     with contextlib.suppress(ContainerError):
                         self._release_locked(cid, state)
+        return state
+
+    def _await_supervisor_record(self, cid: str, state: ContainerState, timeout: float = 5.0) -> ContainerState:
+        """Give a live supervisor the moment it needs to record an init's end (it reaps, then
+        takes the lock): the exit code is its to write. Returns the record as it then stands."""
+        deadline = time.monotonic() + timeout
+        while (state.status == STATUS_RUNNING and process.alive(state.shim_pid, state.shim_start or None)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+            state = self.store.load_state(cid)
         return state
 
     # -- stop / start / rm ----------------------------------------------------------------------
@@ -278,10 +319,12 @@ class ContainerService:
             raise ContainerError(f"container {self.store.load_config(cid).name} is already running")
         for req in self.store.load_config(cid).networks:
             self._inspect_network(req.network)
+        from runtime import batch
+
         with self.store.locked():
             before = self.store.load_state(cid)
             try:
-                self._start_locked(cid, detach=True)
+                batch.start_locked(self, [cid], foreground=False)
             except BaseException:
                 after = self.store.load_state(cid)
                 after.status, after.exit_code = STATUS_EXITED, before.exit_code
@@ -296,39 +339,49 @@ class ContainerService:
     def rm(self, ref: str, force: bool = False) -> str:
         cid = self.resolve(ref)
         state = self._settle(cid)
+        supervisors = {(state.shim_pid, state.shim_start)} if state.shim_pid else set()
         if state.status == STATUS_RUNNING:
             if not force:
                 raise ContainerError(f"container {self.store.load_config(cid).name} is running: "
                                      "stop it first or use rm -f")
             self.stop(cid, timeout=0)
         else:
-            self._end_strays(cid)
+            supervisors |= self._end_strays(cid)
         with self.store.locked():
             state = self.store.load_state(cid)
             self._release_locked(cid, state)
             self.store.delete(cid)
-            self._refresh_hosts()
-        self._end_shim(cid, state.shim_pid)
+            self._hosts_leave([cid])
+        for pid, start in supervisors:
+            self._end_supervisor(pid, start)
         return cid
 
     @staticmethod
-    def _end_strays(cid: str) -> None:
-        """A start cut short (its CLI killed between the shim's "ok" and the record) leaves a shim
-        and init nobody wrote down: end them before their network goes. Killing init, PID 1 of the
-        container's PID namespace, ends every process in it."""
+    def _end_strays(cid: str) -> set[tuple[int, int]]:
+        """A start cut short (its CLI killed between the supervisor's report and the record) leaves
+        an init nobody wrote down: end it before its network goes. Killing init, PID 1 of the
+        container's PID namespace, ends every process in it. Returns its supervisor (its parent)."""
+        supervisors = set()
         for pid in process.container_pids(cid):
+            parent = process.parent_pid(pid)
+            if parent > 1:
+                supervisors.add((parent, process.start_time(parent) or 0))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             process.wait_gone(pid, None, 5.0)
+        return supervisors
 
     @staticmethod
-    def _end_shim(cid: str, pid: int) -> None:
-        """rm leaves no process behind: a shim still finishing its own exit path (slow under load)
-        is given a moment, then killed; its container's record and network are already gone."""
-        if pid and process.is_shim_of(pid, cid) and not process.wait_gone(pid, None, 5.0):
+    def _end_supervisor(pid: int, start: int) -> None:
+        """rm leaves no process behind: a supervisor with no container left ends by itself once
+        it has finished its exit path (slow under load); it is given a moment, then killed. One
+        that still has other containers of its batch to watch is left alone."""
+        if not pid or not process.alive(pid, start or None) or process.children(pid):
+            return
+        if not process.wait_gone(pid, start or None, 5.0) and not process.children(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            process.wait_gone(pid, None, 5.0)
+            process.wait_gone(pid, start or None, 5.0)
 
     # -- network connect / disconnect -----------------------------------------------------------
 
@@ -470,11 +523,6 @@ class ContainerService:
 
     # -- /etc files -----------------------------------------------------------------------------
 
-    def _write_etc(self, cid: str, config: ContainerConfig, state: ContainerState) -> None:
-        hosts.write_in_place(self.store.path(cid, "hostname"), config.hostname + "\n")
-        resolv = hosts.render_resolv(hosts.read_host_resolv())
-        hosts.write_in_place(self.store.path(cid, "resolv.conf"), resolv)
-
     def _refresh_hosts(self) -> None:
         """Rewrite the hosts file of every container from the current records (caller holds the lock).
 
@@ -486,7 +534,7 @@ class ContainerService:
             with contextlib.suppress(OSError, ValueError):
                 config, state = self.store.load_config(cid), self.store.load_state(cid)
                 if state.attachments or state.status == STATUS_RUNNING:
-                    members[cid] = hosts.Member(config.name, config.hostname, tuple(state.attachments))
+                    members[cid] = _member(config, state)
         for cid, text in hosts.render_all(members).items():
             path = self.store.path(cid, "hosts")
             with contextlib.suppress(OSError):
@@ -495,6 +543,38 @@ class ContainerService:
                         continue                          # unchanged: spare the write
             with contextlib.suppress(OSError):
                 hosts.write_in_place(path, text)
+        hosts.Index(self._hosts_index_path(), members).save()
+
+    def _hosts_index_path(self) -> str:
+        return os.path.join(self.store.root, ".hosts-index.json")
+
+    def _hosts_index(self) -> hosts.Index | None:
+        return hosts.Index.load(self._hosts_index_path(), lambda cid: os.path.isdir(self.store.dir(cid)))
+
+    def _hosts_join(self, records: dict[str, tuple[ContainerConfig, ContainerState]]) -> None:
+        """Containers join name resolution: their files in full, their lines appended to their
+        peers' (hosts.Index); a full refresh when there is no index yet."""
+        index = self._hosts_index()
+        if index is None:
+            self._refresh_hosts()
+            return
+        index.add({cid: _member(c, s) for cid, (c, s) in records.items()},
+                  lambda cid: self.store.path(cid, "hosts"))
+
+    def _hosts_leave(self, cids: Sequence[str]) -> None:
+        """Containers leave name resolution: their lines go from their peers' files."""
+        index = self._hosts_index()
+        if index is None:
+            self._refresh_hosts()
+            return
+        index.remove(cids, lambda cid: self.store.path(cid, "hosts"))
+
+
+def _member(config: ContainerConfig, state: ContainerState) -> hosts.Member:
+    """What name resolution needs of a container (the index keeps no more than this)."""
+    keep = ("network_id", "address", "address_v6", "aliases")
+    return hosts.Member(config.name, config.hostname,
+                        tuple({k: a.get(k) for k in keep if a.get(k) is not None} for a in state.attachments))
 
 
 def _check_command(command: str, path: str, rootfs: str | None) -> None:

@@ -1,7 +1,7 @@
 """Container records on disk: one directory per container under ``<state_dir>/containers``.
 
 Files rather than the plugin's key-value store, because the runtime must keep working (ps,
-logs, rm) when the daemon is down, and because the shim, a separate process, has to record an
+logs, rm) when the daemon is down, and because the supervisor, a separate process, has to record an
 exit code without talking to anyone. Every mutation of the set of containers happens under one
 ``flock`` on ``containers/.lock`` so that concurrent CLIs cannot give two containers the same
 name or the same next ethN; state.json is replaced atomically (write + rename) so a reader never
@@ -69,7 +69,7 @@ class ContainerConfig:
     rootfs: str | None = None
     detach: bool = False
     created: float = 0.0
-    plugin_dir: str = ""          # where the shim finds the daemon to release endpoints on exit
+    plugin_dir: str = ""          # where the supervisor finds the daemon to release endpoints on exit
     run_dir: str = ""             # parent of netns/<id>
 
     @classmethod
@@ -87,7 +87,8 @@ class ContainerState:
     pid: int = 0                 # host pid of the user's command (what ``kill -9`` from outside targets)
     init_pid: int = 0            # host pid of the container's PID 1 (namespaces are taken from it)
     init_start: int = 0          # its start time, so a recycled pid is not mistaken for it
-    shim_pid: int = 0
+    shim_pid: int = 0            # the supervisor of its batch (shared by the batch's containers)
+    shim_start: int = 0          # the supervisor's start time (pid reuse)
     exit_code: int | None = None
     started_at: float = 0.0
     finished_at: float = 0.0

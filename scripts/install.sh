@@ -3,13 +3,14 @@
 # never calls sudo, which such a machine may not have): Python with venv and the CA certificates
 # pip needs, the kernel tools, a real Docker engine, the CNI reference plugins (a benchmark
 # baseline), user-mode-linux (the real-kernel tier for 802.1Q), tcpdump, iperf3, Graphviz,
-# Mininet and bridge-utils (a lab baseline), and a virtualenv at .venv with cnmkit installed in editable mode.
+# Mininet and bridge-utils (a lab baseline), tini (PID 1 of runtime containers), and a virtualenv
+# at .venv with cnmkit installed in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv ca-certificates iproute2 iputils-ping busybox-static iptables kmod procps
           util-linux docker.io containernetworking-plugins etcd-server etcd-client
-          user-mode-linux tcpdump iperf3 graphviz mininet bridge-utils)
+          user-mode-linux tcpdump iperf3 graphviz mininet bridge-utils tini)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
