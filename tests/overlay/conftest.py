@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.etcd_cluster import require_etcd
+from tests.overlay.dockerd import HostDockerd
 from tests.overlay.harness import Lab
 from tests.runtime.conftest import require_tool
 
@@ -50,13 +51,32 @@ def names(lab: Lab) -> Iterator[Callable[[str], str]]:
     for host in lab.hosts:
         if host.daemon is None:
             continue
-        mine = [n for n in host.container_names() if n in made]
+        mine = [r["Name"] for r in host.json("ps", "-a") if r["Name"] in made]
         if mine:
             host.cli("rm", "-f", *mine, check=False)
-    for host in lab.hosts:
-        if host.daemon is None:
-            continue
-        existing = {n["Name"] for n in host.json("network", "ls")}
-        for name in made:
-            if name in existing:
-                host.cli("network", "rm", name, check=False)
+    live = [h for h in lab.hosts if h.daemon is not None]
+    if not live:
+        return
+    # A network is removed through the host whose kernel has it: the store is shared, so every host
+    # lists every network, but a bridge network removed through another host leaves its owner's
+    # bridge behind (the record goes, the owner's kernel is not told).
+    for net in live[0].json("network", "ls"):
+        if net["Name"] in made:
+            alias = f"cnmkit:net:{net['Id']}"
+            owner = next((h for h in live if any(str(link.get("ifalias", "")) == alias
+                                                 for link in h.ip_json("link", "show"))), live[0])
+            owner.cli("network", "rm", net["Name"], check=False)
+
+
+@pytest.fixture(scope="session")
+def docker_h1(lab: Lab) -> Iterator[HostDockerd]:
+    """A real dockerd in host h1 (its own mount namespace, h1's plugin sockets), started once."""
+    require_tool("dockerd", "docker.io")
+    require_tool("unshare", "util-linux")
+    engine = HostDockerd(lab.hosts[0])
+    try:
+        engine.start()
+        engine.image = engine.import_busybox()
+        yield engine
+    finally:
+        engine.stop()

@@ -43,6 +43,7 @@ class HostDockerd:
         self.sock = self.exec_root / "docker.sock"
         self.log_path = host.tmp / "dockerd.log"
         self.proc: subprocess.Popen | None = None
+        self.image = IMAGE
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,

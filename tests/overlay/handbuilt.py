@@ -67,3 +67,13 @@ def build(lab: Lab, hosts: list[OverlayHost], *, vni: int = 4242, subnet: str = 
             run("ip", "-n", ep.netns, "neigh", "replace", other.ip, "lladdr", other.mac, "dev", "eth0",
                 "nud", "permanent")
     return eps
+
+
+def remove(lab: Lab, eps: list[HandEndpoint], *, bridge: str = "hvbr", vxlan: str = "hvx") -> None:
+    """Remove what ``build`` made, by name (the lab would at its end; a test cleans up after itself)."""
+    for ep in eps:
+        run("ip", "-n", ep.host.netns, "link", "del", vxlan, check=False)
+        run("ip", "-n", ep.host.netns, "link", "del", bridge, check=False)
+        run("ip", "netns", "del", ep.netns, check=False)
+        if ep.netns in lab.namespaces:
+            lab.namespaces.remove(ep.netns)

@@ -173,6 +173,7 @@ class OverlayHost:
         return json.loads(run(*self.enter("bridge", "-j", *args)).stdout or "[]")
 
     def container_names(self) -> list[str]:
+        """Ids of every container this host's runtime has state for (``rm -f`` takes ids)."""
         root = self.state_dir / "containers"
         if not root.is_dir():
             return []
