@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
-    daemon.add_argument("--driver", action="append", dest="drivers", help="drivers to serve (default: bridge)")
+    daemon.add_argument("--driver", action="append", dest="drivers",
+                        help="drivers to serve (default: bridge and vxlan)")
     daemon.add_argument("--sandbox-dir", action="append", dest="sandbox_dirs", metavar="DIR",
                         help="a directory whose files a direct Join may open as network namespaces; repeat "
                              "(default: /var/run/docker/netns, /run/docker/netns and $CNMKIT_RUN_DIR/netns "
@@ -145,7 +146,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from plugin.server import DaemonConfig, default_sandbox_dirs, run_daemon
 
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
-                          drivers=args.drivers or ["bridge"],
+                          drivers=args.drivers or ["bridge", "vxlan"],
                           sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
                           cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval,
                           host_id=args.host_id, advertise=args.advertise, host_ttl=args.host_ttl,

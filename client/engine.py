@@ -146,6 +146,12 @@ class Engine:
         # another network may well start with the new name ("b", "cafe").
         if found.get("Name") == name:
             raise PluginError(f"network name {name!r} is already in use")
+        options, ipam_options = dict(options or {}), dict(ipam_options or {})
+        if driver in ("vxlan", "cnmkit-vxlan"):
+            # One overlay, named after the network, its pool in the overlay's shared address
+            # space (drivers/vxlan.py): the network is created once and used from every host.
+            overlay = options.setdefault("cnmkit.overlay", name)
+            ipam_options.setdefault("cnmkit.overlay", overlay)
         transport = self.driver(driver)
         transport.call("Plugin.Activate")
         spaces = self.ipam.call("IpamDriver.GetDefaultAddressSpaces")
@@ -184,7 +190,8 @@ class Engine:
                 "Options": ipam_options, "V6": version == 6})
             pool_id, pool = reply["PoolID"], reply["Pool"]
             undo.push(partial(self.ipam.call, "IpamDriver.ReleasePool", {"PoolID": pool_id}))
-            entry: dict[str, Any] = {"AddressSpace": space, "Pool": pool}
+            # The space the pool was granted in (an overlay's own, when asked for by option).
+            entry: dict[str, Any] = {"AddressSpace": pool_id.partition("/")[0] or space, "Pool": pool}
             data_gw = (reply.get("Data") or {}).get("com.docker.network.gateway")
             gw = gws[i] if i < len(gws) else ""
             if data_gw and not gw:
@@ -235,6 +242,8 @@ class Engine:
         att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
         mtu = net.get("Options", {}).get(MTU_OPTION)
         att.mtu = int(mtu) if mtu and str(mtu).isdigit() else DEFAULT_MTU
+        if not mtu and net["Driver"] == "cnmkit-vxlan":
+            att.mtu = 0                       # the overlay's (underlay minus 50), set by the driver: kept
         undo = _Undo()
         try:
             options = {"com.docker.network.endpoint.macaddress": mac} if mac else None

@@ -170,7 +170,8 @@ class NetworkManager:
                                    "configuration")
                 driver.create_network(spec)          # re-ensure the kernel side; idempotent
                 return
-            self._check_overlap(spec)
+            if not getattr(driver, "isolated", False):
+                self._check_overlap(spec)
             value = NetworkRecord(driver=driver_name, spec=spec, host=self.host_id).encode()
             compares = [Cmp(records.SUBNET_CLAIMS, claims.mod_rev if claims else 0), Cmp(key, 0)]
             ops: list[Put | Delete] = [Put(records.SUBNET_CLAIMS, records.next_claim(claims)), Put(key, value)]
@@ -197,7 +198,9 @@ class NetworkManager:
         """Two networks with overlapping subnets would fight over host routes: refuse, naming the other.
 
         Only two local-space subnets on different hosts may overlap: each lives behind its own
-        host's bridge. A global-space subnet may reach every host, so it clashes with any.
+        host's bridge. A global-space subnet may reach every host, so it clashes with any. A
+        driver whose networks live in namespaces of their own (``isolated``: the VXLAN overlay)
+        is checked by neither side: its subnets never meet the host's routes.
         """
         mine = [d for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
         if not mine:
@@ -205,6 +208,8 @@ class NetworkManager:
         kvs, _ = self.store.list(records.NETWORKS)
         for kv in kvs:
             rec = NetworkRecord.decode(kv.value)
+            if getattr(self.drivers.get(rec.driver), "isolated", False):
+                continue                    # in a namespace of its own (an overlay): never meets ours
             other = rec.spec
             same_host = rec.owned_by(self.host_id)
             for data in (d for d in (*other.ipv4, *other.ipv6) if d.pool.prefixlen > 0):

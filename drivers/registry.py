@@ -20,6 +20,8 @@ class DriverSettings:
     """Daemon settings some drivers need; empty ``sandbox_dirs`` means the driver's defaults."""
 
     sandbox_dirs: tuple[str, ...] = field(default=())
+    host_id: str = ""                     # the VXLAN driver: this host's id and tunnel address
+    advertise: str = ""
 
 
 def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
@@ -30,8 +32,18 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
     return BridgeDriver(Kernel(), Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
 
 
+def _vxlan(store: Store, settings: DriverSettings) -> NetworkDriver:
+    from drivers.bridge import DEFAULT_SANDBOX_DIRS
+    from drivers.kernel import OverlayKernel
+    from drivers.vxlan import VxlanDriver
+
+    return VxlanDriver(OverlayKernel(), store, settings.host_id, settings.advertise,
+                       sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
+
+
 FACTORIES: dict[str, Callable[[Store, DriverSettings], NetworkDriver]] = {
     "bridge": _bridge,
+    "vxlan": _vxlan,
     "null": lambda store, settings: NullDriver(),
 }
 

@@ -37,6 +37,13 @@ Many hosts on one store (issue 7). Which pools are shared follows Docker's addre
   hosts may each hold 10.1.0.0/24 (NATed bridge networks that never route to each other, like
   every host's docker0), and the PoolID Docker sees stays ``cnmkit-local/10.1.0.0/24``. A local pool
   is still refused if it overlaps a global pool, which may reach this host any time.
+- an **overlay** space (``cnmkit-overlay.<name>``, chosen by the ``cnmkit.overlay`` option of
+  RequestPool, i.e. ``--ipam-opt cnmkit.overlay=<name>``) is shared like the global one: every
+  host's dockerd asking for the overlay's pool gets the same PoolID, one allocator, one gateway. Its
+  pools only clash with pools of the same overlay: each overlay lives in network namespaces of its
+  own (drivers/vxlan.py), so two overlays, or an overlay and a bridge, may use one subnet. A
+  RequestPool without a Pool in an overlay that has one joins it (the second host need not repeat
+  ``--subnet``).
 - every address record names its host (``host``): a host never releases another's addresses, and
   a host whose lease expired has them reclaimed after a grace period (``reclaim_host``), each txn
   comparing the dead host's record with "absent", so a host that is back keeps what it had.
@@ -74,7 +81,16 @@ from ipam.errors import (
     PoolOverlap,
     StoreContention,
 )
-from ipam.pools import DEFAULT_ADDRESS_SPACES, GLOBAL_ADDRESS_SPACE, pick_predefined
+from ipam.pools import (
+    DEFAULT_ADDRESS_SPACES,
+    GLOBAL_ADDRESS_SPACE,
+    OVERLAY_OPTION,
+    OVERLAY_SPACE_PREFIX,
+    is_overlay_space,
+    is_shared_space,
+    overlay_space,
+    pick_predefined,
+)
 from plugin.quoting import shown
 from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
 from store.records import Record, TxnBuilder, decode
@@ -157,7 +173,7 @@ class IpamService:
     def _sid(self, pool_id: str) -> str:
         """The store id of a PoolID: global pools are shared, the others carry this host's id."""
         space, _, cidr = pool_id.partition("/")
-        if space == GLOBAL_ADDRESS_SPACE or not self.host_id:
+        if is_shared_space(space) or not self.host_id:
             return pool_id
         return f"{space}@{self.host_id}/{cidr}"
 
@@ -170,12 +186,12 @@ class IpamService:
         return sid
 
     def _space_key(self, space: str) -> str:
-        return SPACES + (space if space == GLOBAL_ADDRESS_SPACE or not self.host_id
+        return SPACES + (space if is_shared_space(space) or not self.host_id
                          else f"{space}@{self.host_id}")
 
     def _visible(self, store_id: str) -> bool:
         """Pools this host sees: the shared ones and its own per-host ones."""
-        if store_id.startswith(GLOBAL_ADDRESS_SPACE + "/"):
+        if store_id.startswith((GLOBAL_ADDRESS_SPACE + "/", OVERLAY_SPACE_PREFIX)):
             return True
         return _store_host(store_id) in (self.host_id or None, None)  # None: from before host ids
 
@@ -195,6 +211,8 @@ class IpamService:
         """Reserve ``pool`` (or the next free predefined one) in ``address_space``: (PoolID, CIDR, Data)."""
         space = _check_space(address_space)
         opts = _check_options(options)
+        if opts.get(OVERLAY_OPTION):
+            space = overlay_space(_check_overlay(opts[OVERLAY_OPTION]))
         if not isinstance(v6, bool):
             raise InvalidRequest("V6", f"{shown(v6)} is not a boolean")
         if sub_pool is None:
@@ -206,12 +224,24 @@ class IpamService:
             raise InvalidRequest("SubPool", f"{shown(sub_pool)} given without a Pool")
         # A default route (prefix 0) overlaps everything, and Docker ignores it too.
         avoid = [] if spec else [n for n in self._avoid() if n.prefixlen > 0]
-        shared = space == GLOBAL_ADDRESS_SPACE
+        shared = is_shared_space(space)
+        overlay = is_overlay_space(space)
         for _ in _attempts():
             space_kv = self._store.get(self._space_key(space))
             generation = decode(space_kv.value)["generation"] if space_kv else 0
             held = self._held_pools()
             visible = [(sid, n) for sid, n, _ in held if self._visible(sid)]
+            if spec is None and overlay:
+                # The second host's create need not repeat --subnet: the overlay's pool is joined.
+                existing = next((kv for s, n, kv in held if s.startswith(space + "/") and (n.version == 6) == v6),
+                                None)
+                if existing is not None:
+                    joined = self._join_shared(existing, make_pool_spec(decode(existing.value)["pool"],
+                                                                        decode(existing.value)["subpool"], v6),
+                                               opts)
+                    if joined is None:
+                        continue
+                    return joined
             if spec is None:
                 # A shared pool will be used on every host: it avoids every host's pools.
                 net = pick_predefined(v6, [n for _, n, _ in held] if shared else [n for _, n in visible], avoid)
@@ -225,7 +255,8 @@ class IpamService:
                         continue
                     return joined
                 mine = [(s, n) for s, n in visible
-                        if s.partition("/")[0].partition("@")[0] == space or s.startswith(GLOBAL_ADDRESS_SPACE + "/")]
+                        if s.partition("/")[0].partition("@")[0] == space
+                        or (not overlay and s.startswith(GLOBAL_ADDRESS_SPACE + "/"))]
                 clash = find_overlap(spec.pool, mine)
                 if clash:
                     raise PoolOverlap(str(spec.pool.cidr), str(clash[1].cidr), _public_id(clash[0]))
@@ -571,6 +602,13 @@ class IpamService:
                     return
 
 
+def overlay_pool_hosts(store: Store, overlay: str, cidr: str) -> list[str] | None:
+    """The hosts holding overlay ``overlay``'s pool ``cidr`` (None: no such pool): drivers/vxlan.py
+    checks that a CreateNetwork's pool really is the overlay's, granted to this host."""
+    kv = store.get(f"{POOLS}{overlay_space(overlay)}/{cidr}")
+    return None if kv is None else list(decode(kv.value).get("hosts") or [])
+
+
 def _stepping_over(txn: TxnBuilder, skipped: list[KV]) -> TxnBuilder:
     """Make a cursor move conditional on the statics it steps over still being allocated.
 
@@ -595,6 +633,16 @@ def _check_space(space: object) -> str:
         raise InvalidRequest("AddressSpace", f"{shown(space)} is not a valid address space name "
                              "(letters, digits, '.', '_', '-')")
     return space
+
+
+_OVERLAY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_overlay(name: str) -> str:
+    if not _OVERLAY_RE.fullmatch(name):
+        raise InvalidRequest(f"Options.{OVERLAY_OPTION}", f"{shown(name)} is not an overlay name (1..64 of "
+                             "letters, digits, '_', '.', '-'; starting with a letter or digit)")
+    return name
 
 
 def _check_pool_id(pool_id: object) -> str:

@@ -19,6 +19,7 @@ import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -34,6 +35,9 @@ from plugin.listener import BoundedSockSite
 from store.base import Store, Unavailable
 from store.guard import GuardedStore, display_url
 from store.url import open_store
+
+if TYPE_CHECKING:
+    from agent.overlay import OverlayAgent
 
 log = logging.getLogger("cnmkit.daemon")
 
@@ -58,7 +62,7 @@ class DaemonConfig:
     plugin_dir: str = DEFAULT_PLUGIN_DIR
     state_dir: str = DEFAULT_STATE_DIR
     store_url: str = ""                     # empty: sqlite under state_dir
-    drivers: list[str] = field(default_factory=lambda: ["bridge"])
+    drivers: list[str] = field(default_factory=lambda: ["bridge", "vxlan"])
     workers: int = 4
     sandbox_dirs: list[str] = field(default_factory=default_sandbox_dirs)
     # Per socket. dockerd keeps a handful of connections per plugin; the cap stops idle or
@@ -113,14 +117,15 @@ class Daemon:
         self.store_url = display_url(url)
         self.store = store or GuardedStore(open_store(url), url)
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
-        self.drivers = drivers if drivers is not None else build_drivers(
-            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs)))
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
                         "hosts exchange traffic)")
+        self.drivers = drivers if drivers is not None else build_drivers(
+            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
+                                                       host_id=self.host_id, advertise=advertise))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
@@ -181,6 +186,11 @@ class Daemon:
         self.hosts.start_watch()
         liveness = asyncio.create_task(self.hosts.run())
         # -- end of host liveness
+        # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
+        overlay = self._overlay_agent()
+        if overlay is not None:
+            overlay.start()
+        # -- end of overlay entries
         await self.start()
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
@@ -192,6 +202,8 @@ class Daemon:
             if periodic is not None:
                 periodic.cancel()
             liveness.cancel()
+            if overlay is not None:
+                await loop.run_in_executor(None, overlay.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -200,6 +212,16 @@ class Daemon:
             except FileNotFoundError:
                 pass
 
+
+    def _overlay_agent(self) -> OverlayAgent | None:
+        from agent.overlay import OverlayAgent  # imports netlink: only when serving
+        from drivers.vxlan import VxlanDriver
+
+        vxlan = next((d for d in self.drivers if isinstance(d, VxlanDriver)), None)
+        if vxlan is None:
+            return None
+        interval = self.config.reconcile_interval or 60.0
+        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.
