@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 UNDERLAY_NET = "192.0.2"                # TEST-NET-1: .254 is the underlay bridge, .1..N the hosts
 UNDERLAY_MTU = 1500
 START_LIMIT = 60.0                      # seconds a daemon may take to serve; a bound on a hang only
-DRIVERS = ("bridge",)                   # what every host's daemon serves (the overlay adds "vxlan")
+DRIVERS = ("bridge", "vxlan")           # what every host's daemon serves
+OVERLAY_NS_PREFIX = "cnmkit-ov"         # drivers/overlay_ns.py: cnmkit-ov<VNI>-<host id>, one per overlay and host
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -86,6 +87,12 @@ class OverlayHost:
     def __post_init__(self) -> None:
         self.plugin_dir, self.state_dir, self.run_dir = self.tmp / "plugins", self.tmp / "state", self.tmp / "run"
 
+    @property
+    def host_id(self) -> str:
+        """The id in the store: the host's netns name, unique to this test process (the overlay
+        namespaces the driver makes carry it, so two runs on one machine never share one)."""
+        return self.netns
+
     # -- processes --------------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
@@ -100,7 +107,7 @@ class OverlayHost:
                           "--state-dir", str(self.state_dir), *args)
 
     def daemon_args(self) -> list[str]:
-        args = ["daemon", "--store", self.store_url, "--host-id", self.name, "--advertise", self.address,
+        args = ["daemon", "--store", self.store_url, "--host-id", self.host_id, "--advertise", self.address,
                 "--host-ttl", str(self.ttl), "--reconcile-interval", "0",
                 "--sandbox-dir", str(self.run_dir / "netns")]
         for driver in DRIVERS:
@@ -151,7 +158,8 @@ class OverlayHost:
         return json.loads(self.cli("--format", "json", *args).stdout)
 
     def host_ids(self) -> list[str]:
-        return sorted(h["HostID"] for h in self.json("host", "ls"))
+        """The hosts this one lists as live, by lab name (h1, h2...)."""
+        return sorted(h["HostID"].removeprefix(self.netns.removesuffix(self.name)) for h in self.json("host", "ls"))
 
     def exec(self, container: str, *cmd: str, check: bool = False) -> subprocess.CompletedProcess:
         return self.cli("exec", container, "--", *cmd, check=check)
@@ -295,6 +303,11 @@ class Lab:
             for point in sorted(_mounts_under(str(host.tmp)), key=len, reverse=True):
                 problems.append(f"mount left: {point}")
                 run("umount", "-l", point, check=False)
+        for host in self.hosts:                 # the overlays' namespaces outlive a killed daemon
+            if os.path.isdir("/run/netns"):
+                for entry in os.listdir("/run/netns"):
+                    if entry.startswith(OVERLAY_NS_PREFIX) and entry.endswith(f"-{host.host_id}"):
+                        run("ip", "netns", "del", entry, check=False)
         for ns in reversed(self.namespaces):
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()

@@ -19,9 +19,9 @@ from tests.overlay.harness import Lab, run
 def test_every_host_is_on_the_shared_etcd_with_its_underlay_address(lab: Lab) -> None:
     assert lab.etcd is not None
     keys = lab.etcd.keys("hosts/")
-    assert sorted(keys) == [f"hosts/{h.name}" for h in lab.hosts]
+    assert sorted(keys) == [f"hosts/{h.host_id}" for h in lab.hosts]
     for host in lab.hosts:
-        record = json.loads(lab.etcd.get_on(0, f"hosts/{host.name}") or "{}")
+        record = json.loads(lab.etcd.get_on(0, f"hosts/{host.host_id}") or "{}")
         assert record["Advertise"] == host.address
         assert host.host_ids() == [h.name for h in lab.hosts]
 
@@ -62,7 +62,7 @@ def test_a_sigkilled_daemon_leaves_every_other_hosts_list_once_its_lease_expires
     try:
         for host in others:
             lab.wait_hosts([h.name for h in others], on=host)
-        assert lab.etcd is not None and f"hosts/{victim.name}" not in lab.etcd.keys("hosts/")
+        assert lab.etcd is not None and f"hosts/{victim.host_id}" not in lab.etcd.keys("hosts/")
     finally:
         victim.start_daemon()
     lab.wait_hosts([h.name for h in lab.hosts])
