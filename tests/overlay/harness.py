@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,11 @@ def _mounts_under(prefix: str) -> list[str]:
     with open("/proc/self/mountinfo") as fh:
         points = [line.split()[4] for line in fh]
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def eventually(what: str, ok: Callable[[], bool], limit: float = 60.0) -> None:
+    """Until ``ok()`` (the agent converges asynchronously); ``limit`` only turns a hang into a failure."""
+    deadline = time.monotonic() + limit
+    while not ok():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
