@@ -110,7 +110,7 @@ class OverlayHost:
     def daemon_args(self) -> list[str]:
         args = ["daemon", "--store", self.store_url, "--host-id", self.host_id, "--advertise", self.address,
                 "--host-ttl", str(self.ttl), "--reconcile-interval", "0",
-                "--sandbox-dir", str(self.run_dir / "netns")]
+                "--sandbox-dir", str(self.run_dir / "netns"), "--sandbox-dir", "/run/netns"]
         for driver in DRIVERS:
             args += ["--driver", driver]
         return args
@@ -260,6 +260,11 @@ class Lab:
         host = OverlayHost(name, ns, address, tmp, self.etcd.url, ttl=self.ttl)
         self.hosts.append(host)
         return host
+
+    def container_netns(self, host: OverlayHost, tag: str) -> str:
+        """A bare "container" namespace (removed by name at close), for attaching through the
+        engine directly as the runtime does, without the CLI's process start per operation."""
+        return self._netns(f"{self.tag}{host.name}{tag}"[:40])
 
     def host(self, name: str) -> OverlayHost:
         return next(h for h in self.hosts if h.name == name)
