@@ -98,7 +98,7 @@ def main() -> None:
             "hand-built VXLAN (2 hosts)": (hand[0].netns, hand[1].netns, hand[0].ip),
             "cnmkit bridge (1 host)": (br_srv, br_cli, br_addr),
         }
-        for name, (srv, cli, addr) in variants.items():          # reachable before anything is timed
+        for name, (_srv, cli, addr) in variants.items():         # reachable before anything is timed
             ok = subprocess.run(["ip", "netns", "exec", cli, "ping", "-c", "1", "-W", "5", addr],
                                 capture_output=True).returncode == 0
             if not ok:
