@@ -27,6 +27,7 @@ __all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_d
 
 GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
 MTU_OPTION = "com.docker.network.driver.mtu"
+NAMES_OPTION = "cnmkit.names"            # CreateEndpoint option: the runtime container's name, hostname, aliases
 DEFAULT_MTU = 1500
 
 
@@ -235,7 +236,7 @@ class Engine:
     # -- endpoints ----------------------------------------------------------------------------
 
     def attach(self, network: str, sandbox_key: str, *, ip: str | None = None, ip6: str | None = None,
-               mac: str | None = None, direct: bool = False) -> Attachment:
+               mac: str | None = None, direct: bool = False, names: Sequence[str] = ()) -> Attachment:
         """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure."""
         net = self.inspect_network(network)
         transport = self.driver(net["Driver"])
@@ -256,7 +257,9 @@ class Engine:
             reply = transport.call("NetworkDriver.CreateEndpoint", {
                 "NetworkID": att.network_id, "EndpointID": att.endpoint_id,
                 "Interface": {"Address": att.address, "AddressIPv6": att.address_v6, "MacAddress": mac or ""},
-                "Options": {}})
+                # The container's names ride on the endpoint record, so the runtime on another host
+                # can list them in its containers' hosts files (a multi-host network has no DNS).
+                "Options": {NAMES_OPTION: ",".join(names)} if names else {}})
             undo.push(lambda: transport.call("NetworkDriver.DeleteEndpoint",
                                              {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
             att.mac = mac or (reply.get("Interface") or {}).get("MacAddress", "")
@@ -266,8 +269,8 @@ class Engine:
                             "cnmkit.direct": direct}})
             undo.push(lambda: transport.call("NetworkDriver.Leave",
                                              {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
-            names = joined.get("InterfaceName") or {}
-            att.src_name, att.dst_prefix = names.get("SrcName", ""), names.get("DstPrefix") or "eth"
+            ifnames = joined.get("InterfaceName") or {}
+            att.src_name, att.dst_prefix = ifnames.get("SrcName", ""), ifnames.get("DstPrefix") or "eth"
             att.gateway, att.gateway_v6 = joined.get("Gateway", ""), joined.get("GatewayIPv6", "")
             att.static_routes = list(joined.get("StaticRoutes") or [])
             transport.call("NetworkDriver.EndpointOperInfo",

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from client.engine import Attachment, DaemonUnavailable, Engine, PluginError
+from client.engine import NAMES_OPTION, Attachment, DaemonUnavailable, Engine, PluginError
 from runtime import hosts, names, process, sandbox
 from runtime.state import (
     STATUS_CREATED,
@@ -38,6 +38,7 @@ from runtime.state import (
 )
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
+MULTI_HOST_DRIVER = "cnmkit-vxlan"       # networks whose endpoints on other hosts are peers too
 EXIT_UNKNOWN = -1
 
 
@@ -181,7 +182,9 @@ class ContainerService:
     def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest,
                     ifname: str) -> dict[str, Any]:
         try:
-            att = self.engine.attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True)
+            config = self.store.load_config(cid)
+            att = self.engine.attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True,
+                                     names=[n for n in (config.name, config.hostname, *req.aliases) if n])
         except PluginError as exc:
             raise ContainerError(f"network {req.network}: {exc}") from None
         record = att.to_dict() | {"ifname": ifname, "aliases": list(req.aliases), "default_route": False}
@@ -442,6 +445,8 @@ class ContainerService:
         state = self._settle(cid)
         if state.status != STATUS_RUNNING:
             raise ContainerError(f"container {self.store.load_config(cid).name} is not running")
+        with self.store.locked():                        # peers on other hosts may have come or gone
+            self._refresh_hosts()
         environment = dict(self.store.load_config(cid).env)
         for item in env:
             key, sep, value = item.partition("=")
@@ -487,7 +492,11 @@ class ContainerService:
                 config, state = self.store.load_config(cid), self.store.load_state(cid)
                 if state.attachments or state.status == STATUS_RUNNING:
                     members[cid] = hosts.Member(config.name, config.hostname, tuple(state.attachments))
+        local = set(members)
+        members.update(self._remote_members(members))
         for cid, text in hosts.render_all(members).items():
+            if cid not in local:
+                continue
             path = self.store.path(cid, "hosts")
             with contextlib.suppress(OSError):
                 with open(path) as fh:
@@ -495,6 +504,34 @@ class ContainerService:
                         continue                          # unchanged: spare the write
             with contextlib.suppress(OSError):
                 hosts.write_in_place(path, text)
+
+
+    def _remote_members(self, members: dict[str, hosts.Member]) -> dict[str, hosts.Member]:
+        """Containers of other hosts on this host's multi-host networks, from the shared store.
+
+        Each endpoint record carries the names its runtime gave it (engine NAMES_OPTION); those of
+        endpoints not attached here become peers in the hosts files. Without the daemon (or with a
+        bad record) there are none: a hosts file is never worth failing a container operation.
+        """
+        ours = {att.get("endpoint_id") for m in members.values() for att in m.attachments}
+        networks = {att["network_id"] for m in members.values() for att in m.attachments if att.get("network_id")}
+        remote: dict[str, hosts.Member] = {}
+        for network_id in sorted(networks):
+            try:
+                net = self.engine.inspect_network(network_id)
+            except (PluginError, DaemonUnavailable, OSError):
+                continue
+            if net.get("Driver") != MULTI_HOST_DRIVER:
+                continue
+            for ep in net.get("EndpointList") or []:
+                given = str((ep.get("Options") or {}).get(NAMES_OPTION, "")).split(",")
+                if ep.get("EndpointID") in ours or not given[0]:
+                    continue
+                att = {"network_id": network_id, "address": ep.get("Address", ""),
+                       "address_v6": ep.get("AddressIPv6", ""), "aliases": given[2:]}
+                remote[f"remote:{ep.get('EndpointID')}"] = hosts.Member(
+                    given[0], given[1] if len(given) > 1 else "", (att,))
+        return remote
 
 
 def _check_command(command: str, path: str, rootfs: str | None) -> None:

@@ -87,6 +87,21 @@ def test_runtime_containers_on_three_hosts_talk_over_one_overlay_created_once(la
     assert boxes[0].host.ping(boxes[0].name, boxes[1].ip, "-s", "1472")
 
 
+def test_runtime_containers_on_two_hosts_reach_each_other_by_name_and_alias(lab: Lab, names: Names) -> None:
+    """Names ride on the endpoint records (engine NAMES_OPTION); each runtime lists the other
+    hosts' containers of a multi-host network in its hosts files, refreshed at every run/exec."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    net = overlay(lab, names, "10.89.0.0/24", 8901)
+    first = names("c")
+    h1.cli("run", "-d", "--name", first, "--network", f"{net},alias=www", "--", "sleep", "100000")
+    second = box(h2, names, net)                   # started after: knows ``first`` from its start
+    eventually("converged", lambda: oracle.fdb(h1, 8901) != set() and oracle.fdb(h2, 8901) != set())
+    assert h2.ping(second.name, first) and h2.ping(second.name, "www")
+    assert h1.ping(first, second.name)             # started before: learns ``second`` at exec
+    h2.cli("rm", "-f", second.name)
+    assert second.name not in h1.exec(first, "cat", "/etc/hosts", check=True).stdout
+
+
 def test_two_overlays_with_one_subnet_on_the_same_hosts_stay_isolated(lab: Lab, names: Names) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     red, blue = overlay(lab, names, "10.91.0.0/24", 9011), overlay(lab, names, "10.91.0.0/24", 9012)
