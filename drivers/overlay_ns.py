@@ -100,7 +100,7 @@ class OverlayHost:
         self.host_id = host_id
         self.advertise = advertise
         self._kernels: dict[int, OverlayKernel] = {}
-        self._lock = threading.RLock()          # one overlay's make/remove at a time, per daemon
+        self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
 
     # -- finding ---------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class OverlayHost:
         return out
 
     def kernel(self, vni: int) -> OverlayKernel:
-        with self._lock:
+        with self.lock:
             k = self._kernels.get(vni)
             if k is None:
                 k = OverlayKernel(netns_path(self.name(vni)))
@@ -134,7 +134,7 @@ class OverlayHost:
         """Make (or complete) the overlay's namespace here; answers what was missing."""
         if not self.advertise:
             raise KernelError("this host has no --advertise address: it cannot be a VXLAN tunnel endpoint")
-        with self._lock:
+        with self.lock:
             todo: list[str] = []
             name = self.name(ov.vni)
             if netns_add(name):
@@ -204,7 +204,7 @@ class OverlayHost:
 
     def teardown(self, vni: int) -> bool:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
-        with self._lock:
+        with self.lock:
             k = self._kernels.pop(vni, None)
             if k is not None:
                 k.close()

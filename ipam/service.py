@@ -440,6 +440,10 @@ class IpamService:
             pool = self._load(sid)
             if pool is None:
                 raise PoolNotFound(pool_id)
+            if wanted is None and record["kind"] == "gateway" and "hosts" in pool.record:
+                # A shared pool's gateway asked for without an address (dockerd without --gateway) by
+                # a second host: the one the first host got, the same on every host.
+                wanted = self._shared_gateway(pool)
             got = (self._try_static(pool, wanted, record) if wanted is not None
                    else self._try_dynamic(pool, record))
             if got is not None:
@@ -499,6 +503,12 @@ class IpamService:
         else:
             txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
         return addr if self._commit(txn, key, record["token"]) else None
+
+    def _shared_gateway(self, pool: _Pool) -> IPAddress | None:
+        for kv in self._scan(f"{ADDRS}{pool.id}/"):
+            if decode(kv.value).get("kind") == "gateway":
+                return IPAddress(kv.key.rsplit("/", 1)[1])
+        return None
 
     def _share_gateway(self, pool: _Pool, held: KV, record: Record) -> bool | None:
         """A shared pool's gateway asked for by one more host: the hosts share the one record."""
