@@ -144,10 +144,11 @@ class OverlayAgent:
                         self.sync()
             except Compacted:
                 continue
-            except (StoreError, DriverError, OSError, ValueError, KeyError) as exc:
+            except Exception as exc:             # the store away, a kernel error, a bug: never die
                 if self._stop.is_set():
                     return
-                log.warning("overlay entries: %s; listing again", exc)
+                level = logging.WARNING if isinstance(exc, StoreError | DriverError) else logging.ERROR
+                log.log(level, "overlay entries: %s; listing again", exc, exc_info=level == logging.ERROR)
                 self._stop.wait(1.0)
 
     # -- the records -----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbo
 from drivers.errors import Conflict, DriverError, InvalidOption, NotFound
 from drivers.kernel import OverlayKernel
 from drivers.overlay_ns import BRIDGE, OverlayHost
-from ipam.pools import OVERLAY_OPTION
+from ipam.pools import OVERLAY_NAME_RE, OVERLAY_OPTION
 from ipam.service import overlay_pool_hosts
 from plugin.quoting import shown
 from store import records
@@ -99,7 +99,7 @@ class VxlanConfig:
         if not overlay:
             raise InvalidOption(OVERLAY_OPTION, "missing: name the overlay on every host with "
                                 "-o cnmkit.overlay=NAME --ipam-driver cnmkit --ipam-opt cnmkit.overlay=NAME")
-        if not naming.valid_ifname(overlay[:15]) or len(overlay) > 64 or not overlay[0].isalnum():
+        if not OVERLAY_NAME_RE.fullmatch(overlay):
             raise InvalidOption(OVERLAY_OPTION, f"{shown(overlay)} is not an overlay name "
                                 "(1..64 of letters, digits, '_', '.', '-')")
         return cls(overlay=overlay, vni=vni, mtu=mtu, unknown=tuple(unknown))

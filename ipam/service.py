@@ -84,6 +84,7 @@ from ipam.errors import (
 from ipam.pools import (
     DEFAULT_ADDRESS_SPACES,
     GLOBAL_ADDRESS_SPACE,
+    OVERLAY_NAME_RE,
     OVERLAY_OPTION,
     OVERLAY_SPACE_PREFIX,
     is_overlay_space,
@@ -645,11 +646,8 @@ def _check_space(space: object) -> str:
     return space
 
 
-_OVERLAY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
 def _check_overlay(name: str) -> str:
-    if not _OVERLAY_RE.fullmatch(name):
+    if not OVERLAY_NAME_RE.fullmatch(name):
         raise InvalidRequest(f"Options.{OVERLAY_OPTION}", f"{shown(name)} is not an overlay name (1..64 of "
                              "letters, digits, '_', '.', '-'; starting with a letter or digit)")
     return name
