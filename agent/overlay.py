@@ -131,7 +131,7 @@ class OverlayAgent:
         while not self._stop.is_set():
             try:
                 rev = self.relist()
-                self.sync()
+                self.sync(full=True)
                 due = time.monotonic() + self.resync_interval
                 while not self._stop.is_set() and time.monotonic() < due:
                     changed = False
@@ -228,8 +228,12 @@ class OverlayAgent:
         return any(EndpointRecord.decode(kv.value).owned_by(self.host_id)
                    for nid in mine for kv in self.store.list(records.endpoints_prefix(nid))[0])
 
-    def sync(self) -> list[str]:
-        """Make every local overlay's namespace and entries match the records; the actions taken."""
+    def sync(self, *, full: bool = False) -> list[str]:
+        """Make every local overlay's namespace and entries match the records; the actions taken.
+
+        ``full`` (start, relist, periodic): every namespace is re-ensured; otherwise (a watch event)
+        only the missing ones are made, so an event costs two netlink dumps per overlay.
+        """
         actions: list[str] = []
         wanted = self.wanted()
         by_vni = {ov.vni: ov for ov in wanted.values()}
@@ -243,7 +247,8 @@ class OverlayAgent:
         members = self.members()
         for name, ov in sorted(wanted.items()):
             try:
-                actions += self.driver.host.ensure(ov)
+                if full or not self.driver.host.ready(ov.vni):
+                    actions += self.driver.host.ensure(ov)
                 fdb, neigh = self.driver.host.entries(ov.vni)
                 remotes = [Remote(host=h, mac=ep.spec.mac or ep.mac,
                                   ips=tuple(str(a.ip) for a in (ep.spec.address, ep.spec.address_v6) if a))

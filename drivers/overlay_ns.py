@@ -100,6 +100,7 @@ class OverlayHost:
         self.host_id = host_id
         self.advertise = advertise
         self._kernels: dict[int, OverlayKernel] = {}
+        self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
         self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
 
     # -- finding ---------------------------------------------------------------------------------
@@ -119,6 +120,11 @@ class OverlayHost:
             if middle.endswith(suffix) and middle[:-len(suffix)].isdigit():
                 out.add(int(middle[:-len(suffix)]))
         return out
+
+    def ready(self, vni: int) -> bool:
+        """Made completely by this process and still there: a Join or a watch event need not
+        redo the dozen subprocesses of ``ensure`` (the periodic resync still does)."""
+        return vni in self._complete and self.exists(vni)
 
     def kernel(self, vni: int) -> OverlayKernel:
         with self.lock:
@@ -155,6 +161,7 @@ class OverlayHost:
             self._isolate_gateway(name, ov)
             if not ov.internal:
                 todo += self._egress(name, ov, alias)
+            self._complete.add(ov.vni)
             return todo
 
     def _isolate_gateway(self, name: str, ov: OverlayRecord) -> None:
@@ -205,6 +212,7 @@ class OverlayHost:
     def teardown(self, vni: int) -> bool:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
         with self.lock:
+            self._complete.discard(vni)
             k = self._kernels.pop(vni, None)
             if k is not None:
                 k.close()

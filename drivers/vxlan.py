@@ -277,7 +277,8 @@ class VxlanDriver:
             check_sandbox(request.sandbox_key, self.sandbox_dirs)
             direct = os.path.exists(request.sandbox_key)
         # The first endpoint of this host in an overlay created elsewhere (the CLI's) makes its namespace.
-        self.host.ensure(ov)
+        if not self.host.ready(ov.vni):
+            self.host.ensure(ov)
         k = self.host.kernel(ov.vni)
         k.ensure_veth(naming.host_veth_name(eid), peer, alias=naming.endpoint_alias(eid), mtu=ov.mtu,
                       peer_mac=endpoint.mac or None, master=BRIDGE,

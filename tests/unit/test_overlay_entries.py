@@ -56,6 +56,9 @@ class FakeOverlayHost:
     def name(self, vni: int) -> str:
         return f"ns{vni}"
 
+    def ready(self, vni: int) -> bool:
+        return vni in self.made
+
     def local_vnis(self) -> set[int]:
         return set(self.made)
 
