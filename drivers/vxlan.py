@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from netaddr import IPNetwork
+
 from drivers import naming
 from drivers.base import (
     EndpointResult,
@@ -134,20 +136,28 @@ class VxlanDriver:
     def validate(self, spec: NetworkSpec) -> list[str]:
         return list(VxlanConfig.parse(spec).unknown)
 
-    def underlay_mtu(self) -> int:
-        """The MTU of the device carrying the advertise address (the tunnel's underlay)."""
+    def underlay(self) -> tuple[int, list[IPNetwork]]:
+        """MTU and networks of the device carrying the advertise address (the tunnel's underlay)."""
         if not self.advertise:
             raise DriverError("advertise: this host has no --advertise address; the VXLAN tunnel needs one")
         link = self.host_kernel.device_of_address(self.advertise)
         if link is None:
             raise DriverError(f"advertise: no device on this host carries {self.advertise} "
                               "(the VXLAN underlay); check --advertise")
-        return int(link["mtu"])
+        return int(link["mtu"]), [IPNetwork(a) for a in self.host_kernel.addrs(str(link["name"]))]
 
     def create_network(self, spec: NetworkSpec) -> None:
         cfg = VxlanConfig.parse(spec)
         self._check_pools(spec, cfg.overlay)
-        ov, created = self._register(spec, cfg, self.underlay_mtu())
+        mtu, underlay_nets = self.underlay()
+        for data in (*spec.ipv4, *spec.ipv6):
+            clash = next((n for n in underlay_nets if n.version == data.pool.version
+                          and (n.cidr in data.pool or data.pool in n.cidr)), None)
+            if clash is not None:
+                # Tunnelled packets to the other VTEPs would be routed into the overlay itself.
+                raise InvalidOption("subnet", f"{data.pool.cidr} overlaps the underlay's own {clash.cidr} "
+                                    f"(the network the tunnel runs over)")
+        ov, created = self._register(spec, cfg, mtu)
         try:
             self.host.ensure(ov)
         except BaseException:

@@ -176,6 +176,7 @@ def test_egress_masquerades_on_the_own_host_and_internal_has_no_way_out(cluster:
     ({"vni": "16777216"}, "10.79.0.0/24", "vni"),
     ({"vni": "7901"}, "10.79.0.0/24", "vni: 7901 is already used by overlay 'held'"),
     ({"com.docker.network.driver.mtu": "1451"}, "10.79.0.0/24", "com.docker.network.driver.mtu"),
+    ({}, "192.0.2.128/25", "subnet: 192.0.2.128/25 overlaps the underlay's own 192.0.2.0/24"),
 ])
 def test_bad_input_is_refused_naming_the_field(cluster: Cluster, opts: dict, subnet: str, message: str) -> None:
     h1 = cluster.hosts[0]
