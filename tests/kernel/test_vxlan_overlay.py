@@ -72,6 +72,18 @@ def test_cli_overlay_created_once_pings_across_hosts_and_entries_follow_endpoint
     h2.engine().detach(a2)
 
 
+def test_embedded_runtime_containers_on_two_hosts_talk_over_the_overlay(cluster: Cluster) -> None:
+    """``cnmkit network create -d vxlan`` once on h1, ``cnmkit run`` on each host, as the README shows."""
+    h1, h2 = cluster.hosts
+    made = h1.cnmkit("network", "create", "-d", "vxlan", "rt", "--subnet", "10.69.0.0/24", "-o", "vni=6901")
+    assert made.returncode == 0, made.stderr
+    assert h1.cnmkit("run", "-d", "--name", "a", "--network", "rt,ip=10.69.0.10", "--", "sleep", "1000").returncode == 0
+    got = h2.cnmkit("run", "--name", "b", "--network", "rt", "--", "sh", "-c",
+                    "cat /sys/class/net/eth0/mtu; ping -c 3 -W 2 10.69.0.10")   # 3: b's entries may lag on h1
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.splitlines()[0] == "1450"          # the overlay's MTU, not the runtime's 1500 default
+
+
 def test_reused_address_with_a_new_mac_and_a_moved_mac_leave_nothing_stale(cluster: Cluster) -> None:
     h1, h2 = cluster.hosts
     h1.engine().create_network("amber", driver="vxlan", subnets=["10.72.0.0/24"], options={"vni": "7201"})
