@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -314,6 +314,28 @@ class VxlanDriver:
         return {} if ov is None else {"overlay": ov.name, "vni": ov.vni, "namespace": self.host.name(ov.vni)}
 
     # -- convergence (agent/reconcile.py) ----------------------------------------------------
+
+    def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
+        """Remove endpoint veths in this host's overlay namespaces that no record names (a crash
+        between DeleteEndpoint's link delete and its record delete). The kernel is scanned before
+        ``known()`` reads the store, so a Join in flight (record first, link after) is never taken
+        for an orphan. Whole namespaces are the overlay agent's (agent/overlay.py)."""
+        found: list[tuple[int, str, str]] = []
+        for vni in sorted(self.host.local_vnis()):
+            prefix = naming.ALIAS_ROOT + "ep:"
+            found += [(vni, name, alias) for name, alias in self.host.kernel(vni).links_owned(prefix)]
+        if not found:
+            return []
+        _, endpoints = known()
+        actions: list[str] = []
+        for vni, name, alias in found:
+            owner = alias.rpartition(":")[2]
+            if owner in endpoints:
+                continue
+            actions.append(f"delete link {name} in {self.host.name(vni)} (endpoint {owner[:12]} is not on record)")
+            if not dry_run:
+                self.host.kernel(vni).link_delete(name, alias=alias)
+        return actions
 
     def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]:
         ov = self._overlay_of(spec)

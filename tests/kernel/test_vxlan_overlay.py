@@ -70,6 +70,11 @@ def test_cli_overlay_created_once_pings_across_hosts_and_entries_follow_endpoint
     eventually("h1's endpoint gone from h2", lambda: fdb(ns2) == set() and neigh(ns2) == set())
     assert ping(h2, c2, ip1).returncode != 0
     h2.engine().detach(a2)
+    # The network goes (from h1, which made it): every host's namespace goes, and the VNI is free again.
+    h1.engine().remove_network("green")
+    eventually("namespaces gone", lambda: not {ns1, ns2} & set(sh("ip", "netns", "list").stdout.split()))
+    h2.engine().create_network("green2", driver="vxlan", subnets=["10.71.1.0/24"], options={"vni": "7101"})
+    h2.engine().remove_network("green2")
 
 
 def test_embedded_runtime_containers_on_two_hosts_talk_over_the_overlay(cluster: Cluster) -> None:
@@ -82,6 +87,20 @@ def test_embedded_runtime_containers_on_two_hosts_talk_over_the_overlay(cluster:
                     "cat /sys/class/net/eth0/mtu; ping -c 3 -W 2 10.69.0.10")   # 3: b's entries may lag on h1
     assert got.returncode == 0, got.stdout + got.stderr
     assert got.stdout.splitlines()[0] == "1450"          # the overlay's MTU, not the runtime's 1500 default
+
+
+def test_an_orphaned_endpoint_veth_is_removed_by_cleanup(cluster: Cluster) -> None:
+    """A veth whose endpoint record is gone (a crash between the link delete and the record delete)."""
+    h1 = cluster.hosts[0]
+    h1.engine().create_network("olive", driver="vxlan", subnets=["10.68.0.0/24"], options={"vni": "6801"})
+    h1.attach("olive", h1.container("o0"))                  # keeps the namespace wanted
+    ns = h1.overlay_ns(6801)
+    orphan = "cnvdeadbeef0000"
+    sh("ip", "-n", ns, "link", "add", orphan, "type", "veth", "peer", "name", "cnideadbeef0000")
+    sh("ip", "-n", ns, "link", "set", orphan, "alias", "cnmkit:ep:" + "de" * 32)
+    actions = h1.engine().cleanup()
+    assert any(orphan in a for a in actions), actions
+    assert orphan not in sh("ip", "-n", ns, "-br", "link").stdout
 
 
 def test_reused_address_with_a_new_mac_and_a_moved_mac_leave_nothing_stale(cluster: Cluster) -> None:
