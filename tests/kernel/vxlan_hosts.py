@@ -140,16 +140,19 @@ def ping(host: VxHost, container: str, address: str, *extra: str) -> subprocess.
 class Cluster:
     """``n`` hosts on one underlay and one store; ``close()`` removes every namespace by name."""
 
-    def __init__(self, tmp: Path, n: int = 2, tag: str = "") -> None:
+    def __init__(self, tmp: Path, n: int = 2, tag: str = "", store: Callable[[str], str] | None = None) -> None:
+        """``store``: given the underlay namespace (192.0.2.254 there, reachable from every host),
+        start a store and answer its URL (an etcd cluster); default: one SQLite file."""
         self.tag = tag or f"vx{os.getpid() % 100000}"
         self.underlay = f"{self.tag}ul"
         self.hosts: list[VxHost] = []
-        self.store = f"sqlite://{tmp}/shared/state.db"
         (tmp / "shared").mkdir(parents=True, exist_ok=True)
         sh("ip", "netns", "add", self.underlay)
+        sh("ip", "-n", self.underlay, "link", "set", "lo", "up")
         sh("ip", "-n", self.underlay, "link", "add", "ul", "type", "bridge")
         sh("ip", "-n", self.underlay, "addr", "add", f"{UNDERLAY_NET}.254/24", "dev", "ul")
         sh("ip", "-n", self.underlay, "link", "set", "ul", "up")
+        self.store = store(self.underlay) if store else f"sqlite://{tmp}/shared/state.db"
         for i in range(1, n + 1):
             self.add_host(tmp, i)
 
