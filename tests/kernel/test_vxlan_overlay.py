@@ -89,6 +89,18 @@ def test_embedded_runtime_containers_on_two_hosts_talk_over_the_overlay(cluster:
     assert got.stdout.splitlines()[0] == "1450"          # the overlay's MTU, not the runtime's 1500 default
 
 
+def test_ipv6_addresses_get_neighbour_entries_and_ping_across(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("six", driver="vxlan", subnets=["10.66.0.0/24", "fd66::/64"], ipv6=True,
+                               options={"vni": "6601"})
+    a1 = h1.attach("six", h1.container("s6"))
+    a2 = h2.attach("six", h2.container("s6"))
+    ip6 = a1.address_v6.split("/")[0]
+    eventually("v6 neighbour on h2", lambda: (ip6, a1.mac) in neigh(h2.overlay_ns(6601)))
+    assert h2.run(h2.containers[-1], "ping", "-6", "-c", "2", "-W", "2", ip6).returncode == 0
+    assert h2.run(h2.containers[-1], "ping", "-6", "-c", "1", "-W", "2", a2.gateway_v6).returncode == 0
+
+
 def test_an_orphaned_endpoint_veth_is_removed_by_cleanup(cluster: Cluster) -> None:
     """A veth whose endpoint record is gone (a crash between the link delete and the record delete)."""
     h1 = cluster.hosts[0]
@@ -236,7 +248,7 @@ def test_a_create_without_the_ipam_option_is_refused_saying_what_to_add(cluster:
             "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": "10.79.5.0/24", "Gateway": "10.79.5.1/24"}],
             "IPv6Data": []})
     ipam.call("IpamDriver.ReleasePool", {"PoolID": got["PoolID"]})
-    assert all(not n["Id"].endswith("9") for n in h1.engine().list_networks())
+    assert f"{9:064x}" not in {n["Id"] for n in h1.engine().list_networks()}
     assert not any("lost" in n for n in sh("ip", "netns", "list").stdout.split())
 
 
