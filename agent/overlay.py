@@ -131,7 +131,7 @@ class OverlayAgent:
         while not self._stop.is_set():
             try:
                 rev = self.relist()
-                self.sync()
+                self.sync(full=True)
                 due = time.monotonic() + self.resync_interval
                 while not self._stop.is_set() and time.monotonic() < due:
                     changed = False
@@ -144,10 +144,11 @@ class OverlayAgent:
                         self.sync()
             except Compacted:
                 continue
-            except (StoreError, DriverError, OSError, ValueError, KeyError) as exc:
+            except Exception as exc:             # the store away, a kernel error, a bug: never die
                 if self._stop.is_set():
                     return
-                log.warning("overlay entries: %s; listing again", exc)
+                level = logging.WARNING if isinstance(exc, StoreError | DriverError) else logging.ERROR
+                log.log(level, "overlay entries: %s; listing again", exc, exc_info=level == logging.ERROR)
                 self._stop.wait(1.0)
 
     # -- the records -----------------------------------------------------------------------------
@@ -213,18 +214,41 @@ class OverlayAgent:
         names |= {name for name, eps in members.items() if any(h == self.host_id for _, h in eps)}
         return {name: self.overlays[name] for name in names if name in self.overlays}
 
-    def sync(self) -> list[str]:
-        """Make every local overlay's namespace and entries match the records; the actions taken."""
+    def _wanted_now(self, vni: int) -> bool:
+        """Read from the store, not the view: does this host still need overlay ``vni``'s namespace?"""
+        ov = next((OverlayRecord.decode(kv.value) for kv in self.store.list(records.OVERLAYS)[0]
+                   if OverlayRecord.decode(kv.value).vni == vni), None)
+        if ov is None:
+            return False
+        nets = {records.network_id_of(kv.key): NetworkRecord.decode(kv.value)
+                for kv in self.store.list(records.NETWORKS)[0]}
+        mine = {nid for nid, rec in nets.items() if rec.driver == DRIVER_NAME and overlay_of(rec.spec) == ov.name}
+        if any(nets[nid].owned_by(self.host_id) for nid in mine):
+            return True
+        return any(EndpointRecord.decode(kv.value).owned_by(self.host_id)
+                   for nid in mine for kv in self.store.list(records.endpoints_prefix(nid))[0])
+
+    def sync(self, *, full: bool = False) -> list[str]:
+        """Make every local overlay's namespace and entries match the records; the actions taken.
+
+        ``full`` (start, relist, periodic): every namespace is re-ensured; otherwise (a watch event)
+        only the missing ones are made, so an event costs two netlink dumps per overlay.
+        """
         actions: list[str] = []
         wanted = self.wanted()
         by_vni = {ov.vni: ov for ov in wanted.values()}
         for vni in sorted(self.driver.host.local_vnis() - set(by_vni)):
-            if self.driver.host.teardown(vni):
-                actions.append(f"remove namespace {self.driver.host.name(vni)} (no network or endpoint here)")
+            # Our view may lag a create in flight (its network record seen, its overlay record not
+            # yet): decide on a fresh read, under the lock every make and remove of a namespace holds.
+            with self.driver.host.lock:
+                if self._wanted_now(vni) or not self.driver.host.teardown(vni):
+                    continue
+            actions.append(f"remove namespace {self.driver.host.name(vni)} (no network or endpoint here)")
         members = self.members()
         for name, ov in sorted(wanted.items()):
             try:
-                actions += self.driver.host.ensure(ov)
+                if full or not self.driver.host.ready(ov.vni):
+                    actions += self.driver.host.ensure(ov)
                 fdb, neigh = self.driver.host.entries(ov.vni)
                 remotes = [Remote(host=h, mac=ep.spec.mac or ep.mac,
                                   ips=tuple(str(a.ip) for a in (ep.spec.address, ep.spec.address_v6) if a))

@@ -100,7 +100,8 @@ class OverlayHost:
         self.host_id = host_id
         self.advertise = advertise
         self._kernels: dict[int, OverlayKernel] = {}
-        self._lock = threading.RLock()          # one overlay's make/remove at a time, per daemon
+        self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
+        self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
 
     # -- finding ---------------------------------------------------------------------------------
 
@@ -120,8 +121,13 @@ class OverlayHost:
                 out.add(int(middle[:-len(suffix)]))
         return out
 
+    def ready(self, vni: int) -> bool:
+        """Made completely by this process and still there: a Join or a watch event need not
+        redo the dozen subprocesses of ``ensure`` (the periodic resync still does)."""
+        return vni in self._complete and self.exists(vni)
+
     def kernel(self, vni: int) -> OverlayKernel:
-        with self._lock:
+        with self.lock:
             k = self._kernels.get(vni)
             if k is None:
                 k = OverlayKernel(netns_path(self.name(vni)))
@@ -134,7 +140,7 @@ class OverlayHost:
         """Make (or complete) the overlay's namespace here; answers what was missing."""
         if not self.advertise:
             raise KernelError("this host has no --advertise address: it cannot be a VXLAN tunnel endpoint")
-        with self._lock:
+        with self.lock:
             todo: list[str] = []
             name = self.name(ov.vni)
             if netns_add(name):
@@ -155,6 +161,7 @@ class OverlayHost:
             self._isolate_gateway(name, ov)
             if not ov.internal:
                 todo += self._egress(name, ov, alias)
+            self._complete.add(ov.vni)
             return todo
 
     def _isolate_gateway(self, name: str, ov: OverlayRecord) -> None:
@@ -204,7 +211,8 @@ class OverlayHost:
 
     def teardown(self, vni: int) -> bool:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
-        with self._lock:
+        with self.lock:
+            self._complete.discard(vni)
             k = self._kernels.pop(vni, None)
             if k is not None:
                 k.close()

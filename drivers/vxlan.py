@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from netaddr import IPNetwork
 
 from drivers import naming
 from drivers.base import (
@@ -50,7 +52,7 @@ from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbo
 from drivers.errors import Conflict, DriverError, InvalidOption, NotFound
 from drivers.kernel import OverlayKernel
 from drivers.overlay_ns import BRIDGE, OverlayHost
-from ipam.pools import OVERLAY_OPTION
+from ipam.pools import OVERLAY_NAME_RE, OVERLAY_OPTION
 from ipam.service import overlay_pool_hosts
 from plugin.quoting import shown
 from store import records
@@ -99,7 +101,7 @@ class VxlanConfig:
         if not overlay:
             raise InvalidOption(OVERLAY_OPTION, "missing: name the overlay on every host with "
                                 "-o cnmkit.overlay=NAME --ipam-driver cnmkit --ipam-opt cnmkit.overlay=NAME")
-        if not naming.valid_ifname(overlay[:15]) or len(overlay) > 64 or not overlay[0].isalnum():
+        if not OVERLAY_NAME_RE.fullmatch(overlay):
             raise InvalidOption(OVERLAY_OPTION, f"{shown(overlay)} is not an overlay name "
                                 "(1..64 of letters, digits, '_', '.', '-')")
         return cls(overlay=overlay, vni=vni, mtu=mtu, unknown=tuple(unknown))
@@ -134,20 +136,28 @@ class VxlanDriver:
     def validate(self, spec: NetworkSpec) -> list[str]:
         return list(VxlanConfig.parse(spec).unknown)
 
-    def underlay_mtu(self) -> int:
-        """The MTU of the device carrying the advertise address (the tunnel's underlay)."""
+    def underlay(self) -> tuple[int, list[IPNetwork]]:
+        """MTU and networks of the device carrying the advertise address (the tunnel's underlay)."""
         if not self.advertise:
             raise DriverError("advertise: this host has no --advertise address; the VXLAN tunnel needs one")
         link = self.host_kernel.device_of_address(self.advertise)
         if link is None:
             raise DriverError(f"advertise: no device on this host carries {self.advertise} "
                               "(the VXLAN underlay); check --advertise")
-        return int(link["mtu"])
+        return int(link["mtu"]), [IPNetwork(a) for a in self.host_kernel.addrs(str(link["name"]))]
 
     def create_network(self, spec: NetworkSpec) -> None:
         cfg = VxlanConfig.parse(spec)
         self._check_pools(spec, cfg.overlay)
-        ov, created = self._register(spec, cfg, self.underlay_mtu())
+        mtu, underlay_nets = self.underlay()
+        for data in (*spec.ipv4, *spec.ipv6):
+            clash = next((n for n in underlay_nets if n.version == data.pool.version
+                          and (n.cidr in data.pool or data.pool in n.cidr)), None)
+            if clash is not None:
+                # Tunnelled packets to the other VTEPs would be routed into the overlay itself.
+                raise InvalidOption("subnet", f"{data.pool.cidr} overlaps the underlay's own {clash.cidr} "
+                                    f"(the network the tunnel runs over)")
+        ov, created = self._register(spec, cfg, mtu)
         try:
             self.host.ensure(ov)
         except BaseException:
@@ -277,7 +287,8 @@ class VxlanDriver:
             check_sandbox(request.sandbox_key, self.sandbox_dirs)
             direct = os.path.exists(request.sandbox_key)
         # The first endpoint of this host in an overlay created elsewhere (the CLI's) makes its namespace.
-        self.host.ensure(ov)
+        if not self.host.ready(ov.vni):
+            self.host.ensure(ov)
         k = self.host.kernel(ov.vni)
         k.ensure_veth(naming.host_veth_name(eid), peer, alias=naming.endpoint_alias(eid), mtu=ov.mtu,
                       peer_mac=endpoint.mac or None, master=BRIDGE,
@@ -303,6 +314,28 @@ class VxlanDriver:
         return {} if ov is None else {"overlay": ov.name, "vni": ov.vni, "namespace": self.host.name(ov.vni)}
 
     # -- convergence (agent/reconcile.py) ----------------------------------------------------
+
+    def reconcile(self, known: Callable[[], tuple[set[str], set[str]]], *, dry_run: bool) -> list[str]:
+        """Remove endpoint veths in this host's overlay namespaces that no record names (a crash
+        between DeleteEndpoint's link delete and its record delete). The kernel is scanned before
+        ``known()`` reads the store, so a Join in flight (record first, link after) is never taken
+        for an orphan. Whole namespaces are the overlay agent's (agent/overlay.py)."""
+        found: list[tuple[int, str, str]] = []
+        for vni in sorted(self.host.local_vnis()):
+            prefix = naming.ALIAS_ROOT + "ep:"
+            found += [(vni, name, alias) for name, alias in self.host.kernel(vni).links_owned(prefix)]
+        if not found:
+            return []
+        _, endpoints = known()
+        actions: list[str] = []
+        for vni, name, alias in found:
+            owner = alias.rpartition(":")[2]
+            if owner in endpoints:
+                continue
+            actions.append(f"delete link {name} in {self.host.name(vni)} (endpoint {owner[:12]} is not on record)")
+            if not dry_run:
+                self.host.kernel(vni).link_delete(name, alias=alias)
+        return actions
 
     def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]:
         ov = self._overlay_of(spec)

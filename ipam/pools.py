@@ -8,6 +8,7 @@ answers that naturally, because the rejected pool is still held when Docker re-a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 from netaddr import IPAddress, IPNetwork
@@ -27,6 +28,7 @@ DEFAULT_ADDRESS_SPACES = {
 # on two hosts then gets the same pool, one allocator and one gateway (drivers/vxlan.py).
 OVERLAY_OPTION = "cnmkit.overlay"
 OVERLAY_SPACE_PREFIX = "cnmkit-overlay."
+OVERLAY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def overlay_space(overlay: str) -> str:

@@ -84,6 +84,7 @@ from ipam.errors import (
 from ipam.pools import (
     DEFAULT_ADDRESS_SPACES,
     GLOBAL_ADDRESS_SPACE,
+    OVERLAY_NAME_RE,
     OVERLAY_OPTION,
     OVERLAY_SPACE_PREFIX,
     is_overlay_space,
@@ -440,6 +441,10 @@ class IpamService:
             pool = self._load(sid)
             if pool is None:
                 raise PoolNotFound(pool_id)
+            if wanted is None and record["kind"] == "gateway" and "hosts" in pool.record:
+                # A shared pool's gateway asked for without an address (dockerd without --gateway) by
+                # a second host: the one the first host got, the same on every host.
+                wanted = self._shared_gateway(pool)
             got = (self._try_static(pool, wanted, record) if wanted is not None
                    else self._try_dynamic(pool, record))
             if got is not None:
@@ -499,6 +504,12 @@ class IpamService:
         else:
             txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
         return addr if self._commit(txn, key, record["token"]) else None
+
+    def _shared_gateway(self, pool: _Pool) -> IPAddress | None:
+        for kv in self._scan(f"{ADDRS}{pool.id}/"):
+            if decode(kv.value).get("kind") == "gateway":
+                return IPAddress(kv.key.rsplit("/", 1)[1])
+        return None
 
     def _share_gateway(self, pool: _Pool, held: KV, record: Record) -> bool | None:
         """A shared pool's gateway asked for by one more host: the hosts share the one record."""
@@ -635,11 +646,8 @@ def _check_space(space: object) -> str:
     return space
 
 
-_OVERLAY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
 def _check_overlay(name: str) -> str:
-    if not _OVERLAY_RE.fullmatch(name):
+    if not OVERLAY_NAME_RE.fullmatch(name):
         raise InvalidRequest(f"Options.{OVERLAY_OPTION}", f"{shown(name)} is not an overlay name (1..64 of "
                              "letters, digits, '_', '.', '-'; starting with a letter or digit)")
     return name

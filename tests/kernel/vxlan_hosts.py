@@ -61,6 +61,19 @@ class VxHost:
     def plugins(self) -> Path:
         return self.tmp / "plugins"
 
+    @property
+    def run_dir(self) -> Path:
+        """The embedded runtime's run dir on this host (its container namespaces are pinned there)."""
+        return self.tmp / "run"
+
+    def cnmkit(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``cnmkit ARGS`` run inside this host's namespace against its daemon (runtime verbs too)."""
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        return subprocess.run(["nsenter", f"--net={NETNS_DIR}/{self.netns}", sys.executable, "-m", "cli.main",
+                               "--plugin-dir", str(self.plugins), "--state-dir", str(self.tmp / "state"),
+                               "--run-dir", str(self.run_dir), *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=120, env=env, check=False)
+
     def engine(self) -> Engine:
         return Engine(str(self.plugins))
 
@@ -72,7 +85,8 @@ class VxHost:
             ["nsenter", f"--net={NETNS_DIR}/{self.netns}", sys.executable, "-m", "cli.main",
              "--plugin-dir", str(self.plugins), "--state-dir", str(self.tmp / "state"), "daemon",
              "--store", store, "--host-id", self.name, "--advertise", self.address, "--host-ttl", "2",
-             "--reconcile-interval", "0", "--sandbox-dir", NETNS_DIR],
+             "--reconcile-interval", "0", "--sandbox-dir", NETNS_DIR,
+             "--sandbox-dir", str(self.run_dir / "netns")],
             cwd=REPO, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + SAFETY
         while not all(socket_answers(str(self.plugins / s)) for s in ("cnmkit.sock", "cnmkit-vxlan.sock")):
@@ -126,16 +140,19 @@ def ping(host: VxHost, container: str, address: str, *extra: str) -> subprocess.
 class Cluster:
     """``n`` hosts on one underlay and one store; ``close()`` removes every namespace by name."""
 
-    def __init__(self, tmp: Path, n: int = 2, tag: str = "") -> None:
+    def __init__(self, tmp: Path, n: int = 2, tag: str = "", store: Callable[[str], str] | None = None) -> None:
+        """``store``: given the underlay namespace (192.0.2.254 there, reachable from every host),
+        start a store and answer its URL (an etcd cluster); default: one SQLite file."""
         self.tag = tag or f"vx{os.getpid() % 100000}"
         self.underlay = f"{self.tag}ul"
         self.hosts: list[VxHost] = []
-        self.store = f"sqlite://{tmp}/shared/state.db"
         (tmp / "shared").mkdir(parents=True, exist_ok=True)
         sh("ip", "netns", "add", self.underlay)
+        sh("ip", "-n", self.underlay, "link", "set", "lo", "up")
         sh("ip", "-n", self.underlay, "link", "add", "ul", "type", "bridge")
         sh("ip", "-n", self.underlay, "addr", "add", f"{UNDERLAY_NET}.254/24", "dev", "ul")
         sh("ip", "-n", self.underlay, "link", "set", "ul", "up")
+        self.store = store(self.underlay) if store else f"sqlite://{tmp}/shared/state.db"
         for i in range(1, n + 1):
             self.add_host(tmp, i)
 
@@ -154,6 +171,11 @@ class Cluster:
         return host
 
     def close(self) -> None:
+        for host in self.hosts:
+            if host.proc is not None and host.run_dir.exists():
+                with contextlib.suppress(Exception):     # runtime containers: stopped through the runtime
+                    for name in host.cnmkit("ps", "-a", "-q").stdout.split():
+                        host.cnmkit("rm", "-f", name)
         for host in self.hosts:
             with contextlib.suppress(Exception):
                 host.stop(signal.SIGKILL)
