@@ -51,8 +51,8 @@ def pct(samples: list[float], q: float) -> float:
 
 def attach(host: OverlayHost, network: str, netns: str, ip: str | None = None, *, wait_ns: bool = False) -> object:
     """Engine.attach + configure, as ``cnmkit run`` does. ``wait_ns``: retry while the overlay's
-    namespace on a host with no endpoint yet is still being made by its agent (the first Join
-    there can race it; reported to the driver's branch). Only the probes use it, untimed."""
+    namespace on a host with no endpoint yet is still being made by its agent (the first
+    Join there raced it in the driver's first version; harmless now). Only the probes use it, untimed."""
     for _ in range(100 if wait_ns else 1):
         try:
             att = Engine(str(host.plugin_dir)).attach(network, f"/run/netns/{netns}", ip=ip, direct=True)

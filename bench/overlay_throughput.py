@@ -37,7 +37,8 @@ from tests.overlay.harness import Lab, OverlayHost  # noqa: E402
 
 def attach(host: OverlayHost, network: str, netns: str) -> str:
     """Attach and configure; the address. Retried while the overlay's namespace on a host that had
-    no endpoint yet is still being made by its agent (Join can race it: reported to the driver)."""
+    no endpoint yet is still being made by its agent (Join raced it in the
+    driver's first version; harmless now)."""
     for _ in range(100):
         try:
             att = Engine(str(host.plugin_dir)).attach(network, f"/run/netns/{netns}", direct=True)
