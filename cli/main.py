@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("daemon", help="serve the plugin sockets (foreground)")
     daemon.add_argument("--driver", action="append", dest="drivers",
-                        help="drivers to serve (default: bridge and vlan)")
+                        help="drivers to serve (default: bridge, vlan and vxlan)")
     daemon.add_argument("--vlan-range", type=_vid_range, default=None, metavar="A-B",
                         help="VIDs the vlan driver picks from when a network names none (default 2-4094)")
     daemon.add_argument("--sandbox-dir", action="append", dest="sandbox_dirs", metavar="DIR",
@@ -160,7 +160,7 @@ def cmd_daemon(args: argparse.Namespace) -> None:
     from plugin.server import DaemonConfig, default_sandbox_dirs, run_daemon
 
     config = DaemonConfig(plugin_dir=args.plugin_dir, state_dir=args.state_dir, store_url=args.store,
-                          drivers=args.drivers or ["bridge", "vlan"], vlan_range=args.vlan_range,
+                          drivers=args.drivers or ["bridge", "vlan", "vxlan"], vlan_range=args.vlan_range,
                           sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
                           cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval,
                           host_id=args.host_id, advertise=args.advertise, host_ttl=args.host_ttl,

@@ -27,6 +27,7 @@ __all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_d
 
 GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
 MTU_OPTION = "com.docker.network.driver.mtu"
+NAMES_OPTION = "cnmkit.names"            # CreateEndpoint option: the runtime container's name, hostname, aliases
 DEFAULT_MTU = 1500
 
 
@@ -157,6 +158,12 @@ class Engine:
         # another network may well start with the new name ("b", "cafe").
         if found.get("Name") == name:
             raise PluginError(f"network name {name!r} is already in use")
+        options, ipam_options = dict(options or {}), dict(ipam_options or {})
+        if driver in ("vxlan", "cnmkit-vxlan"):
+            # One overlay, named after the network, its pool in the overlay's shared address
+            # space (drivers/vxlan.py): the network is created once and used from every host.
+            overlay = options.setdefault("cnmkit.overlay", name)
+            ipam_options.setdefault("cnmkit.overlay", overlay)
         transport = self.driver(driver)
         transport.call("Plugin.Activate")
         spaces = self.ipam.call("IpamDriver.GetDefaultAddressSpaces")
@@ -241,18 +248,22 @@ class Engine:
     # -- endpoints ----------------------------------------------------------------------------
 
     def attach(self, network: str, sandbox_key: str, *, ip: str | None = None, ip6: str | None = None,
-               mac: str | None = None, direct: bool = False, net: dict[str, Any] | None = None) -> Attachment:
+               mac: str | None = None, direct: bool = False, net: dict[str, Any] | None = None,
+               names: Sequence[str] = ()) -> Attachment:
         """``docker run --network``/``network connect``: address, endpoint, join; unwound on failure.
 
         ``net`` is the network as ``inspect_network`` gave it, when the caller (a batch of nodes on
         the same network) asked once for all: the reply lists every endpoint, so asking per node
-        costs O(n) per node.
+        costs O(n) per node. ``names`` (the container's name, hostname and aliases) go with the
+        endpoint, so runtimes on other hosts of an overlay can resolve them.
         """
         net = net or self.inspect_network(network)
         transport = self.driver(net["Driver"])
         att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
         mtu = net.get("Options", {}).get(MTU_OPTION)
         att.mtu = int(mtu) if mtu and str(mtu).isdigit() else DEFAULT_MTU
+        if not mtu and net["Driver"] == "cnmkit-vxlan":
+            att.mtu = 0                       # the overlay's (underlay minus 50), set by the driver: kept
         undo = _Undo()
         try:
             options = {"com.docker.network.endpoint.macaddress": mac} if mac else None
@@ -265,7 +276,9 @@ class Engine:
             reply = transport.call("NetworkDriver.CreateEndpoint", {
                 "NetworkID": att.network_id, "EndpointID": att.endpoint_id,
                 "Interface": {"Address": att.address, "AddressIPv6": att.address_v6, "MacAddress": mac or ""},
-                "Options": {}})
+                # The container's names ride on the endpoint record, so the runtime on another host
+                # can list them in its containers' hosts files (a multi-host network has no DNS).
+                "Options": {NAMES_OPTION: ",".join(names)} if names else {}})
             undo.push(lambda: transport.call("NetworkDriver.DeleteEndpoint",
                                              {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
             att.mac = mac or (reply.get("Interface") or {}).get("MacAddress", "")
@@ -275,8 +288,8 @@ class Engine:
                             "cnmkit.direct": direct}})
             undo.push(lambda: transport.call("NetworkDriver.Leave",
                                              {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}))
-            names = joined.get("InterfaceName") or {}
-            att.src_name, att.dst_prefix = names.get("SrcName", ""), names.get("DstPrefix") or "eth"
+            ifnames = joined.get("InterfaceName") or {}
+            att.src_name, att.dst_prefix = ifnames.get("SrcName", ""), ifnames.get("DstPrefix") or "eth"
             att.gateway, att.gateway_v6 = joined.get("Gateway", ""), joined.get("GatewayIPv6", "")
             att.static_routes = list(joined.get("StaticRoutes") or [])
             transport.call("NetworkDriver.EndpointOperInfo",

@@ -157,6 +157,24 @@ def _gateway(pools: tuple[IPAMData, ...]) -> IPAddress | None:
     return None
 
 
+def check_sandbox(key: str, sandbox_dirs: Sequence[str]) -> None:
+    """A direct Join opens SandboxKey as a network namespace: only files directly inside the
+    namespace directories engines and our runtime use, so a client on the socket cannot put
+    an interface into any other process's namespace (``/proc/1/ns/net``, a path with ``..``,
+    a symlink out of the directory)."""
+    allowed = ", ".join(sandbox_dirs)
+    if not os.path.isabs(key) or ".." in key.split("/"):
+        raise DriverError(f"SandboxKey: {shown(key)} is not an absolute path without '..' "
+                          f"(allowed: files in {allowed})")
+    try:
+        real = os.path.realpath(key)
+    except (OSError, ValueError):                # an unreadable link on the way: not ours either
+        real = ""
+    if os.path.dirname(real) not in sandbox_dirs or os.path.basename(real) in ("", ".", ".."):
+        raise DriverError(f"SandboxKey: {shown(key)} is not a namespace file directly inside one of "
+                          f"{allowed}")
+
+
 class BridgeDriver:
     name = "cnmkit-bridge"
     scope: Literal["local", "global"] = "local"
@@ -282,21 +300,7 @@ class BridgeDriver:
                           gateway_v6=_gateway(network.ipv6))
 
     def _check_sandbox(self, key: str) -> None:
-        """A direct Join opens SandboxKey as a network namespace: only files directly inside the
-        namespace directories engines and our runtime use, so a client on the socket cannot put
-        an interface into any other process's namespace (``/proc/1/ns/net``, a path with ``..``,
-        a symlink out of the directory)."""
-        allowed = ", ".join(self.sandbox_dirs)
-        if not os.path.isabs(key) or ".." in key.split("/"):
-            raise DriverError(f"SandboxKey: {shown(key)} is not an absolute path without '..' "
-                              f"(allowed: files in {allowed})")
-        try:
-            real = os.path.realpath(key)
-        except (OSError, ValueError):                # an unreadable link on the way: not ours either
-            real = ""
-        if os.path.dirname(real) not in self.sandbox_dirs or os.path.basename(real) in ("", ".", ".."):
-            raise DriverError(f"SandboxKey: {shown(key)} is not a namespace file directly inside one of "
-                              f"{allowed}")
+        check_sandbox(key, self.sandbox_dirs)
 
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""

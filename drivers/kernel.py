@@ -23,6 +23,7 @@ import ctypes
 import errno
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -649,3 +650,179 @@ def _translate(what: str, code: int | None, text: str) -> KernelError:
     if code == errno.EEXIST:
         return LinkExists(message, code)
     return KernelError(message, code)
+
+
+# -- overlays (drivers/vxlan.py): named namespaces, VXLAN devices, static FDB and neighbour entries --
+
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+ZERO_MAC = "00:00:00:00:00:00"
+NETNS_DIR = "/run/netns"
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(netns_path(name))
+
+
+def netns_add(name: str) -> bool:
+    """Create the named namespace ``/run/netns/<name>`` (``ip netns add``); True if made now.
+
+    iproute2 does the unshare and the bind mount (and makes ``/run/netns`` a shared mount, so the
+    name is visible to ``ip netns exec`` from every mount namespace that shares it). Its loopback
+    is brought up: the overlay's own stack answers the gateway there.
+    """
+    if netns_exists(name):
+        return False
+    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and not netns_exists(name):
+        raise KernelError(f"netns {name}: {proc.stderr.strip() or 'ip netns add failed'}", errno.EIO)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def netns_delete(name: str) -> bool:
+    """Delete the named namespace; its links (bridge, vxlan, host ends of veths) die with it."""
+    if not netns_exists(name):
+        return False
+    proc = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and netns_exists(name):
+        raise KernelError(f"netns {name}: {proc.stderr.strip() or 'ip netns del failed'}", errno.EIO)
+    return True
+
+
+def netns_names(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+class OverlayKernel(Kernel):
+    """``Kernel`` plus the verbs of an overlay: VXLAN devices, static FDB and neighbour entries."""
+
+    def device_of_address(self, address: str) -> LinkInfo | None:
+        """The link carrying ``address`` (the underlay of a VTEP), or None when no link has it."""
+        msgs = self._call("addr dump", lambda: list(self._ipr().addr("dump")))
+        for m in msgs:
+            if m.get("address") == address or m.get("IFA_LOCAL") == address:
+                index = int(m["index"])
+                for link in self.links():
+                    if link["index"] == index:
+                        return link
+        return None
+
+    def ensure_vxlan(self, name: str, *, alias: str, vni: int, local: str, port: int, mtu: int,
+                     netns_path: str | None = None) -> bool:
+        """Make VXLAN device ``name`` (learning off, ARP/ND proxy on) in the netns at ``netns_path``.
+
+        The request is made from *this* Kernel's namespace, so the device's UDP socket (bound to
+        ``local``:``port``) lives here, in the host namespace that has the underlay, while the
+        device itself is born in the overlay's namespace (IFLA_NET_NS_FD): Docker's overlay does
+        the same in two steps (create, then move). ``proxy`` makes the device answer ARP and
+        neighbour solicitations from its own neighbour table and drop the unanswered ones, so no
+        ARP ever crosses the overlay: the store's entries are the only source of truth. Returns
+        True when created now; an existing device is left alone (the caller checks it first).
+        """
+        spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_local": local,
+                                "vxlan_port": port, "vxlan_learning": 0, "vxlan_proxy": 1, "mtu": mtu}
+        ns_fd = None
+        if netns_path:
+            try:
+                ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise KernelError(f"netns {netns_path}: {exc.strerror}", exc.errno) from exc
+            spec["net_ns_fd"] = ns_fd
+        try:
+            self._call(f"create vxlan {name}", self._ipr().link, "add", **spec)
+        except LinkExists:
+            return False
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
+        return True
+
+    def veth_add(self, name: str, peer: str, *, alias: str, mtu: int, peer_netns_path: str) -> None:
+        """A plain veth pair (no master): ``name`` here, ``peer`` born in the netns at ``peer_netns_path``."""
+        try:
+            ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
+        try:
+            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth", mtu=mtu,
+                       peer={"ifname": peer, "mtu": mtu, "net_ns_fd": ns_fd})
+        finally:
+            os.close(ns_fd)
+        self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+
+    def link_configure(self, name: str, *, alias: str | None = None, master: str | None = None,
+                       mtu: int | None = None, up: bool = True) -> None:
+        spec: dict[str, Any] = {"state": "up" if up else "down"}
+        if alias is not None:
+            spec["ifalias"] = alias
+        if master is not None:
+            spec["master"] = self._index(master)
+        if mtu is not None:
+            spec["mtu"] = mtu
+        self._call(f"configure {name}", self._ipr().link, "set", index=self._index(name), **spec)
+
+    def fdb_entries(self, device: str) -> list[tuple[str, str]]:
+        """(MAC, remote VTEP) of every entry with a remote destination on VXLAN ``device``."""
+        index = self._index(device)
+        msgs = self._call("fdb dump", lambda: list(self._ipr().fdb("dump", ifindex=index)))
+        out = []
+        for m in msgs:
+            if int(m.get("ifindex") or 0) != index:
+                continue
+            dst = m.get("NDA_DST")
+            if dst:
+                out.append((str(m.get("NDA_LLADDR")).lower(), str(dst)))
+        return out
+
+    def fdb_add(self, device: str, mac: str, dst: str) -> None:
+        """A static entry ``mac`` -> ``dst`` on the VXLAN device (``append``: the all-zeros MAC
+        takes one entry per remote VTEP, head-end replication)."""
+        index = self._index(device)
+        with contextlib.suppress(LinkExists):
+            self._call(f"fdb {mac} {dst}", self._ipr().fdb, "append", ifindex=index, lladdr=mac, dst=dst,
+                       state=NUD_PERMANENT, flags=NTF_SELF)
+
+    def fdb_del(self, device: str, mac: str, dst: str) -> None:
+        index = self._index(device)
+        with contextlib.suppress(LinkNotFound):
+            self._call(f"fdb del {mac} {dst}", self._ipr().fdb, "del", ifindex=index, lladdr=mac, dst=dst,
+                       flags=NTF_SELF)
+
+    def neigh_entries(self, device: str) -> list[tuple[str, str]]:
+        """(IP, MAC) of every permanent neighbour entry on ``device``."""
+        index = self._index(device)
+        msgs = self._call("neigh dump", lambda: list(self._ipr().neigh("dump", ifindex=index)))
+        return [(str(m.get("NDA_DST")), str(m.get("NDA_LLADDR")).lower()) for m in msgs
+                if int(m.get("ifindex") or 0) == index and m.get("NDA_DST") and m.get("NDA_LLADDR")
+                and int(m.get("state") or 0) & NUD_PERMANENT]
+
+    def neigh_set(self, device: str, ip: str, mac: str) -> None:
+        index = self._index(device)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self._call(f"neigh {ip}", self._ipr().neigh, "replace", ifindex=index, dst=ip, lladdr=mac,
+                   state=NUD_PERMANENT, family=family)
+
+    def neigh_del(self, device: str, ip: str) -> None:
+        index = self._index(device)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with contextlib.suppress(LinkNotFound):
+            self._call(f"neigh del {ip}", self._ipr().neigh, "del", ifindex=index, dst=ip, family=family)
+
+    def route_replace(self, dst: str, *, gateway: str | None = None, oif: str | None = None) -> None:
+        spec: dict[str, Any] = {"dst": dst}
+        family = _family(gateway or dst)
+        if family:
+            spec["family"] = family
+        if gateway:
+            spec["gateway"] = gateway
+        if oif:
+            spec["oif"] = self._index(oif)
+        self._call(f"route {dst}", self._ipr().route, "replace", **spec)

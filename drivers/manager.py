@@ -208,6 +208,8 @@ class NetworkManager:
 
     def _routed(self, driver_name: str, spec: NetworkSpec) -> bool:
         driver = self.drivers.get(driver_name)
+        if getattr(driver, "isolated", False):
+            return False                       # in namespaces of its own (the overlay): never meets ours
         if not isinstance(driver, HostRouting):
             return True
         try:
@@ -219,7 +221,9 @@ class NetworkManager:
         """Two networks with overlapping subnets would fight over host routes: refuse, naming the other.
 
         Only two local-space subnets on different hosts may overlap: each lives behind its own
-        host's bridge. A global-space subnet may reach every host, so it clashes with any.
+        host's bridge. A global-space subnet may reach every host, so it clashes with any. A
+        driver whose networks live in namespaces of their own (``isolated``: the VXLAN overlay)
+        is checked by neither side: its subnets never meet the host's routes.
         """
         mine = [d for d in (*spec.ipv4, *spec.ipv6) if d.pool.prefixlen > 0]
         if not mine or not self._routed(driver_name, spec):

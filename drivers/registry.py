@@ -20,8 +20,9 @@ class DriverSettings:
     """Daemon settings some drivers need; empty ``sandbox_dirs`` means the driver's defaults."""
 
     sandbox_dirs: tuple[str, ...] = field(default=())
-    host_id: str = ""                                  # the VLAN driver's host-local store keys
+    host_id: str = ""                                  # the VLAN and VXLAN drivers: this host's id
     vlan_range: tuple[int, int] | None = None          # None: drivers/vlan.py's DEFAULT_VID_RANGE
+    advertise: str = ""                                # the VXLAN driver's tunnel address
 
 
 def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
@@ -47,9 +48,19 @@ def _vlan(store: Store, settings: DriverSettings) -> NetworkDriver:
                       sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
 
 
+def _vxlan(store: Store, settings: DriverSettings) -> NetworkDriver:
+    from drivers.bridge import DEFAULT_SANDBOX_DIRS
+    from drivers.kernel import OverlayKernel
+    from drivers.vxlan import VxlanDriver
+
+    return VxlanDriver(OverlayKernel(), store, settings.host_id, settings.advertise,
+                       sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS)
+
+
 FACTORIES: dict[str, Callable[[Store, DriverSettings], NetworkDriver]] = {
     "bridge": _bridge,
     "vlan": _vlan,
+    "vxlan": _vxlan,
     "null": lambda store, settings: NullDriver(),
 }
 

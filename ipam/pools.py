@@ -8,6 +8,7 @@ answers that naturally, because the rejected pool is still held when Docker re-a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 from netaddr import IPAddress, IPNetwork
@@ -21,6 +22,27 @@ DEFAULT_ADDRESS_SPACES = {
     "LocalDefaultAddressSpace": LOCAL_ADDRESS_SPACE,
     "GlobalDefaultAddressSpace": GLOBAL_ADDRESS_SPACE,
 }
+
+# A VXLAN overlay's pools live in an address space of their own, named after the overlay and shared
+# by every host (like the global space): ``docker network create --ipam-opt cnmkit.overlay=blue``
+# on two hosts then gets the same pool, one allocator and one gateway (drivers/vxlan.py).
+OVERLAY_OPTION = "cnmkit.overlay"
+OVERLAY_SPACE_PREFIX = "cnmkit-overlay."
+OVERLAY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def overlay_space(overlay: str) -> str:
+    return OVERLAY_SPACE_PREFIX + overlay
+
+
+def is_overlay_space(space: str) -> bool:
+    return space.startswith(OVERLAY_SPACE_PREFIX)
+
+
+def is_shared_space(space: str) -> bool:
+    """Spaces whose pools are one record for every host: the global one and each overlay's."""
+    return space == GLOBAL_ADDRESS_SPACE or is_overlay_space(space)
+
 
 # 10.200.0.0/13 gives 2048 /24s away from Docker's own 172.17-31/16 and 192.168/20 defaults; the
 # IPv6 ULA /48 spells "cnmk" (63 6e 6d 6b) so an operator recognises our pools in `ip -6 route`.

@@ -37,6 +37,13 @@ Many hosts on one store (issue 7). Which pools are shared follows Docker's addre
   hosts may each hold 10.1.0.0/24 (NATed bridge networks that never route to each other, like
   every host's docker0), and the PoolID Docker sees stays ``cnmkit-local/10.1.0.0/24``. A local pool
   is still refused if it overlaps a global pool, which may reach this host any time.
+- an **overlay** space (``cnmkit-overlay.<name>``, chosen by the ``cnmkit.overlay`` option of
+  RequestPool, i.e. ``--ipam-opt cnmkit.overlay=<name>``) is shared like the global one: every
+  host's dockerd asking for the overlay's pool gets the same PoolID, one allocator, one gateway. Its
+  pools only clash with pools of the same overlay: each overlay lives in network namespaces of its
+  own (drivers/vxlan.py), so two overlays, or an overlay and a bridge, may use one subnet. A
+  RequestPool without a Pool in an overlay that has one joins it (the second host need not repeat
+  ``--subnet``).
 - every address record names its host (``host``): a host never releases another's addresses, and
   a host whose lease expired has them reclaimed after a grace period (``reclaim_host``), each txn
   comparing the dead host's record with "absent", so a host that is back keeps what it had.
@@ -75,7 +82,17 @@ from ipam.errors import (
     PoolOverlap,
     StoreContention,
 )
-from ipam.pools import DEFAULT_ADDRESS_SPACES, GLOBAL_ADDRESS_SPACE, pick_predefined
+from ipam.pools import (
+    DEFAULT_ADDRESS_SPACES,
+    GLOBAL_ADDRESS_SPACE,
+    OVERLAY_NAME_RE,
+    OVERLAY_OPTION,
+    OVERLAY_SPACE_PREFIX,
+    is_overlay_space,
+    is_shared_space,
+    overlay_space,
+    pick_predefined,
+)
 from plugin.quoting import shown
 from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
 from store.records import Record, TxnBuilder, decode
@@ -176,7 +193,7 @@ class IpamService:
     def _sid(self, pool_id: str) -> str:
         """The store id of a PoolID: global pools are shared, the others carry this host's id."""
         space, _, cidr = pool_id.partition("/")
-        if space == GLOBAL_ADDRESS_SPACE or not self.host_id:
+        if is_shared_space(space) or not self.host_id:
             return pool_id
         return f"{space}@{self.host_id}/{cidr}"
 
@@ -189,12 +206,12 @@ class IpamService:
         return sid
 
     def _space_key(self, space: str) -> str:
-        return SPACES + (space if space == GLOBAL_ADDRESS_SPACE or not self.host_id
+        return SPACES + (space if is_shared_space(space) or not self.host_id
                          else f"{space}@{self.host_id}")
 
     def _visible(self, store_id: str) -> bool:
         """Pools this host sees: the shared ones and its own per-host ones."""
-        if store_id.startswith(GLOBAL_ADDRESS_SPACE + "/"):
+        if store_id.startswith((GLOBAL_ADDRESS_SPACE + "/", OVERLAY_SPACE_PREFIX)):
             return True
         return _store_host(store_id) in (self.host_id or None, None)  # None: from before host ids
 
@@ -216,6 +233,8 @@ class IpamService:
         opts = _check_options(options)
         if SPACE_OPTION in opts:
             space = _named_space(opts[SPACE_OPTION])
+        if opts.get(OVERLAY_OPTION):
+            space = overlay_space(_check_overlay(opts[OVERLAY_OPTION]))
         if not isinstance(v6, bool):
             raise InvalidRequest("V6", f"{shown(v6)} is not a boolean")
         if sub_pool is None:
@@ -227,12 +246,24 @@ class IpamService:
             raise InvalidRequest("SubPool", f"{shown(sub_pool)} given without a Pool")
         # A default route (prefix 0) overlaps everything, and Docker ignores it too.
         avoid = [] if spec else [n for n in self._avoid() if n.prefixlen > 0]
-        shared = space == GLOBAL_ADDRESS_SPACE
+        shared = is_shared_space(space)
+        overlay = is_overlay_space(space)
         for _ in _attempts():
             space_kv = self._store.get(self._space_key(space))
             generation = decode(space_kv.value)["generation"] if space_kv else 0
             held = self._held_pools()
             visible = [(sid, n) for sid, n, _ in held if self._visible(sid)]
+            if spec is None and overlay:
+                # The second host's create need not repeat --subnet: the overlay's pool is joined.
+                existing = next((kv for s, n, kv in held if s.startswith(space + "/") and (n.version == 6) == v6),
+                                None)
+                if existing is not None:
+                    joined = self._join_shared(existing, make_pool_spec(decode(existing.value)["pool"],
+                                                                        decode(existing.value)["subpool"], v6),
+                                               opts)
+                    if joined is None:
+                        continue
+                    return joined
             if spec is None:
                 # A shared pool will be used on every host: it avoids every host's pools.
                 net = pick_predefined(v6, [n for _, n, _ in held] if shared else [n for _, n in visible], avoid)
@@ -246,7 +277,8 @@ class IpamService:
                         continue
                     return joined
                 mine = [(s, n) for s, n in visible
-                        if s.partition("/")[0].partition("@")[0] == space or s.startswith(GLOBAL_ADDRESS_SPACE + "/")]
+                        if s.partition("/")[0].partition("@")[0] == space
+                        or (not overlay and s.startswith(GLOBAL_ADDRESS_SPACE + "/"))]
                 clash = find_overlap(spec.pool, mine)
                 if clash:
                     raise PoolOverlap(str(spec.pool.cidr), str(clash[1].cidr), _public_id(clash[0]))
@@ -431,6 +463,10 @@ class IpamService:
                 pool = self._load(sid)
                 if pool is None:
                     raise PoolNotFound(pool_id)
+                if wanted is None and record["kind"] == "gateway" and "hosts" in pool.record:
+                    # A shared pool's gateway asked for without an address (dockerd without --gateway) by
+                    # a second host: the one the first host got, the same on every host.
+                    wanted = self._shared_gateway(pool)
                 got = (self._try_static(pool, wanted, record) if wanted is not None
                        else self._try_dynamic(pool, record))
                 if got is not None:
@@ -494,6 +530,12 @@ class IpamService:
         else:
             txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
         return addr if self._commit(txn, key, record["token"]) else None
+
+    def _shared_gateway(self, pool: _Pool) -> IPAddress | None:
+        for kv in self._scan(f"{ADDRS}{pool.id}/"):
+            if decode(kv.value).get("kind") == "gateway":
+                return IPAddress(kv.key.rsplit("/", 1)[1])
+        return None
 
     def _share_gateway(self, pool: _Pool, held: KV, record: Record) -> bool | None:
         """A shared pool's gateway asked for by one more host: the hosts share the one record."""
@@ -597,6 +639,13 @@ class IpamService:
                     return
 
 
+def overlay_pool_hosts(store: Store, overlay: str, cidr: str) -> list[str] | None:
+    """The hosts holding overlay ``overlay``'s pool ``cidr`` (None: no such pool): drivers/vxlan.py
+    checks that a CreateNetwork's pool really is the overlay's, granted to this host."""
+    kv = store.get(f"{POOLS}{overlay_space(overlay)}/{cidr}")
+    return None if kv is None else list(decode(kv.value).get("hosts") or [])
+
+
 def _stepping_over(txn: TxnBuilder, skipped: list[KV]) -> TxnBuilder:
     """Make a cursor move conditional on the statics it steps over still being allocated.
 
@@ -634,6 +683,13 @@ def _named_space(name: str) -> str:
                              "(1..128 of letters, digits, '.', '_', '-')") from None
     if name.startswith("cnmkit-"):
         raise InvalidRequest(field, f"{shown(name)}: names starting with 'cnmkit-' are cnmkit's own spaces")
+    return name
+
+
+def _check_overlay(name: str) -> str:
+    if not OVERLAY_NAME_RE.fullmatch(name):
+        raise InvalidRequest(f"Options.{OVERLAY_OPTION}", f"{shown(name)} is not an overlay name (1..64 of "
+                             "letters, digits, '_', '.', '-'; starting with a letter or digit)")
     return name
 
 

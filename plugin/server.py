@@ -19,6 +19,7 @@ import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -35,6 +36,9 @@ from plugin.listener import BoundedSockSite
 from store.base import Store, Unavailable
 from store.guard import GuardedStore, display_url
 from store.url import open_store
+
+if TYPE_CHECKING:
+    from agent.overlay import OverlayAgent
 
 log = logging.getLogger("cnmkit.daemon")
 
@@ -59,7 +63,7 @@ class DaemonConfig:
     plugin_dir: str = DEFAULT_PLUGIN_DIR
     state_dir: str = DEFAULT_STATE_DIR
     store_url: str = ""                     # empty: sqlite under state_dir
-    drivers: list[str] = field(default_factory=lambda: ["bridge", "vlan"])
+    drivers: list[str] = field(default_factory=lambda: ["bridge", "vlan", "vxlan"])
     vlan_range: tuple[int, int] | None = None   # the VLAN driver's VID pool (None: 2-4094)
     workers: int = 4
     sandbox_dirs: list[str] = field(default_factory=default_sandbox_dirs)
@@ -124,6 +128,9 @@ class Daemon:
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
                         "hosts exchange traffic)")
+        self.drivers = drivers if drivers is not None else build_drivers(
+            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
+                                                       host_id=self.host_id, advertise=advertise))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
@@ -190,6 +197,11 @@ class Daemon:
         self.hosts.start_watch()
         liveness = asyncio.create_task(self.hosts.run())
         # -- end of host liveness
+        # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
+        overlay = self._overlay_agent()
+        if overlay is not None:
+            overlay.start()
+        # -- end of overlay entries
         await self.start()
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
@@ -201,6 +213,8 @@ class Daemon:
             if periodic is not None:
                 periodic.cancel()
             liveness.cancel()
+            if overlay is not None:
+                await loop.run_in_executor(None, overlay.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -210,6 +224,16 @@ class Daemon:
             except FileNotFoundError:
                 pass
 
+
+    def _overlay_agent(self) -> OverlayAgent | None:
+        from agent.overlay import OverlayAgent  # imports netlink: only when serving
+        from drivers.vxlan import VxlanDriver
+
+        vxlan = next((d for d in self.drivers if isinstance(d, VxlanDriver)), None)
+        if vxlan is None:
+            return None
+        interval = self.config.reconcile_interval or 60.0
+        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from client.engine import Attachment, DaemonUnavailable, Engine, PluginError
+from client.engine import NAMES_OPTION, Attachment, DaemonUnavailable, Engine, PluginError
 from runtime import hosts, names, process, sandbox
 from runtime.state import (
     STATUS_EXITED,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from runtime.supervisor import Supervisor
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
+MULTI_HOST_DRIVER = "cnmkit-vxlan"       # networks whose endpoints on other hosts are peers too
 EXIT_UNKNOWN = -1
 
 
@@ -54,6 +55,7 @@ class ContainerService:
         self.run_dir = os.path.abspath(run_dir or os.environ.get("CNMKIT_RUN_DIR") or DEFAULT_RUN_DIR)
         self.store = StateStore(self.state_dir)
         self._engine: Engine | None = None
+        self._multi_host_cache: dict[str, bool] = {}   # network id -> on a multi-host driver
 
     @property
     def engine(self) -> Engine:
@@ -201,8 +203,10 @@ class ContainerService:
                     engine: Engine | None = None, net: dict[str, Any] | None = None,
                     configure: Any = None) -> dict[str, Any]:
         try:
+            config = self.store.load_config(cid)
             att = (engine or self.engine).attach(req.network, state.netns, ip=req.ip, ip6=req.ip6, direct=True,
-                                                 net=net)
+                                                 net=net, names=[n for n in (config.name, config.hostname,
+                                                                             *req.aliases) if n])
         except PluginError as exc:
             raise ContainerError(f"network {req.network}: {exc}") from None
         record = att.to_dict() | {"ifname": ifname, "aliases": list(req.aliases), "default_route": False}
@@ -495,6 +499,9 @@ class ContainerService:
         state = self._settle(cid)
         if state.status != STATUS_RUNNING:
             raise ContainerError(f"container {self.store.load_config(cid).name} is not running")
+        if self._on_multi_host(state):
+            with self.store.locked():                    # peers on other hosts may have come or gone
+                self._refresh_hosts()
         environment = dict(self.store.load_config(cid).env)
         for item in env:
             key, sep, value = item.partition("=")
@@ -535,7 +542,11 @@ class ContainerService:
                 config, state = self.store.load_config(cid), self.store.load_state(cid)
                 if state.attachments or state.status == STATUS_RUNNING:
                     members[cid] = _member(config, state)
+        local = dict(members)
+        members.update(self._remote_members(members))
         for cid, text in hosts.render_all(members).items():
+            if cid not in local:
+                continue
             path = self.store.path(cid, "hosts")
             with contextlib.suppress(OSError):
                 with open(path) as fh:
@@ -543,7 +554,7 @@ class ContainerService:
                         continue                          # unchanged: spare the write
             with contextlib.suppress(OSError):
                 hosts.write_in_place(path, text)
-        hosts.Index(self._hosts_index_path(), members).save()
+        hosts.Index(self._hosts_index_path(), local).save()      # other hosts' peers are re-read each time
 
     def _hosts_index_path(self) -> str:
         return os.path.join(self.store.root, ".hosts-index.json")
@@ -555,8 +566,8 @@ class ContainerService:
         """Containers join name resolution: their files in full, their lines appended to their
         peers' (hosts.Index); a full refresh when there is no index yet."""
         index = self._hosts_index()
-        if index is None:
-            self._refresh_hosts()
+        if index is None or any(self._on_multi_host(st) for _, st in records.values()):
+            self._refresh_hosts()                    # an overlay's peers on other hosts come from the store
             return
         index.add({cid: _member(c, s) for cid, (c, s) in records.items()},
                   lambda cid: self.store.path(cid, "hosts"))
@@ -568,6 +579,50 @@ class ContainerService:
             self._refresh_hosts()
             return
         index.remove(cids, lambda cid: self.store.path(cid, "hosts"))
+
+    def _on_multi_host(self, state: ContainerState) -> bool:
+        """Whether the container is on a multi-host network: only then do peers on other hosts
+        (read from the store through the daemon) belong in its hosts file."""
+        for att in state.attachments:
+            network_id = att.get("network_id")
+            if not network_id:
+                continue
+            if network_id not in self._multi_host_cache:
+                try:
+                    driver = self.engine.inspect_network(network_id).get("Driver")
+                except (PluginError, DaemonUnavailable, OSError):
+                    continue
+                self._multi_host_cache[network_id] = driver == MULTI_HOST_DRIVER
+            if self._multi_host_cache[network_id]:
+                return True
+        return False
+
+    def _remote_members(self, members: dict[str, hosts.Member]) -> dict[str, hosts.Member]:
+        """Containers of other hosts on this host's multi-host networks, from the shared store.
+
+        Each endpoint record carries the names its runtime gave it (engine NAMES_OPTION); those of
+        endpoints not attached here become peers in the hosts files. Without the daemon (or with a
+        bad record) there are none: a hosts file is never worth failing a container operation.
+        """
+        ours = {att.get("endpoint_id") for m in members.values() for att in m.attachments}
+        networks = {att["network_id"] for m in members.values() for att in m.attachments if att.get("network_id")}
+        remote: dict[str, hosts.Member] = {}
+        for network_id in sorted(networks):
+            try:
+                net = self.engine.inspect_network(network_id)
+            except (PluginError, DaemonUnavailable, OSError):
+                continue
+            if net.get("Driver") != MULTI_HOST_DRIVER:
+                continue
+            for ep in net.get("EndpointList") or []:
+                given = str((ep.get("Options") or {}).get(NAMES_OPTION, "")).split(",")
+                if ep.get("EndpointID") in ours or not given[0]:
+                    continue
+                att = {"network_id": network_id, "address": ep.get("Address", ""),
+                       "address_v6": ep.get("AddressIPv6", ""), "aliases": given[2:]}
+                remote[f"remote:{ep.get('EndpointID')}"] = hosts.Member(
+                    given[0], given[1] if len(given) > 1 else "", (att,))
+        return remote
 
 
 def _member(config: ContainerConfig, state: ContainerState) -> hosts.Member:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 packages=(python3 python3-venv ca-certificates iproute2 iputils-ping busybox-static iptables kmod procps
           util-linux docker.io containernetworking-plugins etcd-server etcd-client
-          user-mode-linux tcpdump iperf3 graphviz mininet bridge-utils tini)
+          user-mode-linux tcpdump iperf3 graphviz mininet bridge-utils tini ebtables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -19,7 +19,9 @@ Layout (values are JSON objects unless said otherwise):
 - ``endpoints/<net>/<ep>``      ``EndpointRecord``: {"Spec", "Result", "Sandbox", "Host"[, "Ports"]};
 - ``claims/subnets``            a decimal generation, bumped by every network create;
 - ``claims/ports/<host>``       a decimal generation, bumped by every host-port choice of that host;
-- ``hosts/<host>``              ``HostRecord``, under the host's lease.
+- ``hosts/<host>``              ``HostRecord``, under the host's lease;
+- ``overlays/<name>``           ``OverlayRecord``: one VXLAN overlay shared by every host (drivers/vxlan.py);
+- ``claims/vni/<vni>``          the overlay name holding that VNI, raw bytes; created with the overlay.
 
 A record without ``Host`` was written before hosts existed and belongs to whichever host reads
 it. Keys a newer version adds to a record are kept through every read-modify-write here.
@@ -167,6 +169,8 @@ ENDPOINTS = "endpoints/"
 HOSTS = "hosts/"
 SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the overlap check's token
 PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
+OVERLAYS = "overlays/"
+VNI_CLAIMS = "claims/vni/"                # + VNI: the overlay holding it, created with the overlay
 
 
 def network_key(network_id: str) -> str:
@@ -191,6 +195,14 @@ def host_key(host_id: str) -> str:
 
 def port_claims_key(host_id: str) -> str:
     return PORT_CLAIMS + (host_id or "-")
+
+
+def overlay_key(name: str) -> str:
+    return f"{OVERLAYS}{name}"
+
+
+def vni_claim_key(vni: int) -> str:
+    return f"{VNI_CLAIMS}{vni}"
 
 
 def network_id_of(key: str) -> str:
@@ -387,3 +399,41 @@ def encode_host(record: HostRecord) -> bytes:
 def decode_host(data: bytes) -> dict[str, Any]:
     """A host record as a plain dict: the CLI shows it, with whatever keys its writer put."""
     return decode(data)
+
+
+@dataclass(frozen=True)
+class OverlayRecord:
+    """``overlays/<name>``: what every host's network of one VXLAN overlay must agree on.
+
+    Written once, by compare-and-swap, by the first create (of any host); every later create,
+    on any host, must match it field by field or is refused naming the field (drivers/vxlan.py).
+    ``subnets`` and ``gateways`` are CIDR strings in pool order (IPv4 first).
+    """
+
+    name: str
+    vni: int
+    mtu: int
+    subnets: tuple[str, ...]
+    gateways: tuple[str, ...]
+    internal: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    _KEYS = frozenset({"Name", "VNI", "MTU", "Subnets", "Gateways", "Internal"})
+
+    def to_dict(self) -> Record:
+        return {**self.extra, "Name": self.name, "VNI": self.vni, "MTU": self.mtu,
+                "Subnets": list(self.subnets), "Gateways": list(self.gateways), "Internal": self.internal}
+
+    @classmethod
+    def from_dict(cls, rec: Record) -> OverlayRecord:
+        return cls(name=rec["Name"], vni=int(rec["VNI"]), mtu=int(rec["MTU"]),
+                   subnets=tuple(rec.get("Subnets") or ()), gateways=tuple(rec.get("Gateways") or ()),
+                   internal=bool(rec.get("Internal")),
+                   extra={k: v for k, v in rec.items() if k not in cls._KEYS})
+
+    def encode(self) -> bytes:
+        return encode(self.to_dict())
+
+    @classmethod
+    def decode(cls, data: bytes) -> OverlayRecord:
+        return cls.from_dict(decode(data))

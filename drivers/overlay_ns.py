@@ -1,0 +1,252 @@
+"""One VXLAN overlay on one host: a network namespace holding its bridge, VXLAN device and egress.
+
+Why a namespace per overlay per host (as Docker's own overlay does): every host gives the
+overlay's containers the *same* gateway address, and two overlays may use the same subnet on one
+host (issue 8, items 4 and 6). In the host namespace those would be two bridges with one address,
+or one subnet routed twice. Inside ``cnmkit-ov<VNI>-<host>`` each overlay has the whole address
+plan to itself:
+
+    host ns                              overlay ns (cnmkit-ov<VNI>-<host>)
+    underlay dev (advertise address)     ovbr0   bridge: gateway address(es), MAC from the overlay name
+      UDP 4789 socket of vxlan0  <----   vxlan0  VNI, local = advertise, learning off, ARP/ND proxy on
+    ovt<VNI>  169.254.a.b+1/30  <------> ovtr0   transit (absent when internal), default route
+    cni<ep>   container end (dockerd     cnv<ep>  host end of each local container's veth
+              moves it, or born in the sandbox)
+
+- The VXLAN device is created from the host namespace with IFLA_NET_NS_FD, so its UDP socket
+  stays in the host namespace (where the underlay is) while the device sits in the overlay's.
+- No ARP crosses the overlay: ``proxy`` makes vxlan0 answer ARP/ND from its neighbour table (the
+  store's entries, agent/overlay.py) and drop what it cannot answer, so a container's ARP for the
+  gateway is answered by its own host's bridge only; an ebtables OUTPUT rule keeps the overlay
+  namespace's own stack (the gateway) from sending anything over vxlan0, and frames arriving with
+  the gateway's MAC as source are dropped: each host's gateway serves its own containers.
+- Egress: the overlay namespace masquerades its subnets out of ``ovtr0``; the host namespace
+  masquerades the transit address out of its own devices, as the bridge driver does for bridges.
+  Transit addresses come from 169.254.128.0/17, a /30 per VNI modulo 8192; two overlays whose
+  VNIs share a slot cannot both have egress on one host (refused with a clear error).
+
+Every step is idempotent, found again by name; the whole overlay goes with ``ip netns del``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+
+from netaddr import IPAddress, IPNetwork
+
+from drivers import naming
+from drivers.errors import KernelError
+from drivers.kernel import (
+    OverlayKernel,
+    netns_add,
+    netns_delete,
+    netns_exists,
+    netns_names,
+    netns_path,
+)
+from store.records import OverlayRecord
+
+BRIDGE = "ovbr0"
+VXLAN = "vxlan0"
+TRANSIT = "ovtr0"
+VXLAN_PORT = 4789
+NS_PREFIX = "cnmkit-ov"
+TRANSIT_NET = IPNetwork("169.254.128.0/17")
+TRANSIT_SLOTS = TRANSIT_NET.size // 4
+
+
+def ns_name(vni: int, host_id: str) -> str:
+    return f"{NS_PREFIX}{vni}-{host_id}"
+
+
+def transit_host_link(vni: int) -> str:
+    return f"ovt{vni}"
+
+
+def transit_addresses(vni: int) -> tuple[str, str]:
+    """(host end, overlay end) of the overlay's transit /30."""
+    base = int(TRANSIT_NET.network) + 4 * (vni % TRANSIT_SLOTS)
+    return str(IPAddress(base + 1)), str(IPAddress(base + 2))
+
+
+def gateway_mac(overlay: str) -> str:
+    """The gateway bridge's MAC: derived from the overlay's name, so identical on every host."""
+    return naming.stable_mac(f"cnmkit:overlay:{overlay}")
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+
+
+def _must(*cmd: str) -> None:
+    proc = _run(*cmd)
+    if proc.returncode != 0:
+        raise KernelError(f"{' '.join(cmd[:6])}...: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _ensure_rule(prefix: tuple[str, ...], table: str, chain: str, rule: tuple[str, ...]) -> None:
+    """``-C`` then ``-A``: a rule already there is not added twice (iptables and ebtables alike)."""
+    if _run(*prefix, "-t", table, "-C", chain, *rule).returncode != 0:
+        _must(*prefix, "-t", table, "-A", chain, *rule)
+
+
+class OverlayHost:
+    """This host's side of every overlay: make, find, sync and remove the per-overlay namespaces."""
+
+    def __init__(self, host_kernel: OverlayKernel, host_id: str, advertise: str) -> None:
+        self.host = host_kernel
+        self.host_id = host_id
+        self.advertise = advertise
+        self._kernels: dict[int, OverlayKernel] = {}
+        self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
+        self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
+
+    # -- finding ---------------------------------------------------------------------------------
+
+    def name(self, vni: int) -> str:
+        return ns_name(vni, self.host_id)
+
+    def exists(self, vni: int) -> bool:
+        return netns_exists(self.name(vni))
+
+    def local_vnis(self) -> set[int]:
+        """VNIs of the overlays with a namespace on this host (from their names)."""
+        prefix, suffix = NS_PREFIX, f"-{self.host_id}"
+        out = set()
+        for name in netns_names(prefix):
+            middle = name[len(prefix):]
+            if middle.endswith(suffix) and middle[:-len(suffix)].isdigit():
+                out.add(int(middle[:-len(suffix)]))
+        return out
+
+    def ready(self, vni: int) -> bool:
+        """Made completely by this process and still there: a Join or a watch event need not
+        redo the dozen subprocesses of ``ensure`` (the periodic resync still does)."""
+        return vni in self._complete and self.exists(vni)
+
+    def kernel(self, vni: int) -> OverlayKernel:
+        with self.lock:
+            k = self._kernels.get(vni)
+            if k is None:
+                k = OverlayKernel(netns_path(self.name(vni)))
+                self._kernels[vni] = k
+            return k
+
+    # -- making ----------------------------------------------------------------------------------
+
+    def ensure(self, ov: OverlayRecord) -> list[str]:
+        """Make (or complete) the overlay's namespace here; answers what was missing."""
+        if not self.advertise:
+            raise KernelError("this host has no --advertise address: it cannot be a VXLAN tunnel endpoint")
+        with self.lock:
+            todo: list[str] = []
+            name = self.name(ov.vni)
+            if netns_add(name):
+                todo.append(f"create namespace {name}")
+            k = self.kernel(ov.vni)
+            alias = f"{naming.ALIAS_ROOT}overlay:{ov.name}"
+            if k.link_get(BRIDGE) is None:
+                todo.append(f"create bridge {BRIDGE} of overlay {ov.name}")
+            k.ensure_bridge(BRIDGE, alias=alias, mtu=ov.mtu, mac=gateway_mac(ov.name), adopt=True)
+            for gw in ov.gateways:
+                k.addr_ensure(BRIDGE, gw)
+            k.set_up(BRIDGE)
+            if k.link_get(VXLAN) is None:
+                todo.append(f"create {VXLAN} (VNI {ov.vni}, local {self.advertise}) of overlay {ov.name}")
+                self.host.ensure_vxlan(VXLAN, alias=alias, vni=ov.vni, local=self.advertise, port=VXLAN_PORT,
+                                       mtu=ov.mtu, netns_path=netns_path(name))
+            k.link_configure(VXLAN, alias=alias, master=BRIDGE, mtu=ov.mtu)
+            self._isolate_gateway(name, ov)
+            if not ov.internal:
+                todo += self._egress(name, ov, alias)
+            self._complete.add(ov.vni)
+            return todo
+
+    def _isolate_gateway(self, name: str, ov: OverlayRecord) -> None:
+        """The gateway (this namespace's own stack) talks to local containers only, never over vxlan0."""
+        eb = ("ip", "netns", "exec", name, "ebtables")
+        mac = gateway_mac(ov.name)
+        _ensure_rule(eb, "filter", "OUTPUT", ("-o", VXLAN, "-j", "DROP"))
+        _ensure_rule(eb, "filter", "INPUT", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
+        _ensure_rule(eb, "filter", "FORWARD", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
+
+    def _egress(self, name: str, ov: OverlayRecord, alias: str) -> list[str]:
+        todo: list[str] = []
+        k = self.kernel(ov.vni)
+        host_end, ns_end = transit_addresses(ov.vni)
+        outer = transit_host_link(ov.vni)
+        if k.link_get(TRANSIT) is None:
+            clash = [link["name"] for link in self.host.links()
+                     if str(link["name"]).startswith("ovt") and link["name"] != outer
+                     and f"{host_end}/30" in self.host.addrs(str(link["name"]))]
+            if clash:
+                raise KernelError(f"overlay {ov.name}: transit address {host_end} is used by {clash[0]} "
+                                  f"(VNIs equal modulo {TRANSIT_SLOTS}); choose another vni")
+            todo.append(f"create transit {outer} <-> {TRANSIT} of overlay {ov.name}")
+            with contextlib.suppress(KernelError):
+                self.host.link_delete(outer, alias=alias)       # a half-made pair's host end
+            self.host.veth_add(outer, TRANSIT, alias=alias, mtu=ov.mtu, peer_netns_path=netns_path(name))
+        self.host.addr_ensure(outer, f"{host_end}/30")
+        self.host.set_up(outer)
+        k.addr_ensure(TRANSIT, f"{ns_end}/30")
+        k.set_up(TRANSIT)
+        k.route_replace("0.0.0.0/0", gateway=host_end)
+        _must("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _must("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        ipt_ns = ("ip", "netns", "exec", name, "iptables", "-w")
+        for subnet in ov.subnets:
+            if ":" not in subnet:
+                _ensure_rule(ipt_ns, "nat", "POSTROUTING", ("-s", subnet, "-o", TRANSIT, "-j", "MASQUERADE"))
+        ipt = ("iptables", "-w")
+        tag = ("-m", "comment", "--comment", f"cnmkit:ov:{ov.vni}")
+        _ensure_rule(ipt, "nat", "POSTROUTING", ("-s", f"{ns_end}/32", "!", "-o", outer, *tag, "-j", "MASQUERADE"))
+        _ensure_rule(ipt, "filter", "FORWARD", ("-i", outer, *tag, "-j", "ACCEPT"))
+        _ensure_rule(ipt, "filter", "FORWARD", ("-o", outer, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+                                                *tag, "-j", "ACCEPT"))
+        return todo
+
+    # -- removing --------------------------------------------------------------------------------
+
+    def teardown(self, vni: int) -> bool:
+        """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
+        with self.lock:
+            self._complete.discard(vni)
+            k = self._kernels.pop(vni, None)
+            if k is not None:
+                k.close()
+            self._remove_host_rules(vni)
+            return netns_delete(self.name(vni))
+
+    @staticmethod
+    def _remove_host_rules(vni: int) -> None:
+        mark = f"cnmkit:ov:{vni}"
+        for table in ("nat", "filter"):
+            listing = _run("iptables", "-w", "-t", table, "-S").stdout.splitlines()
+            for line in listing:
+                if f'"{mark}"' in line or f" {mark} " in line or line.endswith(f" {mark}"):
+                    parts = line.split()
+                    if parts and parts[0] == "-A":
+                        args = [p.strip('"') for p in parts[1:]]
+                        _run("iptables", "-w", "-t", table, "-D", *args)
+
+    # -- entries (agent/overlay.py decides them) -------------------------------------------------
+
+    def entries(self, vni: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(FDB (MAC, VTEP), neighbour (IP, MAC)) entries now on the overlay's vxlan0."""
+        k = self.kernel(vni)
+        return set(k.fdb_entries(VXLAN)), set(k.neigh_entries(VXLAN))
+
+    def apply(self, vni: int, *, fdb_add: set[tuple[str, str]], fdb_del: set[tuple[str, str]],
+              neigh_add: set[tuple[str, str]], neigh_del: set[tuple[str, str]]) -> None:
+        """Removals first: a reused IP's old MAC, a moved MAC's old VTEP go before the new ones come."""
+        k = self.kernel(vni)
+        for ip, _ in sorted(neigh_del):
+            k.neigh_del(VXLAN, ip)
+        for mac, dst in sorted(fdb_del):
+            k.fdb_del(VXLAN, mac, dst)
+        for mac, dst in sorted(fdb_add):
+            k.fdb_add(VXLAN, mac, dst)
+        for ip, mac in sorted(neigh_add):
+            k.neigh_set(VXLAN, ip, mac)

@@ -1,0 +1,302 @@
+"""The VXLAN overlay across real daemons in host namespaces on one underlay (issue 8, items 1-6).
+
+One module-scoped cluster of two hosts (tests/kernel/vxlan_hosts.py) sharing a SQLite store;
+containers are named namespaces attached as the embedded runtime attaches them. Oracles:
+``ping`` for traffic, ``bridge -j fdb`` and ``ip -j neigh`` for the entries the agent derives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.engine import Engine, PluginError
+from tests.conftest import require_root
+from tests.kernel.vxlan_hosts import Cluster, eventually, fdb, neigh, ping, sh
+from tests.runtime.conftest import require_tool
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_root()
+    for tool, package in (("nsenter", "util-linux"), ("bridge", "iproute2"), ("ebtables", "ebtables"),
+                          ("ping", "iputils-ping")):
+        require_tool(tool, package)
+    made = Cluster(Path(tmp_path_factory.mktemp("vxlan")), n=2)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def vni_of(engine: Engine, network: str) -> int:
+    net = engine.inspect_network(network)
+    return int(net["Options"].get("vni") or _overlay_vni(engine, net))
+
+
+def _overlay_vni(engine: Engine, net: dict) -> int:
+    ep = net["EndpointList"][0] if net["EndpointList"] else None
+    assert ep is not None, "the VNI is read from an endpoint's oper info"
+    info = engine.driver(net["Driver"]).call("NetworkDriver.EndpointOperInfo",
+                                             {"NetworkID": net["Id"], "EndpointID": ep["EndpointID"]})
+    return int(info["Value"]["vni"])
+
+
+def test_cli_overlay_created_once_pings_across_hosts_and_entries_follow_endpoints(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("green", driver="vxlan", subnets=["10.71.0.0/24"], options={"vni": "7101"})
+    c1, c2 = h1.container("g1"), h2.container("g2")
+    a1 = h1.attach("green", c1)
+    a2 = h2.attach("green", c2)                    # the network record is h1's: h2 uses it through the store
+    ns1, ns2 = h1.overlay_ns(7101), h2.overlay_ns(7101)
+    ip1, ip2 = a1.address.split("/")[0], a2.address.split("/")[0]
+    eventually("h2 has h1's endpoint", lambda: (a1.mac, h1.address) in fdb(ns2) and (ip1, a1.mac) in neigh(ns2))
+    eventually("h1 has h2's endpoint", lambda: (a2.mac, h2.address) in fdb(ns1))
+    # Exactly the remote endpoint and one flood entry per remote VTEP: nothing learned, nothing local.
+    assert fdb(ns2) == {(a1.mac, h1.address), ("00:00:00:00:00:00", h1.address)}
+    assert neigh(ns2) == {(ip1, a1.mac)}
+    assert ping(h1, c1, ip2).returncode == 0, ping(h1, c1, ip2).stdout
+    assert ping(h2, c2, ip1).returncode == 0
+    # Same gateway address on both hosts, answered locally on each.
+    assert a1.gateway == a2.gateway
+    assert ping(h1, c1, a1.gateway).returncode == 0 and ping(h2, c2, a2.gateway).returncode == 0
+    # An endpoint going away on h1 leaves h2's tables (no flood entry either: h1 has no endpoint left).
+    h1.engine().detach(a1)
+    eventually("h1's endpoint gone from h2", lambda: fdb(ns2) == set() and neigh(ns2) == set())
+    assert ping(h2, c2, ip1).returncode != 0
+    h2.engine().detach(a2)
+    # The network goes (from h1, which made it): every host's namespace goes, and the VNI is free again.
+    h1.engine().remove_network("green")
+    eventually("namespaces gone", lambda: not {ns1, ns2} & set(sh("ip", "netns", "list").stdout.split()))
+    h2.engine().create_network("green2", driver="vxlan", subnets=["10.71.1.0/24"], options={"vni": "7101"})
+    h2.engine().remove_network("green2")
+
+
+def test_embedded_runtime_containers_on_two_hosts_talk_over_the_overlay(cluster: Cluster) -> None:
+    """``cnmkit network create -d vxlan`` once on h1, ``cnmkit run`` on each host, as the README shows."""
+    h1, h2 = cluster.hosts
+    made = h1.cnmkit("network", "create", "-d", "vxlan", "rt", "--subnet", "10.69.0.0/24", "-o", "vni=6901")
+    assert made.returncode == 0, made.stderr
+    assert h1.cnmkit("run", "-d", "--name", "a", "--network", "rt,ip=10.69.0.10", "--", "sleep", "1000").returncode == 0
+    got = h2.cnmkit("run", "--name", "b", "--network", "rt", "--", "sh", "-c",
+                    "cat /sys/class/net/eth0/mtu; ping -c 3 -W 2 10.69.0.10")   # 3: b's entries may lag on h1
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.splitlines()[0] == "1450"          # the overlay's MTU, not the runtime's 1500 default
+
+
+def test_ipv6_addresses_get_neighbour_entries_and_ping_across(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("six", driver="vxlan", subnets=["10.66.0.0/24", "fd66::/64"], ipv6=True,
+                               options={"vni": "6601"})
+    a1 = h1.attach("six", h1.container("s6"))
+    a2 = h2.attach("six", h2.container("s6"))
+    ip6 = a1.address_v6.split("/")[0]
+    eventually("v6 neighbour on h2", lambda: (ip6, a1.mac) in neigh(h2.overlay_ns(6601)))
+    assert h2.run(h2.containers[-1], "ping", "-6", "-c", "2", "-W", "2", ip6).returncode == 0
+    assert h2.run(h2.containers[-1], "ping", "-6", "-c", "1", "-W", "2", a2.gateway_v6).returncode == 0
+
+
+def test_an_orphaned_endpoint_veth_is_removed_by_cleanup(cluster: Cluster) -> None:
+    """A veth whose endpoint record is gone (a crash between the link delete and the record delete)."""
+    h1 = cluster.hosts[0]
+    h1.engine().create_network("olive", driver="vxlan", subnets=["10.68.0.0/24"], options={"vni": "6801"})
+    h1.attach("olive", h1.container("o0"))                  # keeps the namespace wanted
+    ns = h1.overlay_ns(6801)
+    orphan = "cnvdeadbeef0000"
+    sh("ip", "-n", ns, "link", "add", orphan, "type", "veth", "peer", "name", "cnideadbeef0000")
+    sh("ip", "-n", ns, "link", "set", orphan, "alias", "cnmkit:ep:" + "de" * 32)
+    actions = h1.engine().cleanup()
+    assert any(orphan in a for a in actions), actions
+    assert orphan not in sh("ip", "-n", ns, "-br", "link").stdout
+
+
+def test_reused_address_with_a_new_mac_and_a_moved_mac_leave_nothing_stale(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("amber", driver="vxlan", subnets=["10.72.0.0/24"], options={"vni": "7201"})
+    c0 = h2.container("a0")
+    watcher = h2.attach("amber", c0)
+    ns2 = h2.overlay_ns(7201)
+    old = h1.attach("amber", h1.container("a1"), ip="10.72.0.50", mac="02:aa:00:00:00:01")
+    eventually("first MAC seen", lambda: ("10.72.0.50", "02:aa:00:00:00:01") in neigh(ns2))
+    h1.engine().detach(old)
+    new = h1.attach("amber", h1.container("a2"), ip="10.72.0.50", mac="02:aa:00:00:00:02")
+    eventually("new MAC replaces the old", lambda: neigh(ns2) == {("10.72.0.50", "02:aa:00:00:00:02")}
+               and fdb(ns2) == {("02:aa:00:00:00:02", h1.address), ("00:00:00:00:00:00", h1.address)})
+    assert ping(h2, c0, "10.72.0.50").returncode == 0
+    # The address moves to h2 with the new MAC: h2 holds it locally now, so no entry for it at all.
+    h1.engine().detach(new)
+    eventually("gone", lambda: fdb(ns2) == set() and neigh(ns2) == set())
+    moved = h2.attach("amber", h2.container("a3"), ip="10.72.0.50", mac="02:aa:00:00:00:02")
+    ns1 = h1.overlay_ns(7201)
+    h1.attach("amber", h1.container("a4"), ip="10.72.0.60")
+    eventually("h1 sees the MAC on h2 now", lambda: fdb(ns1) == {("02:aa:00:00:00:02", h2.address),
+                                                                 (watcher.mac, h2.address),
+                                                                 ("00:00:00:00:00:00", h2.address)})
+    assert ping(h1, h1.containers[-1], "10.72.0.50").returncode == 0
+    h2.engine().detach(moved)
+    h2.engine().detach(watcher)
+
+
+def test_two_overlays_with_one_subnet_are_isolated(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    for name, vni in (("red", "7301"), ("blue", "7302")):
+        h1.engine().create_network(name, driver="vxlan", subnets=["10.73.0.0/24"], options={"vni": vni})
+    r1 = h1.attach("red", h1.container("r1"), ip="10.73.0.10")
+    b1 = h1.attach("blue", h1.container("b1"), ip="10.73.0.10")     # the same address, another overlay
+    h2.attach("red", h2.container("r2"), ip="10.73.0.20")
+    r2c, b1c, r1c = h2.containers[-1], h1.containers[-1], h1.containers[-2]
+    eventually("red converged", lambda: any(ip == "10.73.0.20" for ip, _ in neigh(h1.overlay_ns(7301))))
+    assert ping(h1, r1c, "10.73.0.20").returncode == 0          # control: red reaches red across hosts
+    assert ping(h1, b1c, "10.73.0.20").returncode != 0          # blue does not reach red
+    assert ping(h2, r2c, "10.73.0.10").returncode == 0          # and 10.73.0.10 is red's, not blue's
+    assert r1.gateway == b1.gateway
+
+
+def test_mtu_is_underlay_minus_50_and_an_oversized_ping_fails_fast(cluster: Cluster) -> None:
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("violet", driver="vxlan", subnets=["10.74.0.0/24"], options={"vni": "7401"})
+    c1, c2 = h1.container("v1"), h2.container("v2")
+    h1.attach("violet", c1)
+    a2 = h2.attach("violet", c2)
+    ip2 = a2.address.split("/")[0]
+    links = json.loads(sh("ip", "-n", c1, "-j", "link", "show", "eth0").stdout)
+    assert links[0]["mtu"] == 1450
+    eventually("entries", lambda: any(ip == ip2 for ip, _ in neigh(h1.overlay_ns(7401))))
+    big = ping(h1, c1, ip2, "-M", "do", "-s", "1472")
+    assert big.returncode != 0 and ("too long" in big.stderr + big.stdout or "mtu" in (big.stderr + big.stdout).lower())
+    assert ping(h1, c1, ip2, "-M", "do", "-s", "1422").returncode == 0
+
+
+def in_echos(container: str) -> int:
+    """ICMP echo requests the container's stack received (/proc/net/snmp, per namespace)."""
+    lines = [line.split() for line in sh("ip", "netns", "exec", container, "cat", "/proc/net/snmp").stdout.splitlines()
+             if line.startswith("Icmp:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["InEchos"])
+
+
+def test_gateway_frames_do_not_cross_the_overlay(cluster: Cluster) -> None:
+    """Each host's gateway (its overlay namespace's own stack) talks only to local containers.
+
+    vxlan0 answers ARP from the store's entries (``proxy``), so h1's gateway would learn h2's
+    container's MAC and send it frames over the tunnel; the ebtables rules stop them (OUTPUT on
+    h1, and the gateway MAC as source dropped on h2's way in: each alone suffices, without both
+    this test fails with 4 echoes). The oracle is h2's container's own ICMP counter: it sees a
+    container's echo, never the gateway's."""
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("teal", driver="vxlan", subnets=["10.75.0.0/24"], options={"vni": "7501"})
+    c1, c2 = h1.container("t1"), h2.container("t2")
+    h1.attach("teal", c1)
+    a2 = h2.attach("teal", c2)
+    ip2 = a2.address.split("/")[0]
+    eventually("entries", lambda: any(ip == ip2 for ip, _ in neigh(h1.overlay_ns(7501))))
+    before = in_echos(c2)
+    assert ping(h1, c1, ip2).returncode == 0
+    assert in_echos(c2) == before + 1                       # control: the counter sees a container's echo
+    sh("ip", "netns", "exec", h1.overlay_ns(7501), "ping", "-c", "3", "-W", "1", ip2, check=False)
+    assert in_echos(c2) == before + 1                       # h1's gateway sent nothing across
+
+
+def test_egress_masquerades_on_the_own_host_and_internal_has_no_way_out(cluster: Cluster) -> None:
+    h1, _ = cluster.hosts
+    h1.engine().create_network("out", driver="vxlan", subnets=["10.76.0.0/24"], options={"vni": "7601"})
+    h1.engine().create_network("sealed", driver="vxlan", subnets=["10.76.1.0/24"], internal=True,
+                               options={"vni": "7602"})
+    c = h1.container("o1")
+    h1.attach("out", c)
+    assert ping(h1, c, "192.0.2.254").returncode == 0          # the underlay's own address, via h1's NAT
+    s = h1.container("s1")
+    h1.attach("sealed", s)
+    assert ping(h1, s, "192.0.2.254").returncode != 0
+
+
+@pytest.mark.parametrize("opts,subnet,message", [
+    ({"vni": "0"}, "10.79.0.0/24", "vni"),
+    ({"vni": "16777216"}, "10.79.0.0/24", "vni"),
+    ({"vni": "7901"}, "10.79.0.0/24", "vni: 7901 is already used by overlay 'held'"),
+    ({"com.docker.network.driver.mtu": "1451"}, "10.79.0.0/24", "com.docker.network.driver.mtu"),
+    ({}, "192.0.2.128/25", "subnet: 192.0.2.128/25 overlaps the underlay's own 192.0.2.0/24"),
+])
+def test_bad_input_is_refused_naming_the_field(cluster: Cluster, opts: dict, subnet: str, message: str) -> None:
+    h1 = cluster.hosts[0]
+    e = h1.engine()
+    if all(n["Name"] != "held" for n in e.list_networks()):
+        e.create_network("held", driver="vxlan", subnets=["10.79.9.0/24"], options={"vni": "7901"})
+    before = set(sh("ip", "netns", "list").stdout.split())
+    options = {"cnmkit.overlay": "bad", **opts}
+    with pytest.raises(PluginError, match=re.escape(message)):
+        e.create_network("bad", driver="vxlan", subnets=[subnet], options=options)
+    assert not any(n.startswith("cnmkit-ov") for n in set(sh("ip", "netns", "list").stdout.split()) - before)
+    assert all(n["Name"] != "bad" for n in e.list_networks())
+
+
+def test_a_create_without_the_ipam_option_is_refused_saying_what_to_add(cluster: Cluster) -> None:
+    """dockerd without ``--ipam-opt cnmkit.overlay=NAME``: the pool is a per-host one, so the
+    overlay's addresses would not be shared; CreateNetwork says what to add, and leaves nothing."""
+    h1 = cluster.hosts[0]
+    ipam = h1.engine().ipam
+    got = ipam.call("IpamDriver.RequestPool", {"AddressSpace": "cnmkit-local", "Pool": "10.79.5.0/24",
+                                               "SubPool": "", "Options": {}, "V6": False})
+    assert got["PoolID"] == "cnmkit-local/10.79.5.0/24"
+    with pytest.raises(PluginError, match=re.escape("--ipam-driver cnmkit --ipam-opt cnmkit.overlay=lost")):
+        h1.engine().driver("vxlan").call("NetworkDriver.CreateNetwork", {
+            "NetworkID": f"{9:064x}", "Options": {"com.docker.network.generic": {"cnmkit.overlay": "lost"}},
+            "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": "10.79.5.0/24", "Gateway": "10.79.5.1/24"}],
+            "IPv6Data": []})
+    ipam.call("IpamDriver.ReleasePool", {"PoolID": got["PoolID"]})
+    assert f"{9:064x}" not in {n["Id"] for n in h1.engine().list_networks()}
+    assert not any("lost" in n for n in sh("ip", "netns", "list").stdout.split())
+
+
+def test_dockerd_style_create_on_each_host_shares_pool_and_gateway_and_refuses_mismatch(
+        cluster: Cluster) -> None:
+    """What two dockerds send for ``docker network create -d cnmkit-vxlan --ipam-driver cnmkit
+    --ipam-opt cnmkit.overlay=navy -o cnmkit.overlay=navy --subnet 10.78.0.0/24`` on each host."""
+    h1, h2 = cluster.hosts
+    pools = []
+    for i, host in enumerate((h1, h2)):
+        ipam = host.engine().ipam
+        got = ipam.call("IpamDriver.RequestPool", {"AddressSpace": "cnmkit-local", "Pool": "10.78.0.0/24",
+                                                   "SubPool": "", "Options": {"cnmkit.overlay": "navy"},
+                                                   "V6": False})
+        gw = ipam.call("IpamDriver.RequestAddress", {"PoolID": got["PoolID"], "Address": "",
+                                                     "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+        pools.append((got["PoolID"], gw["Address"]))
+        host.engine().driver("vxlan").call("NetworkDriver.CreateNetwork", {
+            "NetworkID": f"{i + 1:064x}",
+            "Options": {"com.docker.network.generic": {"cnmkit.overlay": "navy", "vni": "7801"}},
+            "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": "10.78.0.0/24", "Gateway": gw["Address"]}],
+            "IPv6Data": []})
+    assert pools[0] == pools[1] == ("cnmkit-overlay.navy/10.78.0.0/24", "10.78.0.1/24")
+    # A third create naming the overlay with another subnet is refused, naming the field.
+    ipam = h2.engine().ipam
+    other = ipam.call("IpamDriver.RequestPool", {"AddressSpace": "cnmkit-local", "Pool": "10.78.1.0/24",
+                                                 "SubPool": "", "Options": {"cnmkit.overlay": "navy"}, "V6": False})
+    with pytest.raises(PluginError, match=re.escape("subnet: overlay 'navy' exists with 10.78.0.0/24")):
+        h2.engine().driver("vxlan").call("NetworkDriver.CreateNetwork", {
+            "NetworkID": f"{3:064x}", "Options": {"com.docker.network.generic": {"cnmkit.overlay": "navy"}},
+            "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": "10.78.1.0/24", "Gateway": "10.78.1.1/24"}],
+            "IPv6Data": []})
+    ipam.call("IpamDriver.ReleasePool", {"PoolID": other["PoolID"]})
+    assert all(host.overlay_ns(7801) in sh("ip", "netns", "list").stdout for host in (h1, h2))
+
+
+
+def test_a_killed_host_leaves_the_others_tables_when_its_lease_expires(cluster: Cluster,
+                                                                       tmp_path: Path) -> None:
+    """Last in the module: it adds a third host and SIGKILLs it (no clean deregistration)."""
+    h1 = cluster.hosts[0]
+    h1.engine().create_network("gone", driver="vxlan", subnets=["10.70.0.0/24"], options={"vni": "7001"})
+    h3 = cluster.add_host(tmp_path, 3)
+    a1 = h1.attach("gone", h1.container("x1"))
+    a3 = h3.attach("gone", h3.container("x3"))
+    ns1 = h1.overlay_ns(7001)
+    eventually("h3's endpoint on h1", lambda: (a3.mac, h3.address) in fdb(ns1))
+    assert ping(h1, h1.containers[-1], a3.address.split("/")[0]).returncode == 0
+    h3.stop(signal.SIGKILL)                            # its lease (2 s) is no longer kept alive
+    eventually("h3 gone from h1's tables", lambda: fdb(ns1) == set() and neigh(ns1) == set())
+    assert a1.mac not in {m for m, _ in fdb(ns1)}

@@ -1,0 +1,146 @@
+"""A real dockerd inside one lab host, seeing that host's cnmkit sockets and nothing else.
+
+Why not the machine's dockerd: the docker tier owns the one in the root namespace (one test run
+at a time under /tmp/cnmkit-docker.lock), and a dockerd there would reach the root namespace's
+plugins, not a lab host's. So this one is a separate engine, default settings except its paths:
+
+- ``unshare -m --propagation private``: a mount namespace of its own, in which the host's plugin
+  directory is bind-mounted over /run/docker/plugins (where dockerd looks for legacy plugins;
+  the directory is shared by everything on the machine, the mount is not);
+- ``nsenter --net``: the lab host's network namespace, so docker0, its iptables rules and the
+  containers' veths live in that host;
+- its own --data-root, --exec-root, --pidfile and -H unix socket; dockerd starts its own
+  containerd under the exec root (its socket, state and pid file are private to this engine).
+
+``unshare`` and ``nsenter`` exec (no fork), so the pid Popen returns is dockerd's: it is stopped
+by that pid, and its containerd by the pid in containerd's pid file.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.overlay.harness import OverlayHost
+
+IMAGE = "cnmkit-ovl-bb:latest"
+START_LIMIT = 120.0                     # seconds; only a bound on a hang
+ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
+
+
+class HostDockerd:
+    def __init__(self, host: OverlayHost) -> None:
+        self.host = host
+        # Short paths: containerd's and the shims' unix sockets live under the exec root (108 bytes).
+        self.exec_root = Path(tempfile.mkdtemp(prefix=f"cnmd{host.name}-"))
+        self.data_root = host.tmp / "docker-data"
+        self.sock = self.exec_root / "docker.sock"
+        self.log_path = host.tmp / "dockerd.log"
+        self.proc: subprocess.Popen | None = None
+        self.image = IMAGE
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
+                              env=ENV, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"[{self.host.name}] docker {' '.join(args)} -> {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
+        return proc
+
+    def up(self) -> bool:
+        try:
+            return self.docker("version", "--format", "{{.Server.Version}}", check=False,
+                               timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def start(self) -> None:
+        os.makedirs("/run/docker/plugins", exist_ok=True)   # the mount point (an empty dir is harmless)
+        self.data_root.mkdir(exist_ok=True)
+        script = " && ".join([
+            f"mount --bind {shlex.quote(str(self.host.plugin_dir))} /run/docker/plugins",
+            "exec dockerd " + " ".join(shlex.quote(a) for a in (
+                "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+                "--pidfile", str(self.exec_root / "dockerd.pid"), "-H", f"unix://{self.sock}")),
+        ])
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "nsenter", f"--net=/run/netns/{self.host.netns}",
+             "sh", "-c", script], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_LIMIT
+        while not self.up():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"dockerd in {self.host.name} did not start:\n{self.log()}")
+            time.sleep(0.3)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def import_busybox(self) -> str:
+        """The docker tier's image: busybox-static and its applet links, ``docker import``-ed."""
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        with tempfile.TemporaryDirectory() as root:
+            bindir = Path(root, "bin")
+            bindir.mkdir()
+            shutil.copy(busybox, bindir / "busybox")
+            applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+            for applet in applets:
+                if applet != "busybox":
+                    (bindir / applet).symlink_to("busybox")
+            for d in ("etc", "tmp", "proc", "sys", "dev"):
+                Path(root, d).mkdir(exist_ok=True)
+            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "-H", f"unix://{self.sock}", "import", "-", IMAGE], stdin=tar.stdout,
+                           env=ENV, check=True, capture_output=True)
+            tar.wait()
+        return IMAGE
+
+    def _containerd_pid(self) -> int:
+        for path in (self.exec_root / "containerd" / "containerd.pid",):
+            try:
+                return int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return 0
+
+    def stop(self) -> None:
+        """Containers removed, dockerd stopped by its pid, its containerd too if it outlived it."""
+        if self.proc is None:
+            return
+        containerd = self._containerd_pid()
+        if self.proc.poll() is None and self.up():
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if containerd:
+            deadline = time.monotonic() + 30
+            while _alive(containerd) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(containerd):
+                os.kill(containerd, signal.SIGKILL)
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        shutil.rmtree(self.data_root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
