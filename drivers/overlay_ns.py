@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 
 from netaddr import IPAddress, IPNetwork
 
@@ -46,6 +47,7 @@ from drivers.kernel import (
     netns_names,
     netns_path,
 )
+from drivers.kernel_api import OverlayKernelOps
 from store.records import OverlayRecord
 
 BRIDGE = "ovbr0"
@@ -95,11 +97,12 @@ def _ensure_rule(prefix: tuple[str, ...], table: str, chain: str, rule: tuple[st
 class OverlayHost:
     """This host's side of every overlay: make, find, sync and remove the per-overlay namespaces."""
 
-    def __init__(self, host_kernel: OverlayKernel, host_id: str, advertise: str) -> None:
+    def __init__(self, host_kernel: OverlayKernelOps, host_id: str, advertise: str, *,
+                 kernel_for: Callable[[str], OverlayKernelOps] = OverlayKernel) -> None:
         self.host = host_kernel
         self.host_id = host_id
         self.advertise = advertise
-        self._kernels: dict[int, OverlayKernel] = {}
+        self._kernel_for = kernel_for           # a namespace's kernel verbs, by netns path
         self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
         self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
 
@@ -126,13 +129,20 @@ class OverlayHost:
         redo the dozen subprocesses of ``ensure`` (the periodic resync still does)."""
         return vni in self._complete and self.exists(vni)
 
-    def kernel(self, vni: int) -> OverlayKernel:
-        with self.lock:
-            k = self._kernels.get(vni)
-            if k is None:
-                k = OverlayKernel(netns_path(self.name(vni)))
-                self._kernels[vni] = k
-            return k
+    @contextlib.contextmanager
+    def kernel(self, vni: int) -> Iterator[OverlayKernelOps]:
+        """The overlay namespace's kernel verbs, opened and closed in the calling thread.
+
+        Not cached: a netlink socket opened in a namespace pins it, and pyroute2's per-thread
+        sockets can only be closed safely by their own thread, so a cached handle either kept a
+        removed namespace alive (its vxlan0 still holding the VNI) or hung closing another
+        thread's socket. An open costs about 1.5 ms (setns, socket, setns back).
+        """
+        k = self._kernel_for(netns_path(self.name(vni)))
+        try:
+            yield k
+        finally:
+            k.close()
 
     # -- making ----------------------------------------------------------------------------------
 
@@ -145,24 +155,29 @@ class OverlayHost:
             name = self.name(ov.vni)
             if netns_add(name):
                 todo.append(f"create namespace {name}")
-            k = self.kernel(ov.vni)
-            alias = f"{naming.ALIAS_ROOT}overlay:{ov.name}"
-            if k.link_get(BRIDGE) is None:
-                todo.append(f"create bridge {BRIDGE} of overlay {ov.name}")
-            k.ensure_bridge(BRIDGE, alias=alias, mtu=ov.mtu, mac=gateway_mac(ov.name), adopt=True)
-            for gw in ov.gateways:
-                k.addr_ensure(BRIDGE, gw)
-            k.set_up(BRIDGE)
-            if k.link_get(VXLAN) is None:
-                todo.append(f"create {VXLAN} (VNI {ov.vni}, local {self.advertise}) of overlay {ov.name}")
-                self.host.ensure_vxlan(VXLAN, alias=alias, vni=ov.vni, local=self.advertise, port=VXLAN_PORT,
-                                       mtu=ov.mtu, netns_path=netns_path(name))
-            k.link_configure(VXLAN, alias=alias, master=BRIDGE, mtu=ov.mtu)
-            self._isolate_gateway(name, ov)
-            if not ov.internal:
-                todo += self._egress(name, ov, alias)
+            with self.kernel(ov.vni) as k:
+                todo += self._ensure_in(k, name, ov)
             self._complete.add(ov.vni)
             return todo
+
+    def _ensure_in(self, k: OverlayKernelOps, name: str, ov: OverlayRecord) -> list[str]:
+        todo: list[str] = []
+        alias = f"{naming.ALIAS_ROOT}overlay:{ov.name}"
+        if k.link_get(BRIDGE) is None:
+            todo.append(f"create bridge {BRIDGE} of overlay {ov.name}")
+        k.ensure_bridge(BRIDGE, alias=alias, mtu=ov.mtu, mac=gateway_mac(ov.name), adopt=True)
+        for gw in ov.gateways:
+            k.addr_ensure(BRIDGE, gw)
+        k.set_up(BRIDGE)
+        if k.link_get(VXLAN) is None:
+            todo.append(f"create {VXLAN} (VNI {ov.vni}, local {self.advertise}) of overlay {ov.name}")
+            self.host.ensure_vxlan(VXLAN, alias=alias, vni=ov.vni, local=self.advertise, port=VXLAN_PORT,
+                                   mtu=ov.mtu, netns_path=netns_path(name))
+        k.link_configure(VXLAN, alias=alias, master=BRIDGE, mtu=ov.mtu)
+        self._isolate_gateway(name, ov)
+        if not ov.internal:
+            todo += self._egress(k, name, ov, alias)
+        return todo
 
     def _isolate_gateway(self, name: str, ov: OverlayRecord) -> None:
         """The gateway (this namespace's own stack) talks to local containers only, never over vxlan0."""
@@ -172,9 +187,8 @@ class OverlayHost:
         _ensure_rule(eb, "filter", "INPUT", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
         _ensure_rule(eb, "filter", "FORWARD", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
 
-    def _egress(self, name: str, ov: OverlayRecord, alias: str) -> list[str]:
+    def _egress(self, k: OverlayKernelOps, name: str, ov: OverlayRecord, alias: str) -> list[str]:
         todo: list[str] = []
-        k = self.kernel(ov.vni)
         host_end, ns_end = transit_addresses(ov.vni)
         outer = transit_host_link(ov.vni)
         if k.link_get(TRANSIT) is None:
@@ -213,9 +227,6 @@ class OverlayHost:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
         with self.lock:
             self._complete.discard(vni)
-            k = self._kernels.pop(vni, None)
-            if k is not None:
-                k.close()
             self._remove_host_rules(vni)
             return netns_delete(self.name(vni))
 
@@ -235,18 +246,18 @@ class OverlayHost:
 
     def entries(self, vni: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(FDB (MAC, VTEP), neighbour (IP, MAC)) entries now on the overlay's vxlan0."""
-        k = self.kernel(vni)
-        return set(k.fdb_entries(VXLAN)), set(k.neigh_entries(VXLAN))
+        with self.kernel(vni) as k:
+            return set(k.fdb_entries(VXLAN)), set(k.neigh_entries(VXLAN))
 
     def apply(self, vni: int, *, fdb_add: set[tuple[str, str]], fdb_del: set[tuple[str, str]],
               neigh_add: set[tuple[str, str]], neigh_del: set[tuple[str, str]]) -> None:
         """Removals first: a reused IP's old MAC, a moved MAC's old VTEP go before the new ones come."""
-        k = self.kernel(vni)
-        for ip, _ in sorted(neigh_del):
-            k.neigh_del(VXLAN, ip)
-        for mac, dst in sorted(fdb_del):
-            k.fdb_del(VXLAN, mac, dst)
-        for mac, dst in sorted(fdb_add):
-            k.fdb_add(VXLAN, mac, dst)
-        for ip, mac in sorted(neigh_add):
-            k.neigh_set(VXLAN, ip, mac)
+        with self.kernel(vni) as k:
+            for ip, _ in sorted(neigh_del):
+                k.neigh_del(VXLAN, ip)
+            for mac, dst in sorted(fdb_del):
+                k.fdb_del(VXLAN, mac, dst)
+            for mac, dst in sorted(fdb_add):
+                k.fdb_add(VXLAN, mac, dst)
+            for ip, mac in sorted(neigh_add):
+                k.neigh_set(VXLAN, ip, mac)

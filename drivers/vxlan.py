@@ -50,7 +50,7 @@ from drivers.base import (
 )
 from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbox
 from drivers.errors import Conflict, DriverError, InvalidOption, NotFound
-from drivers.kernel import OverlayKernel
+from drivers.kernel_api import OverlayKernelOps
 from drivers.overlay_ns import BRIDGE, OverlayHost
 from ipam.pools import OVERLAY_NAME_RE, OVERLAY_OPTION
 from ipam.service import overlay_pool_hosts
@@ -119,7 +119,7 @@ class VxlanDriver:
     connectivity_scope: Literal["local", "global"] = "global"
     isolated = True                       # namespaces of its own: the manager skips overlap checks
 
-    def __init__(self, host_kernel: OverlayKernel, store: Store, host_id: str, advertise: str, *,
+    def __init__(self, host_kernel: OverlayKernelOps, store: Store, host_id: str, advertise: str, *,
                  sandbox_dirs: Sequence[str] = DEFAULT_SANDBOX_DIRS) -> None:
         self.store = store
         self.host_id = host_id
@@ -289,10 +289,10 @@ class VxlanDriver:
         # The first endpoint of this host in an overlay created elsewhere (the CLI's) makes its namespace.
         if not self.host.ready(ov.vni):
             self.host.ensure(ov)
-        k = self.host.kernel(ov.vni)
-        k.ensure_veth(naming.host_veth_name(eid), peer, alias=naming.endpoint_alias(eid), mtu=ov.mtu,
-                      peer_mac=endpoint.mac or None, master=BRIDGE,
-                      peer_netns_path=request.sandbox_key if direct else self.home_netns)
+        with self.host.kernel(ov.vni) as k:
+            k.ensure_veth(naming.host_veth_name(eid), peer, alias=naming.endpoint_alias(eid), mtu=ov.mtu,
+                          peer_mac=endpoint.mac or None, master=BRIDGE,
+                          peer_netns_path=request.sandbox_key if direct else self.home_netns)
         if network.internal:
             return JoinResult(src_name=peer, dst_prefix="eth", disable_gateway_service=True)
         gw4 = next((p.gateway.ip for p in network.ipv4 if p.gateway is not None), None)
@@ -307,7 +307,8 @@ class VxlanDriver:
         if ov is None or not self.host.exists(ov.vni):
             return
         eid = endpoint.endpoint_id
-        self.host.kernel(ov.vni).link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
+        with self.host.kernel(ov.vni) as k:
+            k.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
 
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
         ov = self.overlay(overlay_of(network))
@@ -323,7 +324,8 @@ class VxlanDriver:
         found: list[tuple[int, str, str]] = []
         for vni in sorted(self.host.local_vnis()):
             prefix = naming.ALIAS_ROOT + "ep:"
-            found += [(vni, name, alias) for name, alias in self.host.kernel(vni).links_owned(prefix)]
+            with self.host.kernel(vni) as k:
+                found += [(vni, name, alias) for name, alias in k.links_owned(prefix)]
         if not found:
             return []
         _, endpoints = known()
@@ -334,7 +336,8 @@ class VxlanDriver:
                 continue
             actions.append(f"delete link {name} in {self.host.name(vni)} (endpoint {owner[:12]} is not on record)")
             if not dry_run:
-                self.host.kernel(vni).link_delete(name, alias=alias)
+                with self.host.kernel(vni) as k:
+                    k.link_delete(name, alias=alias)
         return actions
 
     def ensure_network(self, spec: NetworkSpec, *, dry_run: bool) -> list[str]:
@@ -349,7 +352,11 @@ class VxlanDriver:
         ov = self.overlay(overlay_of(network))
         if ov is None or not self.host.exists(ov.vni):
             return []
-        k = self.host.kernel(ov.vni)
+        with self.host.kernel(ov.vni) as k:
+            return self._ensure_endpoints_in(k, ov, endpoints, dry_run)
+
+    def _ensure_endpoints_in(self, k: OverlayKernelOps, ov: OverlayRecord, endpoints: Sequence[EndpointState],
+                             dry_run: bool) -> list[str]:
         todo: list[str] = []
         for state in endpoints:
             eid = state.spec.endpoint_id

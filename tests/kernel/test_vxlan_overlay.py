@@ -155,6 +155,14 @@ def test_two_overlays_with_one_subnet_are_isolated(cluster: Cluster) -> None:
     assert ping(h1, b1c, "10.73.0.20").returncode != 0          # blue does not reach red
     assert ping(h2, r2c, "10.73.0.10").returncode == 0          # and 10.73.0.10 is red's, not blue's
     assert r1.gateway == b1.gateway
+    # A bridge network of h1 with the same subnet: allowed (the overlays live in their own
+    # namespaces), and apart from them both ways.
+    h1.engine().create_network("plain", driver="bridge", subnets=["10.73.0.0/24"])
+    p1 = h1.container("p1")
+    h1.attach("plain", p1, ip="10.73.0.30")
+    assert ping(h1, p1, "10.73.0.1").returncode == 0            # its own gateway, on h1's bridge
+    assert ping(h1, r1c, "10.73.0.30").returncode != 0
+    assert ping(h1, p1, "10.73.0.20").returncode != 0
 
 
 def test_mtu_is_underlay_minus_50_and_an_oversized_ping_fails_fast(cluster: Cluster) -> None:
