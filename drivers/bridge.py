@@ -175,6 +175,16 @@ def check_sandbox(key: str, sandbox_dirs: Sequence[str]) -> None:
                           f"{allowed}")
 
 
+def endpoint_mac(endpoint: EndpointSpec, new_mac: Callable[[], str]) -> EndpointResult:
+    """CreateEndpoint's answer: the MAC the engine did not choose. Derived from the address when
+    there is one (unique wherever the address is, so also across an overlay's hosts), else random."""
+    naming.check_id(endpoint.endpoint_id, "endpoint id")
+    if endpoint.mac:
+        return EndpointResult()
+    if endpoint.address is not None:
+        return EndpointResult(mac=naming.address_mac(str(endpoint.address.ip)))
+    return EndpointResult(mac=new_mac())
+
 class BridgeDriver:
     name = "cnmkit-bridge"
     scope: Literal["local", "global"] = "local"
@@ -260,12 +270,7 @@ class BridgeDriver:
 
     def create_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> EndpointResult:
         """Only a MAC is ours to fill in (protocol §2); kernel work waits for Join."""
-        naming.check_id(endpoint.endpoint_id, "endpoint id")
-        if endpoint.mac:
-            return EndpointResult()
-        if endpoint.address is not None:
-            return EndpointResult(mac=naming.address_mac(str(endpoint.address.ip)))
-        return EndpointResult(mac=self._new_mac())
+        return endpoint_mac(endpoint, self._new_mac)
 
     def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
         cfg = self._config(network)

@@ -319,27 +319,34 @@ class Kernel:
         peer_spec: dict[str, Any] = {"ifname": peer_name, "mtu": mtu}
         if peer_mac:
             peer_spec["address"] = peer_mac
+        self._veth_create(host_name, peer_spec, alias=alias, peer_netns_path=peer_netns_path,
+                          mtu=mtu, master=master_index, flags=IFF_UP, change=IFF_UP)
+        return True
+
+    def _veth_create(self, name: str, peer_spec: dict[str, Any], *, alias: str, peer_netns_path: str | None,
+                     **extra: Any) -> None:
+        """One RTM_NEWLINK for a veth pair (the peer born in ``peer_netns_path`` when given), then
+        the ownership mark; a pair that cannot be marked is deleted again, so a failure leaves nothing.
+        Every veth cnmkit makes (endpoints, overlay transits, lab links) goes through here."""
         ns_fd = None
         if peer_netns_path:
             try:
                 ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
-            peer_spec["net_ns_fd"] = ns_fd
+            peer_spec = {**peer_spec, "net_ns_fd": ns_fd}
         try:
-            self._call(f"create veth {host_name}", self._ipr().link, "add", ifname=host_name,
-                       kind="veth", mtu=mtu, master=master_index, flags=IFF_UP, change=IFF_UP,
-                       peer=peer_spec)
+            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
+                       peer=peer_spec, **extra)
         finally:
             if ns_fd is not None:
                 os.close(ns_fd)
         try:
-            self._call(f"mark {host_name}", self._ipr().link, "set", ifname=host_name, ifalias=alias)
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
         except KernelError:
             with contextlib.suppress(KernelError):
-                self._call(f"delete {host_name}", self._ipr().link, "del", ifname=host_name)
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
             raise
-        return True
 
     def veth_link(self, name: str, peer_name: str, *, netns_path: str, peer_netns_path: str,
                   mtu: int | None = None) -> None:
@@ -540,25 +547,7 @@ class Kernel:
         extra: dict[str, Any] = {}
         if mtu:
             peer_spec["mtu"] = extra["mtu"] = mtu
-        ns_fd = None
-        if peer_netns_path:
-            try:
-                ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
-            peer_spec["net_ns_fd"] = ns_fd
-        try:
-            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
-                       peer=peer_spec, **extra)
-        finally:
-            if ns_fd is not None:
-                os.close(ns_fd)
-        try:
-            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
-        except KernelError:
-            with contextlib.suppress(KernelError):
-                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
-            raise
+        self._veth_create(name, peer_spec, alias=alias, peer_netns_path=peer_netns_path, **extra)
 
     def link_set(self, name: str, *, mac: str | None = None, mtu: int | None = None,
                  up: bool | None = None, master: str | None = None) -> None:
@@ -747,16 +736,8 @@ class OverlayKernel(Kernel):
 
     def veth_add(self, name: str, peer: str, *, alias: str, mtu: int, peer_netns_path: str) -> None:
         """A plain veth pair (no master): ``name`` here, ``peer`` born in the netns at ``peer_netns_path``."""
-        try:
-            ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
-        try:
-            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth", mtu=mtu,
-                       peer={"ifname": peer, "mtu": mtu, "net_ns_fd": ns_fd})
-        finally:
-            os.close(ns_fd)
-        self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+        self._veth_create(name, {"ifname": peer, "mtu": mtu}, alias=alias, peer_netns_path=peer_netns_path,
+                          mtu=mtu)
 
     def link_configure(self, name: str, *, alias: str | None = None, master: str | None = None,
                        mtu: int | None = None, up: bool = True) -> None:

@@ -48,7 +48,7 @@ from drivers.base import (
     JoinResult,
     NetworkSpec,
 )
-from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbox
+from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbox, endpoint_mac
 from drivers.errors import Conflict, DriverError, InvalidOption, NotFound
 from drivers.kernel_api import OverlayKernelOps
 from drivers.overlay_ns import BRIDGE, OverlayHost
@@ -271,12 +271,7 @@ class VxlanDriver:
 
     def create_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> EndpointResult:
         """A MAC derived from the address (unique in the overlay, as addresses are), else random."""
-        naming.check_id(endpoint.endpoint_id, "endpoint id")
-        if endpoint.mac:
-            return EndpointResult()
-        if endpoint.address is not None:
-            return EndpointResult(mac=naming.address_mac(str(endpoint.address.ip)))
-        return EndpointResult(mac=naming.random_mac())
+        return endpoint_mac(endpoint, naming.random_mac)
 
     def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
         ov = self._overlay_of(network)
