@@ -250,6 +250,7 @@ class OverlayAgent:
         elif key.startswith(records.OVERLAYS):
             ov = OverlayRecord.decode(value)
             self.overlays[ov.name] = ov
+            self.driver.forget_overlay(ov.name)
 
     def _delete(self, key: str) -> None:
         if key.startswith(records.NETWORKS):
@@ -260,6 +261,7 @@ class OverlayAgent:
             self.vteps.pop(records.host_id_of(key), None)
         elif key.startswith(records.OVERLAYS):
             self.overlays.pop(key[len(records.OVERLAYS):], None)
+            self.driver.forget_overlay(key[len(records.OVERLAYS):])
 
     # -- deriving and applying -----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ on the memory store and a fake kernel side: which FDB and neighbour entries each
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -107,7 +108,7 @@ def _host(store: MemoryStore, host: str) -> None:
 
 def _agent(store: MemoryStore) -> tuple[OverlayAgent, FakeOverlayHost]:
     fake = FakeOverlayHost()
-    driver = cast(VxlanDriver, type("D", (), {"host": fake})())
+    driver = cast(VxlanDriver, type("D", (), {"host": fake, "forget_overlay": lambda self, name: None})())
     return OverlayAgent(store, driver, "h1"), fake
 
 
@@ -252,3 +253,31 @@ def test_one_watch_stream_carries_every_event_it_is_not_reopened_per_event() -> 
     assert agent.follow(rev, float("inf")) == last
     assert store.opened == 1 and agent.watches == 1
     assert seen == list(range(rev + 1, last + 1)) and len(fake.made[42].neigh) == 20
+
+
+class CountingGets(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    def get(self, key: str) -> Any:
+        self.gets.append(key)
+        return super().get(key)
+
+
+def test_join_reads_the_overlay_record_once_and_an_event_for_it_makes_it_read_again() -> None:
+    store = CountingGets()
+    ov = OverlayRecord("blue", 42, 1450, ("10.1.0.0/16",), ("10.1.0.1/16",))
+    store.put(records.overlay_key("blue"), ov.encode())
+    driver = VxlanDriver(cast(Any, None), store, "h1", "192.0.2.1")
+    assert driver.overlay("blue", cached=True) == driver.overlay("blue", cached=True) == ov
+    assert store.gets == [records.overlay_key("blue")]
+    # Deleted and made again (another VNI) on another host: this host's agent sees the events.
+    agent = OverlayAgent(store, driver, "h1")
+    rev = agent.relist()
+    store.delete(records.overlay_key("blue"))
+    store.put(records.overlay_key("blue"), replace(ov, vni=43).encode())
+    for ev in store.watch("", rev + 1, timeout=0):
+        agent.apply_event(ev)
+    got = driver.overlay("blue", cached=True)
+    assert got is not None and got.vni == 43 and len(store.gets) == 2
