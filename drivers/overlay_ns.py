@@ -104,6 +104,7 @@ class OverlayHost:
         self.advertise = advertise
         self._kernel_for = kernel_for           # a namespace's kernel verbs, by netns path
         self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
+        self._epochs: dict[int, int] = {}      # VNI -> bumped whenever its vxlan0 may be new or gone
         self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
 
     # -- finding ---------------------------------------------------------------------------------
@@ -128,6 +129,14 @@ class OverlayHost:
         """Made completely by this process and still there: a Join or a watch event need not
         redo the dozen subprocesses of ``ensure`` (the periodic resync still does)."""
         return vni in self._complete and self.exists(vni)
+
+    def epoch(self, vni: int) -> int:
+        """Changes whenever the overlay's vxlan0 (and so its entries) may have been made anew or
+        removed in this process: entries the agent remembers writing are only good for one epoch."""
+        return self._epochs.get(vni, 0)
+
+    def _bump(self, vni: int) -> None:
+        self._epochs[vni] = self._epochs.get(vni, 0) + 1
 
     @contextlib.contextmanager
     def kernel(self, vni: int) -> Iterator[OverlayKernelOps]:
@@ -154,6 +163,7 @@ class OverlayHost:
             todo: list[str] = []
             name = self.name(ov.vni)
             if netns_add(name):
+                self._bump(ov.vni)
                 todo.append(f"create namespace {name}")
             with self.kernel(ov.vni) as k:
                 todo += self._ensure_in(k, name, ov)
@@ -170,6 +180,7 @@ class OverlayHost:
             k.addr_ensure(BRIDGE, gw)
         k.set_up(BRIDGE)
         if k.link_get(VXLAN) is None:
+            self._bump(ov.vni)
             todo.append(f"create {VXLAN} (VNI {ov.vni}, local {self.advertise}) of overlay {ov.name}")
             self.host.ensure_vxlan(VXLAN, alias=alias, vni=ov.vni, local=self.advertise, port=VXLAN_PORT,
                                    mtu=ov.mtu, netns_path=netns_path(name))
@@ -227,6 +238,7 @@ class OverlayHost:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
         with self.lock:
             self._complete.discard(vni)
+            self._bump(vni)
             self._remove_host_rules(vni)
             return netns_delete(self.name(vni))
 

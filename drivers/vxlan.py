@@ -130,6 +130,10 @@ class VxlanDriver:
         # Where a non-direct Join leaves the container end: the daemon's own namespace, as dockerd expects.
         self.home_netns = f"/proc/{os.getpid()}/ns/net"
         self._lock = threading.RLock()
+        # Overlay records are written once (compare-and-swap on an absent key) and only ever
+        # deleted, never changed: Join and EndpointOperInfo read them from here, saving a store
+        # round trip each on the attach path. The overlay agent forgets one on any event for it.
+        self._overlays: dict[str, OverlayRecord] = {}
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -234,6 +238,7 @@ class VxlanDriver:
         return vni
 
     def _unregister(self, ov: OverlayRecord) -> None:
+        self.forget_overlay(ov.name)
         claim = records.vni_claim_key(ov.vni)
         ops: list[Put | Delete] = [Delete(records.overlay_key(ov.name))]
         kv = self.store.get(claim)
@@ -241,12 +246,23 @@ class VxlanDriver:
             ops.append(Delete(claim))
         self.store.txn([], ops)
 
-    def overlay(self, name: str) -> OverlayRecord | None:
+    def overlay(self, name: str, *, cached: bool = False) -> OverlayRecord | None:
+        """The overlay's record; ``cached``: from memory when this process has read it before."""
+        if cached and name in self._overlays:
+            return self._overlays[name]
         kv = self.store.get(records.overlay_key(name))
-        return None if kv is None else OverlayRecord.decode(kv.value)
+        if kv is None:
+            self._overlays.pop(name, None)
+            return None
+        ov = self._overlays[name] = OverlayRecord.decode(kv.value)
+        return ov
 
-    def _overlay_of(self, network: NetworkSpec) -> OverlayRecord:
-        ov = self.overlay(VxlanConfig.parse(network).overlay)
+    def forget_overlay(self, name: str) -> None:
+        """The overlay's record changed or went (a watch event): read it from the store next time."""
+        self._overlays.pop(name, None)
+
+    def _overlay_of(self, network: NetworkSpec, *, cached: bool = False) -> OverlayRecord:
+        ov = self.overlay(VxlanConfig.parse(network).overlay, cached=cached)
         if ov is None:
             raise NotFound(f"{OVERLAY_OPTION}: overlay {shown(overlay_of(network))} of network "
                            f"{network.network_id[:12]} is not on record")
@@ -274,7 +290,7 @@ class VxlanDriver:
         return endpoint_mac(endpoint, naming.random_mac)
 
     def join(self, network: NetworkSpec, endpoint: EndpointSpec, request: JoinRequest) -> JoinResult:
-        ov = self._overlay_of(network)
+        ov = self._overlay_of(network, cached=True)
         eid = endpoint.endpoint_id
         peer = naming.container_veth_name(eid)
         direct = request.direct and bool(request.sandbox_key)
@@ -298,7 +314,7 @@ class VxlanDriver:
         """Nothing: dockerd moves the link back after Leave, as with the bridge."""
 
     def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
-        ov = self.overlay(overlay_of(network))
+        ov = self.overlay(overlay_of(network), cached=True)
         if ov is None or not self.host.exists(ov.vni):
             return
         eid = endpoint.endpoint_id
@@ -306,7 +322,7 @@ class VxlanDriver:
             k.link_delete(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid))
 
     def endpoint_info(self, network: NetworkSpec, endpoint: EndpointSpec) -> dict[str, object]:
-        ov = self.overlay(overlay_of(network))
+        ov = self.overlay(overlay_of(network), cached=True)
         return {} if ov is None else {"overlay": ov.name, "vni": ov.vni, "namespace": self.host.name(ov.vni)}
 
     # -- convergence (agent/reconcile.py) ----------------------------------------------------

@@ -4,6 +4,7 @@ on the memory store and a fake kernel side: which FDB and neighbour entries each
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -47,11 +48,13 @@ def test_a_reused_address_and_a_moved_mac_replace_their_old_entries() -> None:
 
 
 class FakeOverlayHost:
-    """What the agent asks of drivers/overlay_ns.py, as sets in memory."""
+    """What the agent asks of drivers/overlay_ns.py, as sets in memory; ``ops`` counts the kernel work."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.made: dict[int, Entries] = {}
+        self.epochs: dict[int, int] = {}
+        self.ops: list[str] = []
 
     def name(self, vni: int) -> str:
         return f"ns{vni}"
@@ -62,20 +65,29 @@ class FakeOverlayHost:
     def local_vnis(self) -> set[int]:
         return set(self.made)
 
+    def epoch(self, vni: int) -> int:
+        return self.epochs.get(vni, 0)
+
     def ensure(self, ov: OverlayRecord) -> list[str]:
         if ov.vni in self.made:
             return []
         self.made[ov.vni] = Entries()
+        self.epochs[ov.vni] = self.epoch(ov.vni) + 1
+        self.ops.append(f"ensure {ov.vni}")
         return [f"create {ov.vni}"]
 
     def teardown(self, vni: int) -> bool:
+        self.epochs[vni] = self.epoch(vni) + 1
         return self.made.pop(vni, None) is not None
 
     def entries(self, vni: int) -> tuple[set[Any], set[Any]]:
+        self.ops.append(f"dump {vni}")
         return set(self.made[vni].fdb), set(self.made[vni].neigh)
 
     def apply(self, vni: int, *, fdb_add: set[Any], fdb_del: set[Any], neigh_add: set[Any],
               neigh_del: set[Any]) -> None:
+        self.ops += [f"fdb del {e}" for e in sorted(fdb_del)] + [f"neigh del {e}" for e in sorted(neigh_del)]
+        self.ops += [f"fdb add {e}" for e in sorted(fdb_add)] + [f"neigh add {e}" for e in sorted(neigh_add)]
         e = self.made[vni]
         self.made[vni] = Entries((e.fdb - fdb_del) | fdb_add, (e.neigh - neigh_del) | neigh_add)
 
@@ -96,7 +108,7 @@ def _host(store: MemoryStore, host: str) -> None:
 
 def _agent(store: MemoryStore) -> tuple[OverlayAgent, FakeOverlayHost]:
     fake = FakeOverlayHost()
-    driver = cast(VxlanDriver, type("D", (), {"host": fake})())
+    driver = cast(VxlanDriver, type("D", (), {"host": fake, "forget_overlay": lambda self, name: None})())
     return OverlayAgent(store, driver, "h1"), fake
 
 
@@ -147,3 +159,125 @@ def test_overlay_pools_are_shared_by_hosts_and_apart_from_other_overlays() -> No
         h1.request_pool("cnmkit-local", "10.77.0.0/24", "", opt, False)
     with pytest.raises(InvalidRequest, match=r"Options\.cnmkit\.overlay"):
         h1.request_pool("cnmkit-local", "10.78.0.0/24", "", {"cnmkit.overlay": "-bad/"}, False)
+
+
+def _busy_overlay(store: MemoryStore, remotes: int) -> None:
+    """Overlay blue (VNI 42): h1 holds a network, h2 and h3 ``remotes`` endpoints between them."""
+    store.put(records.overlay_key("blue"), OverlayRecord("blue", 42, 1450, ("10.1.0.0/16",), ("10.1.0.1/16",)).encode())
+    for h in VTEPS:
+        _host(store, h)
+    _net(store, "n1", "h1")
+    _net(store, "n2", "h2")
+    for i in range(remotes):
+        _ep(store, "n2", f"e{i}", ("h2", "h3")[i % 2], f"02:00:00:00:01:{i:02x}", f"10.1.1.{i + 2}/16")
+
+
+def test_an_endpoint_event_writes_that_endpoints_entries_only_and_reads_no_kernel_table() -> None:
+    store = MemoryStore()
+    _busy_overlay(store, 40)
+    agent, fake = _agent(store)
+    rev = agent.relist()
+    agent.sync(refresh=True)
+    assert len(fake.made[42].neigh) == 40 and fake.ops[:2] == ["ensure 42", "dump 42"]
+    fake.ops.clear()
+    # A new endpoint on h3: its FDB and neighbour entries, nothing else, and no dump of vxlan0's tables.
+    _ep(store, "n2", "new", "h3", "02:00:00:00:02:01", "10.1.2.1/16")
+    for ev in store.watch("", rev + 1, timeout=0):
+        rev = ev.revision
+        agent.on_event(ev)
+    assert fake.ops == ["fdb add ('02:00:00:00:02:01', '192.0.2.3')", "neigh add ('10.1.2.1', '02:00:00:00:02:01')"]
+    # Its Join (the record's sandbox changes): no kernel work at all.
+    fake.ops.clear()
+    key = records.endpoint_key("n2", "new")
+    kv = store.get(key)
+    assert kv is not None
+    rec = EndpointRecord.decode(kv.value)
+    store.put(key, EndpointRecord(spec=rec.spec, mac=rec.mac, host=rec.host, sandbox="/run/netns/c").encode())
+    # Its address reused with another MAC on h2: the old neighbour and FDB entries go, first.
+    _ep(store, "n2", "new", "h2", "02:00:00:00:02:02", "10.1.2.1/16")
+    for ev in store.watch("", rev + 1, timeout=0):
+        rev = ev.revision
+        agent.on_event(ev)
+    assert fake.ops == ["fdb del ('02:00:00:00:02:01', '192.0.2.3')", "neigh del ('10.1.2.1', '02:00:00:00:02:01')",
+                        "fdb add ('02:00:00:00:02:02', '192.0.2.2')", "neigh add ('10.1.2.1', '02:00:00:00:02:02')"]
+    assert ("10.1.2.1", "02:00:00:00:02:02") in fake.made[42].neigh and len(fake.made[42].neigh) == 41
+
+
+def test_entries_written_in_an_earlier_namespace_are_not_trusted_after_it_was_made_again() -> None:
+    store = MemoryStore()
+    _busy_overlay(store, 2)
+    agent, fake = _agent(store)
+    rev = agent.relist()
+    agent.sync(refresh=True)
+    fake.teardown(42)                      # e.g. the driver removed and re-made it between two events
+    fake.ensure(OverlayRecord("blue", 42, 1450, ("10.1.0.0/16",), ("10.1.0.1/16",)))
+    fake.ops.clear()
+    _ep(store, "n2", "new", "h3", "02:00:00:00:02:01", "10.1.2.1/16")
+    for ev in store.watch("", rev + 1, timeout=0):
+        agent.on_event(ev)
+    assert fake.ops[0] == "dump 42"        # the new vxlan0 is read, and gets every remote entry again
+    assert len(fake.made[42].neigh) == 3 and len(fake.made[42].fdb) == 5
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the watch streams opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = 0
+
+    def watch(self, prefix: str, from_rev: int, *, timeout: float | None = None) -> Any:
+        self.opened += 1
+        return super().watch(prefix, from_rev, timeout=timeout)
+
+
+def test_one_watch_stream_carries_every_event_it_is_not_reopened_per_event() -> None:
+    store = CountingStore()
+    _busy_overlay(store, 0)
+    agent, fake = _agent(store)
+    rev = agent.relist()
+    agent.sync(refresh=True)
+    for i in range(20):
+        _ep(store, "n2", f"e{i}", "h2", f"02:00:00:00:03:{i:02x}", f"10.1.3.{i + 2}/16")
+    last = store.revision()
+    seen: list[int] = []
+    on_event = agent.on_event
+
+    def counted(ev: Event) -> list[str]:
+        seen.append(ev.revision)
+        if ev.revision == last:
+            agent._stop.set()              # end follow() at the last event, not on a clock
+        return on_event(ev)
+
+    agent.on_event = counted               # type: ignore[method-assign]
+    assert agent.follow(rev, float("inf")) == last
+    assert store.opened == 1 and agent.watches == 1
+    assert seen == list(range(rev + 1, last + 1)) and len(fake.made[42].neigh) == 20
+
+
+class CountingGets(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    def get(self, key: str) -> Any:
+        self.gets.append(key)
+        return super().get(key)
+
+
+def test_join_reads_the_overlay_record_once_and_an_event_for_it_makes_it_read_again() -> None:
+    store = CountingGets()
+    ov = OverlayRecord("blue", 42, 1450, ("10.1.0.0/16",), ("10.1.0.1/16",))
+    store.put(records.overlay_key("blue"), ov.encode())
+    driver = VxlanDriver(cast(Any, None), store, "h1", "192.0.2.1")
+    assert driver.overlay("blue", cached=True) == driver.overlay("blue", cached=True) == ov
+    assert store.gets == [records.overlay_key("blue")]
+    # Deleted and made again (another VNI) on another host: this host's agent sees the events.
+    agent = OverlayAgent(store, driver, "h1")
+    rev = agent.relist()
+    store.delete(records.overlay_key("blue"))
+    store.put(records.overlay_key("blue"), replace(ov, vni=43).encode())
+    for ev in store.watch("", rev + 1, timeout=0):
+        agent.apply_event(ev)
+    got = driver.overlay("blue", cached=True)
+    assert got is not None and got.vni == 43 and len(store.gets) == 2
