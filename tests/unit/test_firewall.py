@@ -148,7 +148,7 @@ def test_every_call_waits_for_the_lock_with_a_bound_and_has_a_timeout(ipt: FakeI
 
 def test_a_timed_out_call_raises_a_clear_error(ipt: FakeIptables) -> None:
     def hung(argv: Sequence[str], stdin: str | None, timeout: float) -> tuple[int, str, str]:
-        if "-N" in argv:                    # as run_command does when the lock is never freed
+        if "-N" in argv or "-N " in (stdin or ""):  # as run_command does when the lock is never freed
             raise KernelError(f"{argv[0]}: no answer within {timeout:g} s (is the xtables lock held?)")
         return ipt(argv, stdin, timeout)
 
