@@ -18,8 +18,11 @@ import asyncio
 from concurrent.futures import Executor
 
 from ipam.service import BATCH_MAX, IpamService
+from plugin import profile
 
 Result = tuple[str, dict[str, str]]
+# a request's options, its answer, its profile record (None: profiling off)
+_Waiter = tuple[dict[str, str] | None, asyncio.Future[Result], profile.Record | None]
 
 
 class AddressBatcher:
@@ -28,15 +31,15 @@ class AddressBatcher:
     def __init__(self, ipam: IpamService, executor: Executor | None) -> None:
         self._ipam = ipam
         self._executor = executor
-        self._waiting: dict[str, list[tuple[dict[str, str] | None, asyncio.Future[Result]]]] = {}
-        self._busy: set[str] = set()  # pools with a job in the workers
+        self._waiting: dict[str, list[_Waiter]] = {}
+        self._busy: dict[str, asyncio.Future[list[Result | Exception]]] = {}  # pool -> its job in the workers
 
     async def request_address(self, pool_id: str, options: dict[str, str] | None) -> Result:
         """What ``IpamService.request_address(pool_id, "", options)`` returns, or raises."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         queue = self._waiting.setdefault(pool_id, [])
-        queue.append((options, fut))
+        queue.append((options, fut, profile.current()))
         if pool_id not in self._busy and len(queue) == 1:
             # Start at the loop's next turn, not now: the requests whose bytes arrived with this
             # one are being handled in this turn and then join the same job.
@@ -50,17 +53,17 @@ class AddressBatcher:
         batch, rest = queue[:BATCH_MAX * 2], queue[BATCH_MAX * 2:]
         if rest:
             self._waiting[pool_id] = rest
-        self._busy.add(pool_id)
-        job = loop.run_in_executor(self._executor, self._ipam.request_addresses, pool_id,
-                                   [options for options, _ in batch])
+        job = self._busy[pool_id] = asyncio.ensure_future(profile.run_for([rec for _, _, rec in batch], self._executor,
+                                                    self._ipam.request_addresses, pool_id,
+                                                    [options for options, _, _ in batch]))
         job.add_done_callback(lambda done: self._finish(pool_id, batch, done, loop))
 
-    def _finish(self, pool_id: str, batch: list[tuple[dict[str, str] | None, asyncio.Future[Result]]],
+    def _finish(self, pool_id: str, batch: list[_Waiter],
                 done: asyncio.Future[list[Result | Exception]], loop: asyncio.AbstractEventLoop) -> None:
-        self._busy.discard(pool_id)
+        self._busy.pop(pool_id, None)
         exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
         results = done.result() if exc is None else [exc for _ in batch]
-        for (_, fut), res in zip(batch, results, strict=True):
+        for (_, fut, _), res in zip(batch, results, strict=True):
             if fut.done():
                 continue  # its caller went away (the address stays allocated, as without batching)
             if isinstance(res, BaseException):

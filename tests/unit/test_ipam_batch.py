@@ -13,6 +13,7 @@ import pytest
 from ipam.batcher import AddressBatcher
 from ipam.errors import InvalidRequest, PoolExhausted, PoolNotFound
 from ipam.service import IpamService
+from plugin import profile
 from store.base import Cmp, Op, Store, TxnResult
 from store.memory import MemoryStore
 from store.sqlite import SQLiteStore
@@ -151,3 +152,26 @@ def test_concurrent_requests_on_one_pool_share_one_job(store: CountingStore) -> 
     got = asyncio.run(run())
     assert sorted(calls) == [1, 1, 1, 16]
     assert len(got) == len(set(got)) == 18
+
+
+def test_a_batch_is_charged_to_every_request_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-call profile (issue 11 item 5) still splits a batched RequestAddress: each request
+    of the batch is charged the job's hop, worker and store time."""
+    monkeypatch.setattr(profile, "_OUT", str(tmp_path / "profile.jsonl"))
+    ipam = IpamService(profile.wrap(MemoryStore(), "store"))
+    pool_id, _, _ = ipam.request_pool(LOCAL, "10.9.0.0/24", "", None, False)
+
+    async def one(batcher: AddressBatcher) -> profile.Record:
+        rec = profile.Record("/IpamDriver.RequestAddress")
+        profile._request.set(rec)                         # as the middleware does, in this task only
+        await batcher.request_address(pool_id, {})
+        return rec
+
+    async def run() -> list[profile.Record]:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = AddressBatcher(ipam, executor)
+            return list(await asyncio.gather(*(one(batcher) for _ in range(3))))
+
+    recs = asyncio.run(run())
+    assert all(r.worker > 0 and r.store > 0 and r.hop > 0 for r in recs)
+    assert recs[0].worker == recs[1].worker == recs[2].worker   # one job, the same for each
