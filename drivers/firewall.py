@@ -349,8 +349,9 @@ class Firewall:
         """``(network id, endpoint id or "")`` of every marked rule: the reconciler's view."""
         found: set[tuple[str, str]] = set()
         with self._lock:
+            listed = {key: self._table(*key) for key in dict.fromkeys((b, t) for b, t, _ in self._our_chains())}
             for binary, table, chain in self._our_chains():
-                for line in self._list(binary, table, chain):
+                for line in (listed[(binary, table)] or {}).get(chain, []):
                     mark = parse_mark(line)
                     if mark is not None:
                         found.add(mark)
@@ -407,10 +408,10 @@ class Firewall:
                    binaries: Sequence[str] | None = None) -> dict[str, Batch]:
         """``-D CHAIN N`` lines (highest N first, so earlier ones do not shift later ones)."""
         out: dict[str, Batch] = {}
-        for binary, table, chain in self._our_chains():
-            if binaries is not None and binary not in binaries:
-                continue
-            numbers = [i for i, line in enumerate(self._list(binary, table, chain), 1)
+        chains = [(b, t, c) for b, t, c in self._our_chains() if binaries is None or b in binaries]
+        listed = {key: self._table(*key) for key in dict.fromkeys((b, t) for b, t, _ in chains)}  # one -S a table
+        for binary, table, chain in chains:
+            numbers = [i for i, line in enumerate((listed[(binary, table)] or {}).get(chain, []), 1)
                        if (mark := parse_mark(line)) is not None and match(*mark)]
             if numbers:
                 lines = out.setdefault(binary, {}).setdefault(table, [])
