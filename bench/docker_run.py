@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     state = tempfile.mkdtemp(prefix="cnmb-docker-")
     cnmkit: subprocess.Popen[bytes] | None = None
     made: list[str] = []
+    profile_file = os.path.join(state, "profile.jsonl")
+    profile_rows: list[dict[str, float | str]] = []
     try:
         if not docker_up():
             log = open(os.path.join(state, "dockerd.log"), "wb")
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         cnmkit = subprocess.Popen([sys.executable, "-m", "cli.main", "--plugin-dir", PLUGIN_DIR, "--state-dir",
                                    os.path.join(state, "cnmkit"), "--log-level", "warning", "daemon"],
                                   stdout=log, stderr=log, cwd=REPO, start_new_session=True,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+                                  env={**os.environ, "PYTHONPATH": str(REPO),
+                                       **({"CNMKIT_PROFILE": profile_file} if args.profile else {})})
         while not os.path.exists(os.path.join(PLUGIN_DIR, "cnmkit-bridge.sock")):
             if cnmkit.poll() is not None:
                 raise RuntimeError(Path(state, "cnmkit.log").read_text()[-2000:])
@@ -138,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         if cnmkit is not None:
             cnmkit.send_signal(signal.SIGTERM)
             cnmkit.wait(timeout=60)
+            if args.profile and os.path.exists(profile_file):   # written by the daemon as it stops
+                with open(profile_file) as f:
+                    profile_rows = [json.loads(line) for line in f if line.strip()]
         if own_dockerd is not None:
             own_dockerd.send_signal(signal.SIGTERM)
             try:
@@ -160,7 +167,17 @@ def run(args: argparse.Namespace) -> int:
     for op in ("create", "rm"):
         a, b = (Summary.of(net_ms[d][op]).median for d in ("cnmkit-bridge", "bridge"))
         print(f"docker network {op}: cnmkit-bridge {a:.1f} ms vs bridge {b:.1f} ms: ratio {a / b:.2f}")
-    path = write_results("docker_run", {"machine": info, "runs_ms": runs, "network_ms": net_ms})
+    if profile_rows:
+        print("\nper-call profile of the cnmkit daemon (CNMKIT_PROFILE; medians, ms; plugin/profile.py):")
+        cols = ("server", "hop", "worker", "store", "kernel")
+        table = []
+        for call in sorted({str(r["path"]) for r in profile_rows}):
+            mine = [r for r in profile_rows if r["path"] == call]
+            table.append([call.lstrip("/"), str(len(mine)),
+                          *(f"{Summary.of([float(r[c]) for r in mine]).median:.2f}" for c in cols)])
+        print(markdown_table(["call", "N", *cols], table))
+    path = write_results("docker_run", {"machine": info, "runs_ms": runs, "network_ms": net_ms,
+                                        "profile": profile_rows})
     print(f"results: {path}")
     return 0
 
@@ -170,6 +187,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--net-rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--profile", action="store_true",
+                    help="run the daemon with CNMKIT_PROFILE, print its per-call profile")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (dockerd)", file=sys.stderr)

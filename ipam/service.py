@@ -114,6 +114,7 @@ SPACE_OPTION = "cnmkit.space"
 
 # Statics stepped over per txn: each adds a compare, and etcd counts compares in --max-txn-ops.
 MAX_SKIP = 32
+BATCH_MAX = 32  # dynamic allocations per txn in request_addresses (each a create op)
 POOL_LOCK_STRIPES = 64  # in-process locks pools are hashed onto (see IpamService._pool_lock)
 MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -473,6 +474,60 @@ class IpamService:
                     return pool.spec.with_prefix(got), {}
         raise StoreContention(f"RequestAddress in pool {shown(pool_id)}: store contention, try again")
 
+    def request_addresses(self, pool_id: str, options: list[dict[str, str] | None]
+                          ) -> list[tuple[str, dict[str, str]] | Exception]:
+        """Allocate one dynamic address per entry of ``options`` (RequestAddress with no Address),
+        in as few store transactions as the pool allows: one result or error per entry.
+
+        Why: with one txn per allocation, concurrent requests on a pool queue on its lock and each
+        pays a whole commit and WAL fsync (or etcd round trip) alone: 16 clients got ~250/s. A batch
+        moves the cursor once over up to ``BATCH_MAX`` addresses and creates their records in the
+        same CAS txn, so they share one commit; correctness is the single path's (the same
+        compares: the pool's mod revision and every static stepped over).
+        """
+        try:
+            pool_id = _check_pool_id(pool_id)
+        except InvalidRequest as exc:
+            return [exc for _ in options]
+        out: list[tuple[str, dict[str, str]] | Exception | None] = [None] * len(options)
+        pending: list[tuple[int, Record]] = []
+        for i, opts in enumerate(options):
+            try:
+                checked = _check_options(opts)
+            except InvalidRequest as exc:
+                out[i] = exc
+                continue
+            record: Record = {"kind": _kind(checked, False), "token": uuid.uuid4().hex, "host": self.host_id}
+            if checked.get(MAC_OPTION):
+                record["mac"] = checked[MAC_OPTION]
+            pending.append((i, record))
+        sid = self._resolve(pool_id)
+        with self._pool_lock(sid):
+            attempts = _attempts()
+            while pending:
+                try:
+                    next(attempts)
+                    pool = self._load(sid)
+                    if pool is None:
+                        raise PoolNotFound(pool_id)
+                    got = self._try_dynamic_many(pool, [r for _, r in pending[:BATCH_MAX]])
+                except StopIteration:
+                    err: Exception = StoreContention(
+                        f"RequestAddress in pool {shown(pool_id)}: store contention, try again")
+                except (PoolNotFound, PoolExhausted) as exc:
+                    err = exc
+                else:
+                    if got:
+                        attempts = _attempts()
+                    for (i, _), addr in zip(pending, got, strict=False):
+                        out[i] = (pool.spec.with_prefix(addr), {})
+                    pending = pending[len(got):]
+                    continue
+                for i, _ in pending:
+                    out[i] = err
+                pending = []
+        return [x if x is not None else StoreContention("unreachable") for x in out]
+
     def release_address(self, pool_id: str, address: str) -> None:
         """Free ``address``. Unknown pools and addresses succeed: Docker releases gateways it never
         requested (those it took from RequestPool Data) and only logs release errors anyway."""
@@ -572,6 +627,35 @@ class IpamService:
                .replace(pool.key, pool.with_cursor(cursor + 1), pool.mod_rev)
                .create(pool.addr_key(addr), record))
         return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
+
+    def _try_dynamic_many(self, pool: _Pool, records: list[Record]) -> list[IPAddress]:
+        """One CAS round of ``request_addresses``: the addresses it allocated for the first
+        records (fewer when statics, the txn size or the range's end cut the run short; empty
+        when it lost a race). Past the range's end, or blocked by a run of statics, it falls back
+        to ``_try_dynamic`` for one record, which walks statics and takes from the free set."""
+        lo, hi = pool.spec.range()
+        cursor = max(pool.cursor, lo)
+        skipped: list[KV] = []
+        addrs: list[IPAddress] = []
+        # compares of the statics + the pool's replace + one create per address
+        while len(addrs) < len(records) and cursor <= hi and len(skipped) + len(addrs) + 2 < MAX_TXN_OPS:
+            addr = pool.spec.address_at(cursor)
+            kv = self._store.get(pool.addr_key(addr))
+            if kv is not None:
+                if len(skipped) == MAX_SKIP:
+                    break
+                skipped.append(kv)
+            else:
+                addrs.append(addr)
+            cursor += 1
+        if not addrs:
+            one = self._try_dynamic(pool, records[0])
+            return [] if one is None else [one]
+        txn = _stepping_over(TxnBuilder(), skipped).replace(pool.key, pool.with_cursor(cursor), pool.mod_rev)
+        for addr, record in zip(addrs, records, strict=False):
+            txn.create(pool.addr_key(addr), record)
+        first = pool.addr_key(addrs[0])
+        return addrs if self._commit(txn, first, records[0]["token"]) else []
 
     def _take_free(self, pool: _Pool, cursor: int, skipped: list[KV], record: Record) -> IPAddress | None:
         """The range was walked once: reuse the lowest released offset."""

@@ -16,6 +16,7 @@ from agent.hosts import HostLiveness
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
+from ipam.batcher import AddressBatcher
 from ipam.service import IpamService
 from plugin import ipam_routes, network_routes, profile
 from plugin.errors import error_middleware
@@ -58,4 +59,5 @@ def build_ipam_app(ipam: IpamService, manager: NetworkManager, executor: ThreadP
     app[ipam_routes.IPAM] = ipam
     app[ipam_routes.MANAGER] = manager
     app[ipam_routes.EXECUTOR] = executor
+    app[ipam_routes.BATCHER] = AddressBatcher(ipam, executor)
     return app

@@ -11,6 +11,7 @@ from aiohttp import web
 from agent.hosts import HostLiveness
 from agent.reconcile import Agent
 from drivers.manager import NetworkManager
+from ipam.batcher import AddressBatcher
 from ipam.service import IpamService
 from plugin import profile
 from plugin import protocol as p
@@ -21,6 +22,7 @@ MANAGER = web.AppKey("manager", NetworkManager)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 AGENT = web.AppKey("agent", Agent)
 HOSTS = web.AppKey("hosts", HostLiveness)
+BATCHER = web.AppKey("batcher", AddressBatcher)
 
 T = TypeVar("T")
 
@@ -58,7 +60,10 @@ async def release_pool(request: web.Request) -> web.Response:
 
 async def request_address(request: web.Request) -> web.Response:
     args = p.decode_request_address(await _body(request))
-    address, data = await _call(request, lambda: request.app[IPAM].request_address(**args))
+    if not args["address"] and BATCHER in request.app:  # dynamic: coalesced with its pool's others
+        address, data = await request.app[BATCHER].request_address(args["pool_id"], args["options"])
+    else:
+        address, data = await _call(request, lambda: request.app[IPAM].request_address(**args))
     return reply({"Address": address, "Data": data})
 
 

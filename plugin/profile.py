@@ -100,6 +100,30 @@ async def run_in_executor(executor: Executor | None, fn: Callable[..., T], *args
             rec.hop += ((done - submitted) - (times[1] - times[0])) * 1000
 
 
+def current() -> Record | None:
+    """The record of the request being handled (None: profiling is off, or not in a request)."""
+    return _request.get() if _OUT else None
+
+
+async def run_for(records: list[Record | None], executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """``run_in_executor`` for one job done on behalf of several requests (a batch of them):
+    each is charged the whole job's hop, worker, store and kernel time, which it waited for."""
+    mine = [r for r in records if r is not None]
+    if not mine:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    shared = Record("")
+    token = _request.set(shared)
+    try:
+        return await run_in_executor(executor, fn, *args)
+    finally:
+        _request.reset(token)
+        for rec in mine:
+            rec.hop += shared.hop
+            rec.worker += shared.worker
+            rec.store += shared.store
+            rec.kernel += shared.kernel
+
+
 class _Timed:
     """A proxy that charges the time of every method call to the worker's request, under ``kind``."""
 

@@ -148,7 +148,7 @@ def test_every_call_waits_for_the_lock_with_a_bound_and_has_a_timeout(ipt: FakeI
 
 def test_a_timed_out_call_raises_a_clear_error(ipt: FakeIptables) -> None:
     def hung(argv: Sequence[str], stdin: str | None, timeout: float) -> tuple[int, str, str]:
-        if "-N" in argv:                    # as run_command does when the lock is never freed
+        if "-N" in argv or "-N " in (stdin or ""):  # as run_command does when the lock is never freed
             raise KernelError(f"{argv[0]}: no answer within {timeout:g} s (is the xtables lock held?)")
         return ipt(argv, stdin, timeout)
 
@@ -265,3 +265,49 @@ def test_icc_false_drops_bridge_internal_traffic_and_masquerade_false_has_no_nat
     assert ipt.chains("iptables", "nat")[NAT_CHAIN] == []
     assert [save_rule(r) for r in ipt.chains("iptables", "filter")[ISOLATION_CHAIN]] == [
         f'-o cnm-a -m comment --comment "cnmkit:{NID_A}" -j DROP']
+
+
+def test_create_and_rm_cost_a_few_processes(fw: Firewall, ipt: FakeIptables) -> None:
+    """Issue 11 item 2: each iptables process costs ms; a network is one listing per table and one
+    restore per binary, not a -C/-A pair per rule (22 processes to create, 34 to remove the last)."""
+    before = len(ipt.calls)
+    fw.ensure_network(rules_a())                           # the first: chains and jumps made too
+    assert len(ipt.calls) - before == 5                    # filter -S, nat -S, a restore; ip6tables -S, a restore
+    before = len(ipt.calls)
+    fw.ensure_network(rules_b())
+    assert len(ipt.calls) - before == 5
+    full = all_rules(ipt)
+    before = len(ipt.calls)
+    assert fw.remove_network(NID_B) == 11
+    assert len(ipt.calls) - before == 5                    # 3 table listings, a restore per binary
+    before = len(ipt.calls)
+    assert fw.remove_network(NID_A) == 11                  # the last: chains and jumps go in the same restores
+    assert len(ipt.calls) - before == 5
+    assert all_rules(ipt) == [] and not [c for t in ipt.tables.values() for c in t if c.startswith("CNMKIT")]
+    fw.ensure_network(rules_a())
+    fw.ensure_network(rules_b())
+    assert all_rules(ipt) == full                          # the same rules as made one by one before
+
+
+def test_a_half_made_network_is_completed_rule_by_rule(fw: Firewall, ipt: FakeIptables) -> None:
+    fw.ensure_network(rules_a())
+    complete = all_rules(ipt)
+    forward = ipt.tables[("iptables", "filter")]["CNMKIT-FORWARD"]
+    del forward[1]                                         # one of the network's rules went missing
+    fw.ensure_network(rules_a())
+    assert sorted(all_rules(ipt)) == sorted(complete)      # the missing one back, nothing twice
+
+
+def test_rm_falls_back_when_the_batched_restore_fails(fw: Firewall, ipt: FakeIptables) -> None:
+    fw.ensure_network(rules_a())
+    failed: list[str] = []
+
+    def flaky(argv: Sequence[str], stdin: str | None = None, timeout: float | None = None) -> tuple[int, str, str]:
+        if stdin and "-X" in stdin and not failed:        # e.g. a jump iptables printed otherwise
+            failed.append(stdin)
+            return 1, "", "iptables-restore: line 9 failed"
+        return ipt(argv, stdin, timeout)
+
+    assert Firewall(run=flaky, sysctl=FakeSysctl()).remove_network(NID_A) == 11
+    assert failed and all_rules(ipt) == []
+    assert not [c for t in ipt.tables.values() for c in t if c.startswith("CNMKIT")]
