@@ -240,6 +240,14 @@ class OverlayHost:
             self._complete.discard(vni)
             self._bump(vni)
             self._remove_host_rules(vni)
+            # The transit pair would go with the namespace, but only once the kernel's netns
+            # cleanup runs (a workqueue, later): its host end is deleted here, so a removed overlay
+            # leaves nothing in the host namespace when this returns.
+            outer = transit_host_link(vni)
+            link = self.host.link_get(outer)
+            if link is not None and str(link["alias"]).startswith(f"{naming.ALIAS_ROOT}overlay:"):
+                with contextlib.suppress(KernelError):
+                    self.host.link_delete(outer, alias=str(link["alias"]))
             return netns_delete(self.name(vni))
 
     @staticmethod
