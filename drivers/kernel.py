@@ -560,8 +560,10 @@ class Kernel:
             raise
 
     def link_set(self, name: str, *, mac: str | None = None, mtu: int | None = None,
-                 up: bool | None = None, master: str | None = None) -> None:
+                 up: bool | None = None, master: str | None = None, alias: str | None = None) -> None:
         spec: dict[str, Any] = {}
+        if alias is not None:
+            spec["ifalias"] = alias
         if master is not None:
             spec["master"] = self._index(master)
         if mac is not None:

@@ -71,12 +71,16 @@ class LabService:
             index = 0
             while index < len(actions):
                 action = actions[index]
-                if action.verb == CREATE and action.kind == "node":
+                if action.verb == CREATE and action.kind in ("node", "link"):
                     group = []
-                    while index < len(actions) and actions[index].verb == CREATE and actions[index].kind == "node":
+                    while index < len(actions) and actions[index].verb == CREATE and \
+                            actions[index].kind == action.kind:
                         group.append(actions[index])
                         index += 1
-                    done = self._start_nodes(record, group, done, total, progress)
+                    if action.kind == "node":
+                        done = self._start_nodes(record, group, done, total, progress)
+                    else:
+                        done = self._create_links(record, group, done, total, progress)
                     continue
                 progress(done, total, action.describe())
                 self._step(record, action)
@@ -199,6 +203,48 @@ class LabService:
         record["items"][action.item.key] = self._entry(action.item, {"netns": a_ns, "ifname": spec["a"]["ifname"]})
         self._save(record)
 
+    def _create_links(self, record: Record, group: list[Action], done: int, total: int,
+                      progress: Progress) -> int:
+        """Every link of the wave in one ``links.make_links`` (host:IFACE links and multi-address
+        ends one by one, as before); each made link is recorded, then the first failure, in
+        file order, is raised: a failed link leaves nothing, the others stay."""
+        batched: list[tuple[Action, links.NewLink]] = []
+        failure: LabError | None = None
+        for action in group:
+            assert action.item is not None
+            spec = action.item.spec
+            if links.batchable(spec["a"], spec["b"]):
+                new = links.NewLink(spec["a"], spec["b"], self._netns_of(record, spec["a"]),
+                                    self._netns_of(record, spec["b"]), spec["mtu"])
+                batched.append((action, new))
+        if batched:
+            progress(done, total, f"create {len(batched)} link(s)")
+            errors = links.make_links(record["name"], [new for _, new in batched])
+            for (action, new), error in zip(batched, errors, strict=True):
+                assert action.item is not None
+                if error is not None:
+                    failure = failure or LabError(f"{action.describe()}: {error}")
+                    continue
+                ifname, netns, alias = links.recorded_end(record["name"], new.a, new.b, new.a_netns, new.b_netns)
+                record["items"][action.item.key] = self._entry(action.item, {"netns": netns, "ifname": ifname,
+                                                                             "alias": alias})
+                done += 1
+            self._save(record)
+        single = {id(a) for a, _ in batched}
+        for action in group:
+            if id(action) in single:
+                continue
+            progress(done, total, action.describe())
+            try:
+                self._step(record, action)
+            except LabError as exc:
+                failure = failure or exc
+                continue
+            done += 1
+        if failure is not None:
+            raise failure
+        return done
+
     def _unpack(self, lab: str, spec: dict[str, Any]) -> str:
         """The node's image tarball unpacked once per content hash under the lab's images dir.
 
@@ -267,7 +313,7 @@ class LabService:
             return
         made = entry.get("made") or {}
         if kind == "link":
-            links.remove_link(record["name"], str(made.get("ifname")), made.get("netns"))
+            links.remove_link(record["name"], str(made.get("ifname")), made.get("netns"), made.get("alias"))
         elif kind == "node":
             cid = str(made.get("id", ""))
             if cid and self.svc.store.find(cid) is not None:
@@ -293,13 +339,50 @@ class LabService:
                 raise LabError(f"no lab {name} is deployed")
             entries = sorted(record["items"].values(),
                              key=lambda e: (-plan.ORDER.index(e["kind"]), e["name"]))
-            for done, entry in enumerate(entries):
+            total = len(entries)
+            nodes = [e for e in entries if e["kind"] == "node"]
+            # A link with an end in a node dies with the node's namespace (both ends, bridge
+            # ports too, in one batched kernel teardown): only the others are deleted one by one.
+            inside = [e for e in entries if e["kind"] == "link" and "node" in
+                      (e["spec"]["a"]["kind"], e["spec"]["b"]["kind"])] if nodes else []
+            skipped = {id(e) for e in (*nodes, *inside)}
+            done = 0
+            for entry in entries:
+                if entry["kind"] == "node" and nodes:
+                    progress(done, total, f"remove {len(nodes)} node(s)")
+                    self._remove_nodes(record, nodes, inside)
+                    done += len(nodes) + len(inside)
+                    nodes = []
+                if id(entry) in skipped:
+                    continue
                 action = Action(REMOVE, entry["kind"], entry["name"], recorded=entry)
-                progress(done, len(entries), action.describe())
+                progress(done, total, action.describe())
                 self._step(record, action)
-            progress(len(entries), len(entries), "done")
+                done += 1
+            progress(total, total, "done")
             self.store.delete(name)
-            return len(entries)
+            return total
+
+    def _remove_nodes(self, record: Record, nodes: list[dict[str, Any]], inside: list[dict[str, Any]]) -> None:
+        """Every node at once through ``batch.stop_many`` (signals, sandboxes, endpoints, hosts
+        files and records once for the lot), then the records of the links that went with them."""
+        cids = [str(e["made"].get("id", "")) for e in nodes]
+        present = [cid for cid in cids if cid and self.svc.store.find(cid) is not None]
+        try:
+            batch.stop_many(self.svc, present, timeout=0.0)     # as `rm -f` did
+        except (PluginError, DaemonUnavailable, ContainerError) as exc:
+            raise LabError(f"remove nodes: {exc}") from None
+        finally:
+            gone = set(present) - set(self.svc.store.ids())
+            for entry in nodes:
+                cid = str(entry["made"].get("id", ""))
+                if not cid or cid in gone or self.svc.store.find(cid) is None:
+                    record["items"].pop(f"node:{entry['name']}", None)
+            for entry in inside:
+                ends = [e for e in (entry["spec"]["a"], entry["spec"]["b"]) if e["kind"] == "node"]
+                if all(f"node:{e['node']}" not in record["items"] for e in ends):
+                    record["items"].pop(f"link:{entry['name']}", None)
+            self._save(record)
 
     # -- reading --------------------------------------------------------------------------------
 
