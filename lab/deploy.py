@@ -71,7 +71,7 @@ class LabService:
             index = 0
             while index < len(actions):
                 action = actions[index]
-                if action.verb == CREATE and action.kind in ("node", "link"):
+                if action.verb == CREATE and action.kind in ("node", "link", "bridge"):
                     group = []
                     while index < len(actions) and actions[index].verb == CREATE and \
                             actions[index].kind == action.kind:
@@ -79,6 +79,8 @@ class LabService:
                         index += 1
                     if action.kind == "node":
                         done = self._start_nodes(record, group, done, total, progress)
+                    elif action.kind == "bridge":
+                        done = self._create_bridges(record, group, done, total, progress)
                     else:
                         done = self._create_links(record, group, done, total, progress)
                     continue
@@ -155,6 +157,24 @@ class LabService:
         created = links.make_bridge(record["name"], action.name)
         record["items"][action.item.key] = self._entry(action.item, {"created": created})
         self._save(record)
+
+    def _create_bridges(self, record: Record, group: list[Action], done: int, total: int,
+                        progress: Progress) -> int:
+        """Every bridge of the wave from one kernel handle; each recorded as made, then the first
+        failure raised."""
+        progress(done, total, f"create {len(group)} bridge(s)")
+        failure: LabError | None = None
+        for action, made in zip(group, links.make_bridges(record["name"], [a.name for a in group]), strict=True):
+            assert action.item is not None
+            if isinstance(made, BaseException):
+                failure = failure or LabError(f"{action.describe()}: {made}")
+                continue
+            record["items"][action.item.key] = self._entry(action.item, {"created": made})
+            done += 1
+        self._save(record)
+        if failure is not None:
+            raise failure
+        return done
 
     def _start_nodes(self, record: Record, group: list[Action], done: int, total: int,
                      progress: Progress) -> int:

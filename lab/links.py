@@ -40,18 +40,35 @@ def kernel(netns: str | None) -> LabKernelOps:
 
 def make_bridge(lab: str, name: str) -> bool:
     """Make bridge ``name`` (up); False when a bridge not ours was there already and is used."""
+    made = make_bridges(lab, [name])[0]
+    if isinstance(made, BaseException):
+        raise made
+    return made
+
+
+def make_bridges(lab: str, names: Sequence[str]) -> list[bool | KernelError]:
+    """``make_bridge`` for each name from one host handle (a pyroute2 handle costs more than a
+    bridge): per name, whether we made it, or the error (nothing left of that one)."""
     k = kernel(None)
+    out: list[bool | KernelError] = []
     try:
-        found = k.link_get(name)
-        if found is not None:
-            if found["alias"] == alias_for(lab):
-                return True
-            if found["kind"] != "bridge":
-                raise KernelError(f"bridge {name}: a {found['kind'] or 'link'} of that name exists")
-            return False
-        k.ensure_bridge(name, alias=alias_for(lab), mtu=BRIDGE_MTU)
-        k.link_set(name, up=True)
-        return True
+        for name in names:
+            try:
+                found = k.link_get(name)
+                if found is not None:
+                    if found["alias"] == alias_for(lab):
+                        out.append(True)
+                        continue
+                    if found["kind"] != "bridge":
+                        raise KernelError(f"bridge {name}: a {found['kind'] or 'link'} of that name exists")
+                    out.append(False)
+                    continue
+                k.ensure_bridge(name, alias=alias_for(lab), mtu=BRIDGE_MTU)
+                k.link_set(name, up=True)
+                out.append(True)
+            except KernelError as exc:
+                out.append(exc)
+        return out
     finally:
         k.close()
 
