@@ -97,9 +97,10 @@ class LabService:
 
     def _refresh(self, record: Record) -> None:
         """Mark what vanished behind the lab's back (a node stopped or removed, a network removed)."""
+        known = set(self.svc.store.ids())                   # one listing, not one per node
         for entry in record.get("items", {}).values():
             made = entry.get("made") or {}
-            if entry.get("kind") == "node" and not self._running(str(made.get("id", ""))):
+            if entry.get("kind") == "node" and not self._running(str(made.get("id", "")), known):
                 entry["digest"] = DIRTY
             elif entry.get("kind") == "network":
                 try:
@@ -108,8 +109,8 @@ class LabService:
                     entry["digest"] = DIRTY
                     made["created"] = False                 # nothing left to remove
 
-    def _running(self, cid: str) -> bool:
-        if not cid or self.svc.store.find(cid) is None:
+    def _running(self, cid: str, known: set[str] | None = None) -> bool:
+        if not cid or (cid not in known if known is not None else self.svc.store.find(cid) is None):
             return False
         return bool(self.svc.inspect(cid)["State"]["status"] == "running")
 
@@ -195,7 +196,6 @@ class LabService:
             record["items"][item.key] = entry = self._entry(item, {"id": node.id, "netns": node.netns})
             if plan.configures(item.spec):
                 entry["digest"] = DIRTY              # complete once binds and exec ran (a deploy may stop first)
-            self._save(record)
             count[0] += 1
             following = [a.name for a in group if a.item is not None and a.item.key not in record["items"]]
             progress(count[0], total, f"start node {following[0]}" if following else f"started {item.name}")
@@ -207,6 +207,7 @@ class LabService:
             raise LabError(f"start node {failed}: {str(exc).split(': ', 1)[-1]}") from None
         except (PluginError, DaemonUnavailable, ContainerError) as exc:
             raise LabError(f"start nodes: {exc}") from None
+        self._save(record)                           # once: the batch is all or nothing
         return count[0]
 
     def _netns_of(self, record: Record, end: dict[str, Any]) -> str | None:
@@ -365,14 +366,25 @@ class LabService:
             # ports too, in one batched kernel teardown): only the others are deleted one by one.
             inside = [e for e in entries if e["kind"] == "link" and "node" in
                       (e["spec"]["a"]["kind"], e["spec"]["b"]["kind"])] if nodes else []
-            skipped = {id(e) for e in (*nodes, *inside)}
+            outside = [e for e in entries if e["kind"] == "link" and id(e) not in {id(i) for i in inside}]
+            bridges = [e for e in entries if e["kind"] == "bridge"]
+            skipped = {id(e) for e in (*nodes, *inside, *outside, *bridges)}
             done = 0
+            if outside:
+                progress(done, total, f"remove {len(outside)} link(s)")
+                self._remove_host_links(record, outside)
+                done += len(outside)
             for entry in entries:
                 if entry["kind"] == "node" and nodes:
                     progress(done, total, f"remove {len(nodes)} node(s)")
                     self._remove_nodes(record, nodes, inside)
                     done += len(nodes) + len(inside)
                     nodes = []
+                if entry["kind"] == "bridge" and bridges:
+                    progress(done, total, f"remove {len(bridges)} bridge(s)")
+                    self._remove_bridges(record, bridges)
+                    done += len(bridges)
+                    bridges = []
                 if id(entry) in skipped:
                     continue
                 action = Action(REMOVE, entry["kind"], entry["name"], recorded=entry)
@@ -383,20 +395,44 @@ class LabService:
             self.store.delete(name)
             return total
 
+    def _remove_host_links(self, record: Record, entries: list[dict[str, Any]]) -> None:
+        """Links with no end in a node (bridge to bridge, host to bridge) from one kernel handle."""
+        ends = [(str(e["made"].get("ifname")), e["made"].get("netns"), e["made"].get("alias")) for e in entries]
+        errors = links.remove_links(record["name"], ends)
+        for entry, error in zip(entries, errors, strict=True):
+            if error is None:
+                del record["items"][f"link:{entry['name']}"]
+        self._save(record)
+        failed = next(((e, x) for e, x in zip(entries, errors, strict=True) if x is not None), None)
+        if failed is not None:
+            raise LabError(f"remove link {failed[0]['name']}: {failed[1]}")
+
+    def _remove_bridges(self, record: Record, entries: list[dict[str, Any]]) -> None:
+        """The bridges this lab made, from one kernel handle (one it found is left in place)."""
+        made = [e for e in entries if (e.get("made") or {}).get("created")]
+        errors = links.remove_bridges(record["name"], [e["name"] for e in made])
+        failed = {e["name"]: x for e, x in zip(made, errors, strict=True) if x is not None}
+        for entry in entries:
+            if entry["name"] not in failed:
+                del record["items"][f"bridge:{entry['name']}"]
+        self._save(record)
+        if failed:
+            name, error = next(iter(failed.items()))
+            raise LabError(f"remove bridge {name}: {error}")
+
     def _remove_nodes(self, record: Record, nodes: list[dict[str, Any]], inside: list[dict[str, Any]]) -> None:
         """Every node at once through ``batch.stop_many`` (signals, sandboxes, endpoints, hosts
         files and records once for the lot), then the records of the links that went with them."""
-        cids = [str(e["made"].get("id", "")) for e in nodes]
-        present = [cid for cid in cids if cid and self.svc.store.find(cid) is not None]
+        known = set(self.svc.store.ids())
+        present = [cid for e in nodes if (cid := str(e["made"].get("id", ""))) in known]
         try:
             batch.stop_many(self.svc, present, timeout=0.0)     # as `rm -f` did
         except (PluginError, DaemonUnavailable, ContainerError) as exc:
             raise LabError(f"remove nodes: {exc}") from None
         finally:
-            gone = set(present) - set(self.svc.store.ids())
+            left = set(self.svc.store.ids())
             for entry in nodes:
-                cid = str(entry["made"].get("id", ""))
-                if not cid or cid in gone or self.svc.store.find(cid) is None:
+                if str(entry["made"].get("id", "")) not in left:
                     record["items"].pop(f"node:{entry['name']}", None)
             for entry in inside:
                 ends = [e for e in (entry["spec"]["a"], entry["spec"]["b"]) if e["kind"] == "node"]

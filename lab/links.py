@@ -206,6 +206,51 @@ def _configure(k: LabKernelOps, end: dict[str, Any]) -> None:
     k.link_set(end["ifname"], up=True)
 
 
+def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -> list[KernelError | None]:
+    """``remove_link`` for each (ifname, netns, alias), with one handle per namespace; per link
+    None or the error."""
+    handles: dict[str | None, LabKernelOps | None] = {}
+    out: list[KernelError | None] = []
+    try:
+        for ifname, netns, alias in ends:
+            if netns not in handles:
+                try:
+                    handles[netns] = kernel(netns)
+                except (KernelError, OSError):
+                    handles[netns] = None            # the node's namespace is gone: so is the link
+            k = handles[netns]
+            try:
+                if k is not None:
+                    with contextlib.suppress(LinkNotFound):
+                        k.link_delete(ifname, alias=alias_for(lab) if alias is None else alias)
+                out.append(None)
+            except KernelError as exc:
+                out.append(exc)
+        return out
+    finally:
+        for handle in handles.values():
+            if handle is not None:
+                handle.close()
+
+
+def remove_bridges(lab: str, names: Sequence[str]) -> list[KernelError | None]:
+    """``remove_bridge`` for each name from one host handle; per bridge None or the error."""
+    if not names:
+        return []
+    k = kernel(None)
+    out: list[KernelError | None] = []
+    try:
+        for name in names:
+            try:
+                k.link_delete(name, alias=alias_for(lab))
+                out.append(None)
+            except KernelError as exc:
+                out.append(exc)
+        return out
+    finally:
+        k.close()
+
+
 def remove_link(lab: str, ifname: str, netns: str | None, alias: str | None = None) -> None:
     """Delete end ``ifname`` (the peer goes with it) if it carries ``alias`` (default: the lab's;
     "" for an unmarked end inside one of the lab's nodes); a namespace or link already gone is fine."""
