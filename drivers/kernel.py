@@ -262,6 +262,20 @@ class Kernel:
                    ifalias=alias, mtu=mtu)
         return created
 
+    def bridge_add(self, name: str, *, alias: str, mtu: int) -> None:
+        """A new bridge ``name``, up and marked ``alias``: one RTM_NEWLINK (IFF_UP applies on
+        create) and the mark, where ``ensure_bridge`` looks first and last (a lab makes hundreds;
+        the caller has listed the links once). A name taken raises LinkExists; a failed mark
+        deletes the bridge again."""
+        self._call(f"create bridge {name}", self._ipr().link, "add", ifname=name, kind="bridge", mtu=mtu,
+                   flags=IFF_UP, change=IFF_UP)
+        try:
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+            raise
+
     def ensure_veth(self, host_name: str, peer_name: str, *, alias: str, mtu: int, peer_mac: str | None,
                     master: str, peer_netns_path: str | None = None, adopt: bool = True) -> bool:
         """Make a veth pair, host end enslaved to ``master`` and up; True when created now.

@@ -46,28 +46,34 @@ def make_bridge(lab: str, name: str) -> bool:
     return made
 
 
-def make_bridges(lab: str, names: Sequence[str]) -> list[bool | KernelError]:
-    """``make_bridge`` for each name from one host handle (a pyroute2 handle costs more than a
-    bridge): per name, whether we made it, or the error (nothing left of that one)."""
+def make_bridges(lab: str, names: Sequence[str], workers: int = 8) -> list[bool | KernelError]:
+    """``make_bridge`` for each name: one dump of the host's links, then each missing bridge made
+    up and marked (two requests) on a few threads sharing one handle; per name, whether we made
+    it, or the error (nothing left of that one)."""
+    from runtime import batch
+
     k = kernel(None)
-    out: list[bool | KernelError] = []
+    out: list[bool | KernelError] = [False] * len(names)
     try:
-        for name in names:
+        found = {link["name"]: link for link in k.links()}
+        missing = []
+        for index, name in enumerate(names):
+            link = found.get(name)
+            if link is None:
+                missing.append(index)
+            elif link["alias"] == alias_for(lab):
+                out[index] = True
+            elif link["kind"] != "bridge":
+                out[index] = KernelError(f"bridge {name}: a {link['kind'] or 'link'} of that name exists")
+
+        def make(index: int) -> None:
             try:
-                found = k.link_get(name)
-                if found is not None:
-                    if found["alias"] == alias_for(lab):
-                        out.append(True)
-                        continue
-                    if found["kind"] != "bridge":
-                        raise KernelError(f"bridge {name}: a {found['kind'] or 'link'} of that name exists")
-                    out.append(False)
-                    continue
-                k.ensure_bridge(name, alias=alias_for(lab), mtu=BRIDGE_MTU)
-                k.link_set(name, up=True)
-                out.append(True)
+                k.bridge_add(names[index], alias=alias_for(lab), mtu=BRIDGE_MTU)
+                out[index] = True
             except KernelError as exc:
-                out.append(exc)
+                out[index] = exc
+
+        batch._parallel(make, missing, workers)
         return out
     finally:
         k.close()
@@ -214,20 +220,25 @@ def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -
     each costs ~10-20 ms of kernel time (perf-anchors §3). Ends inside a node: one by one.
     """
     from drivers.kernel import Kernel
+    from runtime import batch
 
     out: list[KernelError | None] = []
     host = Kernel()
     try:
-        for ifname, netns, alias in ends:
+        out = [None] * len(ends)
+
+        def remove(index: int) -> None:
+            ifname, netns, alias = ends[index]
             wanted = alias_for(lab) if alias is None else alias
             try:
                 if netns is None:
                     host.link_doom(ifname, alias=wanted, doomed_alias=_doomed(lab, ifname))
                 else:
                     remove_link(lab, ifname, netns, alias)
-                out.append(None)
             except KernelError as exc:
-                out.append(exc)
+                out[index] = exc
+
+        batch._parallel(remove, range(len(ends)), 8)
         host.reap_doomed()
         return out
     finally:
