@@ -181,6 +181,7 @@ import json, sys, time
 from lab.deploy import LabService
 from lab.spec import load_file
 from runtime.containers import ContainerService
+import drivers.kernel  # noqa: F401  (imports before the clock, as Mininet's worker has its own)
 path, state, plugins, run = sys.argv[1:5]
 svc = ContainerService(state, plugins, run)
 labs = LabService(svc)
