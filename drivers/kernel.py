@@ -355,14 +355,16 @@ class Kernel:
         return True
 
     def veth_link(self, name: str, peer_name: str, *, netns_path: str, peer_netns_path: str,
-                  mtu: int | None = None) -> None:
+                  mtu: int | None = None, master: str | None = None) -> None:
         """A point-to-point veth pair between two other namespaces, ``name`` in ``netns_path`` and
         ``peer_name`` in ``peer_netns_path``.
 
         Both ends are born in place (IFLA_NET_NS_FD on each), so a lab link costs one netlink
         request from this handle's socket, no netns move (perf-anchors §3) and no socket inside
         either namespace. They are born down: the kernel ignores IFF_UP in the peer's ifinfomsg,
-        so the namespaces' owner brings both up from inside.
+        so the namespaces' owner brings both up from inside. With ``master`` (a bridge in
+        ``netns_path``'s namespace, which must be this handle's), ``name`` is born enslaved to it
+        and up, in the same request: a lab's bridge port costs nothing more.
         """
         fds: list[int] = []
         try:
@@ -375,6 +377,8 @@ class Kernel:
             extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
             if mtu:
                 peer["mtu"] = mtu
+            if master:
+                extra.update(master=self._master_index(master), flags=IFF_UP, change=IFF_UP)
             self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
                        net_ns_fd=fds[0], peer=peer, **extra)
         finally:

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from drivers.kernel_api import LabKernelOps
 
 HOST_NETNS = "/proc/thread-self/ns/net"            # the calling thread's: where the CLI runs
+# pyroute2 requests are made from the calling thread only: a handle used from pool threads gets
+# an asyncio loop per thread, which outlives the thread and, collected later in the main thread,
+# prints "Exception ignored in BaseEventLoop.__del__" on the CLI's stderr. On 2 cores the
+# requests gain little from threads anyway (the kernel serialises them on the RTNL lock).
+_ONE_THREAD = True
 BRIDGE_MTU = 1500
 
 
@@ -46,12 +51,10 @@ def make_bridge(lab: str, name: str) -> bool:
     return made
 
 
-def make_bridges(lab: str, names: Sequence[str], workers: int = 8) -> list[bool | KernelError]:
+def make_bridges(lab: str, names: Sequence[str]) -> list[bool | KernelError]:
     """``make_bridge`` for each name: one dump of the host's links, then each missing bridge made
-    up and marked (two requests) on a few threads sharing one handle; per name, whether we made
-    it, or the error (nothing left of that one)."""
-    from runtime import batch
-
+    up and marked (two requests) from one handle; per name, whether we made it, or the error
+    (nothing left of that one)."""
     k = kernel(None)
     out: list[bool | KernelError] = [False] * len(names)
     try:
@@ -73,7 +76,8 @@ def make_bridges(lab: str, names: Sequence[str], workers: int = 8) -> list[bool 
             except KernelError as exc:
                 out[index] = exc
 
-        batch._parallel(make, missing, workers)
+        for index in missing:                       # one thread: see _ONE_THREAD
+            make(index)
         return out
     finally:
         k.close()
@@ -151,27 +155,33 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
 
     def pair(index: int) -> None:
         link = new[index]
+        # The main end is a bridge port when there is one: born enslaved and up in the request.
+        main, peer = (link.b, link.b_netns), (link.a, link.a_netns)
+        if link.a["kind"] == "bridge" or link.b["kind"] != "bridge":
+            main, peer = peer, main
         try:
-            host.veth_link(link.a["ifname"], link.b["ifname"], netns_path=link.a_netns or HOST_NETNS,
-                           peer_netns_path=link.b_netns or HOST_NETNS, mtu=link.mtu)
+            host.veth_link(main[0]["ifname"], peer[0]["ifname"], netns_path=main[1] or HOST_NETNS,
+                           peer_netns_path=peer[1] or HOST_NETNS, mtu=link.mtu,
+                           master=main[0]["node"] if main[0]["kind"] == "bridge" else None)
         except (KernelError, OSError) as exc:
             errors[index] = exc
             return
-        try:
-            for end, netns in ((link.a, link.a_netns), (link.b, link.b_netns)):
-                if netns is None:
-                    host.link_set(end["ifname"], master=end["node"] if end["kind"] == "bridge" else None,
-                                  alias=alias, up=True)
+        if peer[1] is not None:
+            return                                  # the peer is a node's, addressed and up below
+        try:                                        # two bridge ports: the peer's master, up, mark
+            host.link_set(peer[0]["ifname"], master=peer[0]["node"], alias=alias, up=True)
         except (KernelError, OSError) as exc:
             errors[index] = exc
-            _undo(link)
+            with contextlib.suppress(KernelError, OSError):     # unmarked: the set failed whole
+                remove_link(lab, peer[0]["ifname"], None, "")
 
     def _undo(link: NewLink) -> None:
         with contextlib.suppress(KernelError, OSError):
             remove_link(lab, *recorded_end(lab, link.a, link.b, link.a_netns, link.b_netns))
 
-    with Kernel() as host:
-        batch._parallel(pair, range(len(new)), workers)
+    with Kernel() as host:                          # one thread: see _ONE_THREAD
+        for index in range(len(new)):
+            pair(index)
     by_netns: dict[str, list[tuple[int, str, Sequence[str]]]] = {}
     for index, link in enumerate(new):
         if errors[index] is None:
@@ -187,21 +197,24 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
             for index, _, _ in ends:
                 if errors[index] is None:
                     errors[index] = exc
-                    _undo(new[index])
+                    undo.append(index)
 
+    undo: list[int] = []
     batch._parallel(configure, list(by_netns), workers)
+    for index in undo:                              # back in this thread for netlink
+        _undo(new[index])
     return errors
 
 
 def recorded_end(lab: str, a: dict[str, Any], b: dict[str, Any], a_netns: str | None,
                  b_netns: str | None) -> tuple[str, str | None, str]:
-    """The end a ``make_links`` link is deleted by (ifname, netns, alias it carries): a host end
-    if it has one (marked with the lab's alias), else ``a`` in its node (unmarked, in a namespace
-    that is the lab's own)."""
+    """The end a ``make_links`` link is deleted by (ifname, netns, alias it carries): an end in a
+    node if there is one (unmarked, in a namespace that is the lab's own), else the peer of two
+    bridge ports (the one ``make_links`` marked with the lab's alias)."""
     for end, netns in ((a, a_netns), (b, b_netns)):
-        if netns is None:
-            return end["ifname"], None, alias_for(lab)
-    return a["ifname"], a_netns, ""
+        if netns is not None:
+            return end["ifname"], netns, ""
+    return b["ifname"], None, alias_for(lab)
 
 
 def _configure(k: LabKernelOps, end: dict[str, Any]) -> None:
@@ -220,7 +233,6 @@ def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -
     each costs ~10-20 ms of kernel time (perf-anchors §3). Ends inside a node: one by one.
     """
     from drivers.kernel import Kernel
-    from runtime import batch
 
     out: list[KernelError | None] = []
     host = Kernel()
@@ -238,11 +250,36 @@ def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -
             except KernelError as exc:
                 out[index] = exc
 
-        batch._parallel(remove, range(len(ends)), 8)
+        for index in range(len(ends)):              # one thread: see _ONE_THREAD
+            remove(index)
         host.reap_doomed()
         return out
     finally:
         host.close()
+
+
+def wait_gone(names: Sequence[str], timeout: float = 10.0) -> list[str]:
+    """Wait until none of ``names`` is left in the host's namespace; those still there at the end.
+
+    The bridge port of a node's link dies with the node's namespace, but the kernel tears a
+    namespace down in its own worker (cleanup_net), after ``stop_many`` has returned: a destroy
+    waits for it, so that nothing of the lab is left when it reports done (and a redeploy does
+    not meet the old port's name)."""
+    import time
+
+    wanted = set(names)
+    if not wanted:
+        return []
+    k = kernel(None)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = wanted & {link["name"] for link in k.links()}
+            if not left or time.monotonic() > deadline:
+                return sorted(left)
+            time.sleep(0.01)
+    finally:
+        k.close()
 
 
 def _doomed(lab: str, ifname: str) -> str:

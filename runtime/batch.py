@@ -414,9 +414,9 @@ def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> l
     namespace (a pyroute2 handle costs more than the link itself)."""
     from drivers.kernel import Kernel
 
-    with Kernel() as k:
+    with Kernel() as k:                  # from this thread only (lab/links.py, _ONE_THREAD: why)
         errors = _parallel(lambda link: k.veth_link(link.a_ifname, link.b_ifname, netns_path=netns[link.a],
-                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, workers)
+                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, 1)
     if errors:
         return errors
     ends: dict[str, list[tuple[str, Sequence[str]]]] = {}
