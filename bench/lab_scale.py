@@ -1,8 +1,21 @@
 """Deploy and destroy generated labs (a chain and a star) with cnmkit and with Mininet, same run.
 
-    PYTHONPATH=. .venv/bin/python bench/lab_scale.py [--sizes 10,50,200] [--rounds 2] [--json out.json]
+    PYTHONPATH=. .venv/bin/python bench/lab_scale.py [--mode lab|batch] [--sizes 10,50,200] [--rounds 2]
+                                                     [--cli] [--json out.json]
 
-Topologies, built the same way by both:
+``--mode lab`` (the default): the lab command. Each case writes a lab file (``lab_file``) for
+the topology Mininet builds and deploys then destroys it with ``LabService`` (what ``cnmkit lab
+deploy/destroy`` run) in a fresh process inside a throwaway netns, timed from parsing the file
+to the end, after the imports (as Mininet's worker is timed after its own); ``--cli`` adds the
+``cnmkit lab deploy FILE`` / ``lab destroy FILE`` commands' wall time, interpreter start and all.
+Kinds: ``linear`` = Mininet's ``LinearTopo(k=N, n=1)`` (N bridges in a line, one host on each),
+``single`` = ``SingleSwitchTopo(k=N)`` (N hosts on one bridge), both as ``kind: bridge`` nodes
+with p2p links and static addresses 10.0.0.i/8 like Mininet's; ``single-net`` = the same star with
+the switch a cnmkit bridge *network* (daemon, IPAM, plugin protocol per node), against the same
+Mininet star. A Mininet switch is a LinuxBridge, no controller.
+
+``--mode batch``: the runtime's batch API alone (``start_many``/``stop_many``), as below.
+Topologies of batch mode, built the same way by both:
 
 * **star N**: N nodes on one bridge. cnmkit: a ``bridge`` network created through the daemon, N
   containers each attached to it over the plugin protocol (RequestAddress, CreateEndpoint, Join,
