@@ -211,6 +211,9 @@ print(json.dumps({"up_s": up, "down_s": down, "nodes": len(nodes)}))
 """
 
 
+CODE_ROOT = [ROOT]                 # --code-root: the tree whose lab command lab mode times
+
+
 def lab_case(ns: str, tmp: str, kind: str, n: int, cli: bool) -> dict[str, float]:
     """Deploy and destroy the generated lab in a fresh process inside ``ns`` (as Mininet's is):
     ``LabService`` in-process, parse included, interpreter start not; or, with ``cli``, the
@@ -218,7 +221,7 @@ def lab_case(ns: str, tmp: str, kind: str, n: int, cli: bool) -> dict[str, float
     path = os.path.join(tmp, f"{kind}{n}.clab.yml")
     with open(path, "w") as fh:
         fh.write(lab_file(kind, n))
-    env = dict(os.environ, PYTHONPATH=ROOT, CNMKIT_RUN_DIR=f"{tmp}/run")
+    env = dict(os.environ, PYTHONPATH=CODE_ROOT[0], CNMKIT_RUN_DIR=f"{tmp}/run")
     enter = ["nsenter", f"--net=/run/netns/{ns}"]
     if cli:
         base = [*enter, sys.executable, "-m", "cli.main", "--plugin-dir", f"{tmp}/plugins", "--state-dir",
@@ -278,9 +281,12 @@ def main() -> None:
                         help="lab: `cnmkit lab deploy/destroy` of generated files (kinds linear, single, "
                              "single-net); batch: the runtime's start_many/stop_many (kinds chain, star)")
     parser.add_argument("--cli", action="store_true", help="lab mode: also time the CLI commands")
+    parser.add_argument("--code-root", default=ROOT,
+                        help="lab mode: the checkout whose lab command is timed (a before/after)")
     parser.add_argument("--json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    CODE_ROOT[0] = os.path.abspath(args.code_root)
     if args.mode == "lab" and args.kinds == "chain,star":
         args.kinds = "linear,single,single-net"
     kinds = args.kinds.split(",")
