@@ -227,14 +227,15 @@ def lab_case(ns: str, tmp: str, kind: str, n: int, cli: bool) -> dict[str, float
         base = [*enter, sys.executable, "-m", "cli.main", "--plugin-dir", f"{tmp}/plugins", "--state-dir",
                 f"{tmp}/state", "lab"]
         t0 = time.perf_counter()
-        subprocess.run([*base, "deploy", path], env=env, check=True, capture_output=True)
+        subprocess.run([*base, "deploy", path], env=env, check=True, capture_output=True, cwd=CODE_ROOT[0])
         up = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run([*base, "destroy", path], env=env, check=True, capture_output=True)
+        subprocess.run([*base, "destroy", path], env=env, check=True, capture_output=True, cwd=CODE_ROOT[0])
         result = {"up_s": up, "down_s": time.perf_counter() - t0}
     else:
         proc = subprocess.run([*enter, sys.executable, "-c", LAB_WORKER, path, f"{tmp}/state", f"{tmp}/plugins",
-                               f"{tmp}/run"], env=env, capture_output=True, text=True, check=False)
+                               f"{tmp}/run"], env=env, capture_output=True, text=True, check=False,
+                              cwd=CODE_ROOT[0])     # sys.path[0] is the cwd: the timed tree's
         if proc.returncode != 0:
             raise SystemExit(f"lab worker failed:\n{proc.stdout}\n{proc.stderr}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
