@@ -1,8 +1,21 @@
 """Deploy and destroy generated labs (a chain and a star) with cnmkit and with Mininet, same run.
 
-    PYTHONPATH=. .venv/bin/python bench/lab_scale.py [--sizes 10,50,200] [--rounds 2] [--json out.json]
+    PYTHONPATH=. .venv/bin/python bench/lab_scale.py [--mode lab|batch] [--sizes 10,50,200] [--rounds 2]
+                                                     [--cli] [--json out.json]
 
-Topologies, built the same way by both:
+``--mode lab`` (the default): the lab command. Each case writes a lab file (``lab_file``) for
+the topology Mininet builds and deploys then destroys it with ``LabService`` (what ``cnmkit lab
+deploy/destroy`` run) in a fresh process inside a throwaway netns, timed from parsing the file
+to the end, after the imports (as Mininet's worker is timed after its own); ``--cli`` adds the
+``cnmkit lab deploy FILE`` / ``lab destroy FILE`` commands' wall time, interpreter start and all.
+Kinds: ``linear`` = Mininet's ``LinearTopo(k=N, n=1)`` (N bridges in a line, one host on each),
+``single`` = ``SingleSwitchTopo(k=N)`` (N hosts on one bridge), both as ``kind: bridge`` nodes
+with p2p links and static addresses 10.0.0.i/8 like Mininet's; ``single-net`` = the same star with
+the switch a cnmkit bridge *network* (daemon, IPAM, plugin protocol per node), against the same
+Mininet star. A Mininet switch is a LinuxBridge, no controller.
+
+``--mode batch``: the runtime's batch API alone (``start_many``/``stop_many``), as below.
+Topologies of batch mode, built the same way by both:
 
 * **star N**: N nodes on one bridge. cnmkit: a ``bridge`` network created through the daemon, N
   containers each attached to it over the plugin protocol (RequestAddress, CreateEndpoint, Join,
@@ -63,8 +76,16 @@ class Chain(Topo):
 
 setLogLevel("error")
 kind, n = sys.argv[1], int(sys.argv[2])
+if kind == "linear":
+    from mininet.topo import LinearTopo
+    topo = LinearTopo(k=n, n=1)
+elif kind == "single":
+    from mininet.topo import SingleSwitchTopo
+    topo = SingleSwitchTopo(k=n)
+else:
+    topo = (Star if kind == "star" else Chain)(n=n)
 t0 = time.perf_counter()
-net = Mininet(topo=(Star if kind == "star" else Chain)(n=n), switch=LinuxBridge, controller=None)
+net = Mininet(topo=topo, switch=LinuxBridge, controller=None)
 net.start()
 up = time.perf_counter() - t0
 t0 = time.perf_counter()
@@ -131,6 +152,100 @@ def mininet_case(ns: str, kind: str, n: int) -> dict[str, float]:
     return result
 
 
+# -- lab mode: `cnmkit lab deploy/destroy` on generated lab files ------------------------------
+
+def _host_ip(i: int) -> str:
+    """Mininet's addressing: host i (1-based) is 10.0.0.i/8 counted through the /8."""
+    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/8"
+
+
+def lab_file(kind: str, n: int) -> str:
+    """The lab, in cnmkit's format, that Mininet's topology of the same name builds.
+
+    * ``linear``: Mininet's ``LinearTopo(k=n, n=1)``: switches s1..sn (``kind: bridge``), each
+      with one host hI (eth0, 10.0.0.I/8) linked to it, and s(i) linked to s(i+1) by a veth pair.
+    * ``single``: ``SingleSwitchTopo(k=n)``: one switch s1, hosts h1..hn each linked to it.
+    * ``single-net``: the same star with the switch a cnmkit ``bridge`` network (IPAM addresses,
+      endpoints through the daemon): cnmkit's multi-access way, not what Mininet builds.
+    Every host is a container (own net, UTS, mount and PID namespaces) running ``sleep infinity``.
+    """
+    lines = [f"name: {kind.replace('-', '')}{n}", "topology:", "  defaults: {network-mode: none}", "  nodes:"]
+    links: list[str] = []
+    if kind == "single-net":
+        lines += [f"    h{i}: {{cnmkit: {{networks: {{lan: {{}}}}}}}}" for i in range(1, n + 1)]
+        lines += ["cnmkit:", "  networks:", "    lan: {driver: bridge, subnet: 10.90.0.0/16}"]
+        return "\n".join(lines) + "\n"
+    switches = n if kind == "linear" else 1
+    lines += [f"    s{i}: {{kind: bridge}}" for i in range(1, switches + 1)]
+    lines += [f"    h{i}: {{}}" for i in range(1, n + 1)]
+    for i in range(1, n + 1):
+        sw = i if kind == "linear" else 1
+        port = 1 if kind == "linear" else i
+        links.append(f'    - endpoints: ["h{i}:eth0", "s{sw}:s{sw}-eth{port}"]\n'
+                     f"      cnmkit: {{addresses: [{_host_ip(i)}, null]}}")
+    if kind == "linear":
+        for i in range(2, n + 1):
+            links.append(f'    - endpoints: ["s{i}:s{i}-eth2", "s{i - 1}:s{i - 1}-eth3"]')
+    return "\n".join([*lines, "  links:", *links]) + "\n"
+
+
+LAB_WORKER = r"""
+import json, sys, time
+from lab.deploy import LabService
+from lab.spec import load_file
+from runtime.containers import ContainerService
+import drivers.kernel  # noqa: F401  (imports before the clock, as Mininet's worker has its own)
+path, state, plugins, run = sys.argv[1:5]
+svc = ContainerService(state, plugins, run)
+labs = LabService(svc)
+t0 = time.perf_counter()
+lab = load_file(path)
+labs.deploy(lab)
+up = time.perf_counter() - t0
+nodes = [e for e in labs.record(lab.name)["items"].values() if e["kind"] == "node"]
+t0 = time.perf_counter()
+labs.destroy(lab.name)
+down = time.perf_counter() - t0
+svc.close()
+print(json.dumps({"up_s": up, "down_s": down, "nodes": len(nodes)}))
+"""
+
+
+CODE_ROOT = [ROOT]                 # --code-root: the tree whose lab command lab mode times
+
+
+def lab_case(ns: str, tmp: str, kind: str, n: int, cli: bool) -> dict[str, float]:
+    """Deploy and destroy the generated lab in a fresh process inside ``ns`` (as Mininet's is):
+    ``LabService`` in-process, parse included, interpreter start not; or, with ``cli``, the
+    ``cnmkit lab deploy FILE`` / ``lab destroy FILE`` commands' wall time, interpreter and all."""
+    path = os.path.join(tmp, f"{kind}{n}.clab.yml")
+    with open(path, "w") as fh:
+        fh.write(lab_file(kind, n))
+    env = dict(os.environ, PYTHONPATH=CODE_ROOT[0], CNMKIT_RUN_DIR=f"{tmp}/run")
+    enter = ["nsenter", f"--net=/run/netns/{ns}"]
+    if cli:
+        base = [*enter, sys.executable, "-m", "cli.main", "--plugin-dir", f"{tmp}/plugins", "--state-dir",
+                f"{tmp}/state", "lab"]
+        t0 = time.perf_counter()
+        subprocess.run([*base, "deploy", path], env=env, check=True, capture_output=True, cwd=CODE_ROOT[0])
+        up = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        subprocess.run([*base, "destroy", path], env=env, check=True, capture_output=True, cwd=CODE_ROOT[0])
+        result = {"up_s": up, "down_s": time.perf_counter() - t0}
+    else:
+        proc = subprocess.run([*enter, sys.executable, "-c", LAB_WORKER, path, f"{tmp}/state", f"{tmp}/plugins",
+                               f"{tmp}/run"], env=env, capture_output=True, text=True, check=False,
+                              cwd=CODE_ROOT[0])     # sys.path[0] is the cwd: the timed tree's
+        if proc.returncode != 0:
+            raise SystemExit(f"lab worker failed:\n{proc.stdout}\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["nodes"] == n, result
+    left = [name for name in links_in(ns) if name != "lo"]
+    assert not left, f"cnmkit left links: {left}"
+    assert not [c for c in os.listdir(f"{tmp}/state/containers") if not c.startswith(".")], "records left"
+    return result
+
+
 def single_runs(tmp: str, rounds: int, baseline_root: str) -> dict[str, list[float]]:
     """``cnmkit run --network star -- sh -c :`` wall time, this tree vs ``baseline_root`` (the code
     before this change), interleaved; each variant keeps its records in its own state dir and the
@@ -163,9 +278,18 @@ def main() -> None:
                         help="rounds of one `cnmkit run` vs the baseline tree (0: skip)")
     parser.add_argument("--baseline-root", default="/work/main",
                         help="a checkout of the code before the batch runtime, for the single-run ratio")
+    parser.add_argument("--mode", choices=("lab", "batch"), default="lab",
+                        help="lab: `cnmkit lab deploy/destroy` of generated files (kinds linear, single, "
+                             "single-net); batch: the runtime's start_many/stop_many (kinds chain, star)")
+    parser.add_argument("--cli", action="store_true", help="lab mode: also time the CLI commands")
+    parser.add_argument("--code-root", default=ROOT,
+                        help="lab mode: the checkout whose lab command is timed (a before/after)")
     parser.add_argument("--json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    CODE_ROOT[0] = os.path.abspath(args.code_root)
+    if args.mode == "lab" and args.kinds == "chain,star":
+        args.kinds = "linear,single,single-net"
     kinds = args.kinds.split(",")
     if os.geteuid() != 0:
         raise SystemExit("needs root")
@@ -183,9 +307,13 @@ def main() -> None:
         daemon = start_daemon(host_ns, tmp)
         os.environ["CNMKIT_RUN_DIR"] = f"{tmp}/run"
         svc = ContainerService(f"{tmp}/state", f"{tmp}/plugins", f"{tmp}/run")
-        svc.engine.create_network("star", subnets=["10.90.0.0/16"])
-        cnmkit_case(svc, "star", 3)                              # warm-up: imports, first bridge port
+        if args.mode == "batch":
+            svc.engine.create_network("star", subnets=["10.90.0.0/16"])
+            cnmkit_case(svc, "star", 3)                          # warm-up: imports, first bridge port
         single: dict[str, list[float]] = {}
+        if args.mode == "lab":
+            args.single_rounds = 0
+            lab_case(host_ns, tmp, "single", 3, False)                # warm-up: page cache
         if args.single_rounds and os.path.isdir(os.path.join(args.baseline_root, "runtime")):
             single = single_runs(tmp, args.single_rounds, args.baseline_root)
             for label, values in single.items():
@@ -196,12 +324,20 @@ def main() -> None:
                 for kind in kinds:
                     key = f"{kind} {n}"
                     order = ["cnmkit", "mininet"] if (rnd + n) % 2 == 0 else ["mininet", "cnmkit"]
+                    if args.mode == "lab" and args.cli:
+                        order.append("cnmkit CLI")
                     for tool in order:
-                        r = cnmkit_case(svc, kind, n) if tool == "cnmkit" else mininet_case(mn_ns, kind, n)
+                        if tool == "mininet":
+                            r = mininet_case(mn_ns, "single" if kind == "single-net" else kind, n)
+                        elif args.mode == "lab":
+                            r = lab_case(host_ns, tmp, kind, n, tool == "cnmkit CLI")
+                        else:
+                            r = cnmkit_case(svc, kind, n)
                         results.setdefault(key, {}).setdefault(tool, []).append(r)
                         print(f"round {rnd + 1} {key:10s} {tool:8s} up {r['up_s']:7.2f} s  down {r['down_s']:7.2f} s",
                               flush=True)
-        svc.engine.remove_network("star")
+        if args.mode == "batch":
+            svc.engine.remove_network("star")
         svc.close()
     finally:
         if daemon is not None:
@@ -219,12 +355,15 @@ def main() -> None:
           "down ratio |")
     print("|---|---|---|---|---|---|---|")
     for key, tools in results.items():
-        cu = [r["up_s"] for r in tools["cnmkit"]]
-        mu = [r["up_s"] for r in tools["mininet"]]
-        cd = [r["down_s"] for r in tools["cnmkit"]]
-        md = [r["down_s"] for r in tools["mininet"]]
-        print(f"| {key} | {summary(cu)} | {summary(mu)} | **{statistics.median(mu) / statistics.median(cu):.1f}x** | "
-              f"{summary(cd)} | {summary(md)} | **{statistics.median(md) / statistics.median(cd):.1f}x** |")
+        for tool in [t for t in tools if t != "mininet"]:
+            cu = [r["up_s"] for r in tools[tool]]
+            mu = [r["up_s"] for r in tools["mininet"]]
+            cd = [r["down_s"] for r in tools[tool]]
+            md = [r["down_s"] for r in tools["mininet"]]
+            label = key if tool == "cnmkit" else f"{key} ({tool})"
+            up_ratio = statistics.median(mu) / statistics.median(cu)
+            print(f"| {label} | {summary(cu)} | {summary(mu)} | **{up_ratio:.1f}x** "
+                  f"| {summary(cd)} | {summary(md)} | **{statistics.median(md) / statistics.median(cd):.1f}x** |")
     print(f"\nleft over: sandbox mounts {len(mounts)}, netns {host_ns}/{mn_ns} deleted")
     if single:
         new, old = statistics.median(single["this tree"]), statistics.median(single["baseline"])

@@ -263,6 +263,20 @@ class Kernel:
                    ifalias=alias, mtu=mtu)
         return created
 
+    def bridge_add(self, name: str, *, alias: str, mtu: int) -> None:
+        """A new bridge ``name``, up and marked ``alias``: one RTM_NEWLINK (IFF_UP applies on
+        create) and the mark, where ``ensure_bridge`` looks first and last (a lab makes hundreds;
+        the caller has listed the links once). A name taken raises LinkExists; a failed mark
+        deletes the bridge again."""
+        self._call(f"create bridge {name}", self._ipr().link, "add", ifname=name, kind="bridge", mtu=mtu,
+                   flags=IFF_UP, change=IFF_UP)
+        try:
+            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+            raise
+
     def ensure_veth(self, host_name: str, peer_name: str, *, alias: str, mtu: int, peer_mac: str | None,
                     master: str, peer_netns_path: str | None = None, adopt: bool = True) -> bool:
         """Make a veth pair, host end enslaved to ``master`` and up; True when created now.
@@ -349,14 +363,16 @@ class Kernel:
             raise
 
     def veth_link(self, name: str, peer_name: str, *, netns_path: str, peer_netns_path: str,
-                  mtu: int | None = None) -> None:
+                  mtu: int | None = None, master: str | None = None) -> None:
         """A point-to-point veth pair between two other namespaces, ``name`` in ``netns_path`` and
         ``peer_name`` in ``peer_netns_path``.
 
         Both ends are born in place (IFLA_NET_NS_FD on each), so a lab link costs one netlink
         request from this handle's socket, no netns move (perf-anchors §3) and no socket inside
         either namespace. They are born down: the kernel ignores IFF_UP in the peer's ifinfomsg,
-        so the namespaces' owner brings both up from inside.
+        so the namespaces' owner brings both up from inside. With ``master`` (a bridge in
+        ``netns_path``'s namespace, which must be this handle's), ``name`` is born enslaved to it
+        and up, in the same request: a lab's bridge port costs nothing more.
         """
         fds: list[int] = []
         try:
@@ -369,6 +385,8 @@ class Kernel:
             extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
             if mtu:
                 peer["mtu"] = mtu
+            if master:
+                extra.update(master=self._master_index(master), flags=IFF_UP, change=IFF_UP)
             self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
                        net_ns_fd=fds[0], peer=peer, **extra)
         finally:
@@ -550,8 +568,10 @@ class Kernel:
         self._veth_create(name, peer_spec, alias=alias, peer_netns_path=peer_netns_path, **extra)
 
     def link_set(self, name: str, *, mac: str | None = None, mtu: int | None = None,
-                 up: bool | None = None, master: str | None = None) -> None:
+                 up: bool | None = None, master: str | None = None, alias: str | None = None) -> None:
         spec: dict[str, Any] = {}
+        if alias is not None:
+            spec["ifalias"] = alias
         if master is not None:
             spec["master"] = self._index(master)
         if mac is not None:

@@ -5,8 +5,14 @@ each unwind themselves; a node whose ``exec`` failed is marked so the next deplo
 and the record (lab/records.py) is saved after every step, so it always lists what exists. The
 whole deploy or destroy holds the labs lock.
 
-Nodes are started through ``runtime.batch.start_nodes``, one call for every node the plan starts
-(consecutive node creations are grouped): the seam a faster bring-up plugs into.
+Each wave of the plan is done in one go (issue 10 item 5): every bridge from one kernel handle
+after one dump; every node through one ``runtime.batch.start_nodes`` (one supervisor, one hosts
+refresh, record saved once); every link through one ``links.make_links`` (both veth ends born in
+place from one host handle, the ends inside each node addressed by ioctls from inside it). A
+failed link leaves nothing of itself and is reported after the good ones are recorded. Destroy
+removes all nodes through one ``batch.stop_many``: the links with an end in a node die with its
+namespace, in the kernel's batched netns cleanup, and are only struck from the record; the
+host-side rest (bridge-to-bridge links, bridges) is deleted as one doomed group.
 """
 
 from __future__ import annotations
@@ -71,12 +77,18 @@ class LabService:
             index = 0
             while index < len(actions):
                 action = actions[index]
-                if action.verb == CREATE and action.kind == "node":
+                if action.verb == CREATE and action.kind in ("node", "link", "bridge"):
                     group = []
-                    while index < len(actions) and actions[index].verb == CREATE and actions[index].kind == "node":
+                    while index < len(actions) and actions[index].verb == CREATE and \
+                            actions[index].kind == action.kind:
                         group.append(actions[index])
                         index += 1
-                    done = self._start_nodes(record, group, done, total, progress)
+                    if action.kind == "node":
+                        done = self._start_nodes(record, group, done, total, progress)
+                    elif action.kind == "bridge":
+                        done = self._create_bridges(record, group, done, total, progress)
+                    else:
+                        done = self._create_links(record, group, done, total, progress)
                     continue
                 progress(done, total, action.describe())
                 self._step(record, action)
@@ -91,9 +103,10 @@ class LabService:
 
     def _refresh(self, record: Record) -> None:
         """Mark what vanished behind the lab's back (a node stopped or removed, a network removed)."""
+        known = set(self.svc.store.ids())                   # one listing, not one per node
         for entry in record.get("items", {}).values():
             made = entry.get("made") or {}
-            if entry.get("kind") == "node" and not self._running(str(made.get("id", ""))):
+            if entry.get("kind") == "node" and not self._running(str(made.get("id", "")), known):
                 entry["digest"] = DIRTY
             elif entry.get("kind") == "network":
                 try:
@@ -102,8 +115,8 @@ class LabService:
                     entry["digest"] = DIRTY
                     made["created"] = False                 # nothing left to remove
 
-    def _running(self, cid: str) -> bool:
-        if not cid or self.svc.store.find(cid) is None:
+    def _running(self, cid: str, known: set[str] | None = None) -> bool:
+        if not cid or (cid not in known if known is not None else self.svc.store.find(cid) is None):
             return False
         return bool(self.svc.inspect(cid)["State"]["status"] == "running")
 
@@ -152,6 +165,24 @@ class LabService:
         record["items"][action.item.key] = self._entry(action.item, {"created": created})
         self._save(record)
 
+    def _create_bridges(self, record: Record, group: list[Action], done: int, total: int,
+                        progress: Progress) -> int:
+        """Every bridge of the wave from one kernel handle; each recorded as made, then the first
+        failure raised."""
+        progress(done, total, f"create {len(group)} bridge(s)")
+        failure: LabError | None = None
+        for action, made in zip(group, links.make_bridges(record["name"], [a.name for a in group]), strict=True):
+            assert action.item is not None
+            if isinstance(made, BaseException):
+                failure = failure or LabError(f"{action.describe()}: {made}")
+                continue
+            record["items"][action.item.key] = self._entry(action.item, {"created": made})
+            done += 1
+        self._save(record)
+        if failure is not None:
+            raise failure
+        return done
+
     def _start_nodes(self, record: Record, group: list[Action], done: int, total: int,
                      progress: Progress) -> int:
         starts, by_name = [], {}
@@ -171,7 +202,6 @@ class LabService:
             record["items"][item.key] = entry = self._entry(item, {"id": node.id, "netns": node.netns})
             if plan.configures(item.spec):
                 entry["digest"] = DIRTY              # complete once binds and exec ran (a deploy may stop first)
-            self._save(record)
             count[0] += 1
             following = [a.name for a in group if a.item is not None and a.item.key not in record["items"]]
             progress(count[0], total, f"start node {following[0]}" if following else f"started {item.name}")
@@ -183,6 +213,7 @@ class LabService:
             raise LabError(f"start node {failed}: {str(exc).split(': ', 1)[-1]}") from None
         except (PluginError, DaemonUnavailable, ContainerError) as exc:
             raise LabError(f"start nodes: {exc}") from None
+        self._save(record)                           # once: the batch is all or nothing
         return count[0]
 
     def _netns_of(self, record: Record, end: dict[str, Any]) -> str | None:
@@ -198,6 +229,48 @@ class LabService:
         links.make_link(record["name"], spec["a"], spec["b"], a_ns, b_ns, spec["mtu"])
         record["items"][action.item.key] = self._entry(action.item, {"netns": a_ns, "ifname": spec["a"]["ifname"]})
         self._save(record)
+
+    def _create_links(self, record: Record, group: list[Action], done: int, total: int,
+                      progress: Progress) -> int:
+        """Every link of the wave in one ``links.make_links`` (host:IFACE links and multi-address
+        ends one by one, as before); each made link is recorded, then the first failure, in
+        file order, is raised: a failed link leaves nothing, the others stay."""
+        batched: list[tuple[Action, links.NewLink]] = []
+        failure: LabError | None = None
+        for action in group:
+            assert action.item is not None
+            spec = action.item.spec
+            if links.batchable(spec["a"], spec["b"]):
+                new = links.NewLink(spec["a"], spec["b"], self._netns_of(record, spec["a"]),
+                                    self._netns_of(record, spec["b"]), spec["mtu"])
+                batched.append((action, new))
+        if batched:
+            progress(done, total, f"create {len(batched)} link(s)")
+            errors = links.make_links(record["name"], [new for _, new in batched])
+            for (action, new), error in zip(batched, errors, strict=True):
+                assert action.item is not None
+                if error is not None:
+                    failure = failure or LabError(f"{action.describe()}: {error}")
+                    continue
+                ifname, netns, alias = links.recorded_end(record["name"], new.a, new.b, new.a_netns, new.b_netns)
+                record["items"][action.item.key] = self._entry(action.item, {"netns": netns, "ifname": ifname,
+                                                                             "alias": alias})
+                done += 1
+            self._save(record)
+        single = {id(a) for a, _ in batched}
+        for action in group:
+            if id(action) in single:
+                continue
+            progress(done, total, action.describe())
+            try:
+                self._step(record, action)
+            except LabError as exc:
+                failure = failure or exc
+                continue
+            done += 1
+        if failure is not None:
+            raise failure
+        return done
 
     def _unpack(self, lab: str, spec: dict[str, Any]) -> str:
         """The node's image tarball unpacked once per content hash under the lab's images dir.
@@ -267,7 +340,7 @@ class LabService:
             return
         made = entry.get("made") or {}
         if kind == "link":
-            links.remove_link(record["name"], str(made.get("ifname")), made.get("netns"))
+            links.remove_link(record["name"], str(made.get("ifname")), made.get("netns"), made.get("alias"))
         elif kind == "node":
             cid = str(made.get("id", ""))
             if cid and self.svc.store.find(cid) is not None:
@@ -293,13 +366,92 @@ class LabService:
                 raise LabError(f"no lab {name} is deployed")
             entries = sorted(record["items"].values(),
                              key=lambda e: (-plan.ORDER.index(e["kind"]), e["name"]))
-            for done, entry in enumerate(entries):
+            total = len(entries)
+            nodes = [e for e in entries if e["kind"] == "node"]
+            # A link with an end in a node dies with the node's namespace (both ends, bridge
+            # ports too, in one batched kernel teardown): only the others are deleted one by one.
+            inside = [e for e in entries if e["kind"] == "link" and "node" in
+                      (e["spec"]["a"]["kind"], e["spec"]["b"]["kind"])] if nodes else []
+            outside = [e for e in entries if e["kind"] == "link" and id(e) not in {id(i) for i in inside}]
+            bridges = [e for e in entries if e["kind"] == "bridge"]
+            skipped = {id(e) for e in (*nodes, *inside, *outside, *bridges)}
+            done = 0
+            if outside:
+                progress(done, total, f"remove {len(outside)} link(s)")
+                self._remove_host_links(record, outside)
+                done += len(outside)
+            for entry in entries:
+                if entry["kind"] == "node" and nodes:
+                    progress(done, total, f"remove {len(nodes)} node(s)")
+                    self._remove_nodes(record, nodes, inside)
+                    done += len(nodes) + len(inside)
+                    nodes = []
+                if entry["kind"] == "bridge" and bridges:
+                    progress(done, total, f"remove {len(bridges)} bridge(s)")
+                    self._remove_bridges(record, bridges)
+                    done += len(bridges)
+                    bridges = []
+                if id(entry) in skipped:
+                    continue
                 action = Action(REMOVE, entry["kind"], entry["name"], recorded=entry)
-                progress(done, len(entries), action.describe())
+                progress(done, total, action.describe())
                 self._step(record, action)
-            progress(len(entries), len(entries), "done")
+                done += 1
+            progress(total, total, "done")
             self.store.delete(name)
-            return len(entries)
+            return total
+
+    def _remove_host_links(self, record: Record, entries: list[dict[str, Any]]) -> None:
+        """Links with no end in a node (bridge to bridge, host to bridge) from one kernel handle."""
+        ends = [(str(e["made"].get("ifname")), e["made"].get("netns"), e["made"].get("alias")) for e in entries]
+        errors = links.remove_links(record["name"], ends)
+        for entry, error in zip(entries, errors, strict=True):
+            if error is None:
+                del record["items"][f"link:{entry['name']}"]
+        self._save(record)
+        failed = next(((e, x) for e, x in zip(entries, errors, strict=True) if x is not None), None)
+        if failed is not None:
+            raise LabError(f"remove link {failed[0]['name']}: {failed[1]}")
+
+    def _remove_bridges(self, record: Record, entries: list[dict[str, Any]]) -> None:
+        """The bridges this lab made, from one kernel handle (one it found is left in place)."""
+        made = [e for e in entries if (e.get("made") or {}).get("created")]
+        errors = links.remove_bridges(record["name"], [e["name"] for e in made])
+        failed = {e["name"]: x for e, x in zip(made, errors, strict=True) if x is not None}
+        for entry in entries:
+            if entry["name"] not in failed:
+                del record["items"][f"bridge:{entry['name']}"]
+        self._save(record)
+        if failed:
+            name, error = next(iter(failed.items()))
+            raise LabError(f"remove bridge {name}: {error}")
+
+    def _remove_nodes(self, record: Record, nodes: list[dict[str, Any]], inside: list[dict[str, Any]]) -> None:
+        """Every node at once through ``batch.stop_many`` (signals, sandboxes, endpoints, hosts
+        files and records once for the lot), then the records of the links that went with them."""
+        known = set(self.svc.store.ids())
+        present = [cid for e in nodes if (cid := str(e["made"].get("id", ""))) in known]
+        ports = [end["ifname"] for e in inside for end in (e["spec"]["a"], e["spec"]["b"]) if end["kind"] == "bridge"]
+        try:
+            batch.stop_many(self.svc, present, timeout=0.0)     # as `rm -f` did
+            left = links.wait_gone(ports)
+            if left:                                            # unmarked ports (make_links): by name
+                errors = links.remove_links(record["name"], [(name, None, "") for name in left])
+                failed = next((x for x in errors if x is not None), None)
+                if failed is not None:
+                    raise LabError(f"remove link {left[0]}: {failed}")
+        except (PluginError, DaemonUnavailable, ContainerError, KernelError, OSError) as exc:
+            raise LabError(f"remove nodes: {exc}") from None
+        finally:
+            left_ids = set(self.svc.store.ids())
+            for entry in nodes:
+                if str(entry["made"].get("id", "")) not in left_ids:
+                    record["items"].pop(f"node:{entry['name']}", None)
+            for entry in inside:
+                ends = [e for e in (entry["spec"]["a"], entry["spec"]["b"]) if e["kind"] == "node"]
+                if all(f"node:{e['node']}" not in record["items"] for e in ends):
+                    record["items"].pop(f"link:{entry['name']}", None)
+            self._save(record)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -414,26 +414,27 @@ def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> l
     namespace (a pyroute2 handle costs more than the link itself)."""
     from drivers.kernel import Kernel
 
-    with Kernel() as k:
+    with Kernel() as k:                  # from this thread only (lab/links.py, _ONE_THREAD: why)
         errors = _parallel(lambda link: k.veth_link(link.a_ifname, link.b_ifname, netns_path=netns[link.a],
-                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, workers)
+                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, 1)
     if errors:
         return errors
-    ends: dict[str, list[tuple[str, str | None]]] = {}
+    ends: dict[str, list[tuple[str, Sequence[str]]]] = {}
     for link in links:
-        ends.setdefault(link.a, []).append((link.a_ifname, link.a_address))
-        ends.setdefault(link.b, []).append((link.b_ifname, link.b_address))
-    return _parallel(lambda node: _configure_ends(netns[node], ends[node]), list(ends), workers)
+        ends.setdefault(link.a, []).append((link.a_ifname, [link.a_address] if link.a_address else []))
+        ends.setdefault(link.b, []).append((link.b_ifname, [link.b_address] if link.b_address else []))
+    return _parallel(lambda node: configure_ends(netns[node], ends[node]), list(ends), workers)
 
 
-def _configure_ends(path: str, ends: Sequence[tuple[str, str | None]]) -> None:
-    """Inside the netns at ``path`` (this thread only, and back): address and up each interface."""
+def configure_ends(path: str | None, ends: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Inside the netns at ``path`` (this thread only, and back; None: where this thread is):
+    address (CIDRs) and up each interface, with ioctls: no netlink socket per namespace."""
     from drivers.kernel import entered_netns
 
-    with entered_netns(path):
+    with entered_netns(path) if path else contextlib.nullcontext():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for ifname, address in ends:
-                if address:
+            for ifname, addresses in ends:
+                for address in addresses:
                     _ioctl_address(sock, ifname, address)
                 got = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH14x", ifname.encode(), 0))
                 flags = struct.unpack("16sH", got[:18])[1]

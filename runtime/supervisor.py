@@ -174,19 +174,30 @@ def _supervise(launches: Sequence[Launch], report_w: int, on_exit: Callable[[str
     tini = find_init()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pending: list[tuple[Launch, int, int]] = []
-    for launch in launches:
-        err_r, err_w = os.pipe()
-        ns.unshare(ns.CLONE_NEWPID)                   # our next child is PID 1 of a fresh namespace
-        try:
-            child = os.fork()
-        finally:
-            if os.getpid() != 1:
-                ns.setns(own_pid_ns, ns.CLONE_NEWPID)  # and the one after gets its own again
-        if child == 0:                                # pragma: no cover - the init, before exec
-            os.close(err_r)
-            _init_child(launch, err_w, report_w, tini)
-        os.close(err_w)
-        pending.append((launch, child, err_r))
+    netns_fds = {launch.cid: _open_netns(launch.spec.netns) for launch in launches} if tini else {}
+    home_mnt = _stage_mounts(launches) if tini else None
+    try:
+        for launch in launches:
+            err_r, err_w = os.pipe()
+            ns.unshare(ns.CLONE_NEWPID)                   # our next child is PID 1 of a fresh namespace
+            try:
+                child = os.fork()
+            finally:
+                if os.getpid() != 1:
+                    ns.setns(own_pid_ns, ns.CLONE_NEWPID)  # and the one after gets its own again
+            if child == 0:                                # pragma: no cover - the init, before exec
+                os.close(err_r)
+                _init_child(launch, err_w, report_w, tini, netns_fds.get(launch.cid, -1))
+            os.close(err_w)
+            pending.append((launch, child, err_r))
+    finally:
+        if home_mnt is not None:
+            ns.setns(home_mnt, ns.CLONE_NEWNS)            # back to the host's table, for the releases
+            os.close(home_mnt)
+            os.chdir("/")
+        for fd in netns_fds.values():
+            if fd >= 0:
+                os.close(fd)
     # Every init sets itself up in parallel; collect their reports in order.
     children: dict[int, str] = {}
     reports: list[Started] = []
@@ -223,6 +234,44 @@ def _supervise(launches: Sequence[Launch], report_w: int, on_exit: Callable[[str
     return last
 
 
+def _open_netns(path: str) -> int:
+    """The sandbox netns as an fd, opened while its bind mount is still visible; -1 if it cannot be
+    (the init then reports the path's error itself)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _stage_mounts(launches: Sequence[Launch]) -> int | None:
+    """Move this supervisor, for the time it forks the inits, into a private copy of the mount
+    table with the sandbox netns directories detached; return the fd of the host's table to go
+    back to (None when staging failed: each init then trims its own copy, as before).
+
+    Why: every init's ``unshare(CLONE_NEWNS)`` copies its parent's whole mount table, and that
+    table holds one netns bind mount per running sandbox, which each init then had to make
+    private and detach again: O(n) per node, O(n²) per lab. Trimmed once here, each init copies
+    a table that does not grow with the lab. The supervisor goes back to the host's table before
+    it waits, since releasing a container that ended unmounts its netns there.
+    """
+    home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ns.unshare(ns.CLONE_NEWNS)
+    except OSError:
+        os.close(home)
+        return None
+    try:
+        ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)     # nothing below leaks to the host
+        hidden = {os.path.realpath(p) for launch in launches for p in launch.spec.hide_mounts}
+        for prefix in hidden:
+            if os.path.isdir(prefix):
+                with contextlib.suppress(OSError):
+                    ns.umount2(prefix, ns.MNT_DETACH)
+    except OSError:
+        pass                                        # the inits trim what is left, as before
+    return home
+
+
 def _command_pid(init_pid: int) -> int:
     """The command tini forked (PID 2 inside); tini forks it right after its exec, so this waits
     at most the few milliseconds that takes, and reports 0 if the init is already gone."""
@@ -241,7 +290,7 @@ def _command_pid(init_pid: int) -> int:
     return 0
 
 
-def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None) -> None:
+def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None, netns_fd: int = -1) -> None:
     """PID 1 of the new PID namespace, until it execs tini. Never returns.
 
     Writes ``err MESSAGE`` on ``err_w`` on failure; a successful exec closes it (CLOEXEC) with
@@ -251,12 +300,16 @@ def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None) -> 
         os.close(report_w)
         spec = launch.spec
         tini_fd = os.open(tini, os.O_RDONLY | os.O_CLOEXEC) if tini else -1
-        _close_inherited((err_w, tini_fd))
+        _close_inherited((err_w, tini_fd, netns_fd))
         stdio = _open_stdio(launch.log_path)
         if tini_fd < 0:
             _redirect(stdio)
             run_init(spec, err_w)                     # stays PID 1 itself (no tini here)
-        ns.setns_path(spec.netns, ns.CLONE_NEWNET)
+        if netns_fd >= 0:
+            ns.setns(netns_fd, ns.CLONE_NEWNET)       # its path is hidden in the staged table
+            os.close(netns_fd)
+        else:
+            ns.setns_path(spec.netns, ns.CLONE_NEWNET)
         ns.unshare(ns.CLONE_NEWNS | ns.CLONE_NEWUTS)
         ns.sethostname(spec.hostname)
         _setup_mounts(spec)

@@ -88,3 +88,40 @@ def test_bridge_ports_and_host_ends(netns_factory: Callable[[str], str]) -> None
             links.remove_bridge("t3", "extbr")
     assert set(_links(host)) == {"lo", "extbr", "labbr-n"}          # a port outlives its bridge
     assert set(_links(node)) == {"lo", "eth1"}
+
+
+def test_make_links_batch_bridges_ports_and_doomed_group_removal(netns_factory: Callable[[str], str]) -> None:
+    """The deployer's batched path: bridges after one dump, node-to-node, node-to-bridge and
+    bridge-to-bridge links in one ``make_links`` (bridge ports born enslaved and up), a failing
+    link reported alone with nothing left of it, and the host-side rest removed as one group."""
+    host, a, b = netns_factory("h"), netns_factory("a"), netns_factory("b")
+    with entered_netns(_path(host)):
+        assert links.make_bridges("t4", ["br1", "br2"]) == [True, True]
+        new = [links.NewLink(_end("node", "a", "eth1", "10.87.0.1/30"), _end("node", "b", "eth1", "10.87.0.2/30"),
+                             _path(a), _path(b), None),
+               links.NewLink(_end("node", "a", "eth2", "10.88.0.1/24"), _end("bridge", "br1", "br1-a"),
+                             _path(a), None, None),
+               links.NewLink(_end("bridge", "br2", "br2-b"), _end("node", "b", "eth2", "10.88.0.2/24"),
+                             None, _path(b), 1400),
+               links.NewLink(_end("bridge", "br1", "br1-br2"), _end("bridge", "br2", "br2-br1"), None, None, None),
+               links.NewLink(_end("node", "a", "eth3"), _end("node", "b", "lo"), _path(a), _path(b), None)]
+        errors = links.make_links("t4", new)
+    assert [e is None for e in errors] == [True, True, True, True, False]
+    got = _links(host)
+    assert got["br1"]["ifalias"] == "cnmkitlab:t4" and "UP" in got["br1"]["flags"]
+    assert {n: got[n]["master"] for n in ("br1-a", "br2-b", "br1-br2", "br2-br1")} == {
+        "br1-a": "br1", "br2-b": "br2", "br1-br2": "br1", "br2-br1": "br2"}
+    assert all("UP" in got[n]["flags"] for n in ("br1-a", "br2-b", "br1-br2", "br2-br1"))
+    assert got["br2-br1"]["ifalias"] == "cnmkitlab:t4" and got["br2-b"]["mtu"] == 1400
+    assert set(_links(a)) == {"lo", "eth1", "eth2"} and _addrs(a, "eth2") == ["10.88.0.1/24"]
+    assert _addrs(b, "eth1") == ["10.87.0.2/30"]
+    assert in_netns(a, "ping", "-c", "1", "-W", "2", "10.87.0.2", check=False).returncode == 0
+    assert in_netns(a, "ping", "-c", "1", "-W", "2", "10.88.0.2", check=False).returncode == 0   # br1-br2
+    assert links.recorded_end("t4", new[1].a, new[1].b, _path(a), None) == ("eth2", _path(a), "")
+    assert links.recorded_end("t4", new[3].a, new[3].b, None, None) == ("br2-br1", None, "cnmkitlab:t4")
+    with entered_netns(_path(host)):
+        in_netns(host, "ip", "link", "add", "stranger", "type", "bridge")
+        errors = links.remove_links("t4", [("br2-br1", None, "cnmkitlab:t4"), ("stranger", None, None)])
+        assert errors[0] is None and isinstance(errors[1], LinkExists)       # not ours: refused, kept
+        assert links.remove_bridges("t4", ["br1", "br2"]) == [None, None]
+    assert set(_links(host)) == {"lo", "stranger", "br1-a", "br2-b"}          # node links: with their nodes

@@ -278,3 +278,88 @@ def test_image_tarball_and_binds(lab_host: Host, tmp_path: Path) -> None:
         h.cli("lab", "destroy", str(file))
     assert not (tmp_path / "shared" / "new").exists()
     _assert_clean(h, pids)
+
+
+def _generated(kind: str, n: int) -> str:
+    """Mininet's LinearTopo(k=n, n=1) (``chain``: n bridges in a line, one host on each) or
+    SingleSwitchTopo(k=n) (``star``: n hosts on one bridge) as a lab file; host i is 10.0.0.i/8."""
+    switches = n if kind == "chain" else 1
+    lines = [f"name: gen{kind}", "topology:", "  defaults: {network-mode: none}", "  nodes:"]
+    lines += [f"    s{i}: {{kind: bridge}}" for i in range(1, switches + 1)]
+    lines += [f"    h{i}: {{}}" for i in range(1, n + 1)]
+    lines.append("  links:")
+    for i in range(1, n + 1):
+        sw, port = (i, 1) if kind == "chain" else (1, i)
+        lines += [f'    - endpoints: ["h{i}:eth0", "s{sw}:gs{sw}-p{port}"]',
+                  f"      cnmkit: {{addresses: [10.0.0.{i}/8, null]}}"]
+    if kind == "chain":
+        lines += [f'    - endpoints: ["s{i}:gs{i}-p2", "s{i - 1}:gs{i - 1}-p3"]' for i in range(2, n + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _bridge_ports(h: Host) -> dict[str, str]:
+    """Host-side interface -> its bridge, in the lab host's netns (the oracle: ``ip -j link``)."""
+    return {link["ifname"]: link.get("master", "") for link in ip_json("link", "show", netns=h.netns)
+            if link["ifname"] != "lo"}
+
+
+@pytest.mark.parametrize("kind", ["chain", "star"])
+def test_generated_lab_of_20_nodes_reaches_across_and_destroy_leaves_nothing(
+        lab_host: Host, kind: str, tmp_path: Path) -> None:
+    """The batch path at a size where grouping matters: 10 bridges + 10 hosts in a line (the far
+    ends ping through every bridge), or 20 hosts on one bridge; every bridge port enslaved to its
+    bridge; destroy (nodes through stop_many, host-side links and bridges as one doomed group)
+    leaves no namespace, link, record or process."""
+    h = lab_host
+    n = 10 if kind == "chain" else 20
+    file = tmp_path / f"gen{kind}.clab.yml"
+    file.write_text(_generated(kind, n))
+    h.cli("lab", "deploy", str(file))
+    try:
+        ports = _bridge_ports(h)
+        bridges = [f"s{i}" for i in range(1, (n if kind == "chain" else 1) + 1)]
+        assert set(bridges) <= set(ports)
+        if kind == "chain":
+            assert all(ports[f"gs{i}-p1"] == f"s{i}" for i in range(1, n + 1))
+            assert all(ports[f"gs{i}-p2"] == f"s{i}" and ports[f"gs{i - 1}-p3"] == f"s{i - 1}"
+                       for i in range(2, n + 1))
+        else:
+            assert all(ports[f"gs1-p{i}"] == "s1" for i in range(1, n + 1))
+        pids = _node_pids(h, file)
+        assert len(pids) == n
+        assert _ping(pids, "h1", f"10.0.0.{n}") and _ping(pids, f"h{n}", "10.0.0.1")
+        assert not _ping(pids, "h1", f"10.0.0.{n + 1}")                 # nobody there
+    finally:
+        pids_before = _pids(h)
+        h.cli("lab", "destroy", str(file))
+    _assert_clean(h, pids_before)
+
+
+def test_redeploy_of_a_generated_star_changing_one_node_keeps_the_others(lab_host: Host, tmp_path: Path) -> None:
+    h = lab_host
+    file = tmp_path / "genstar.clab.yml"
+    text = _generated("star", 12)
+    file.write_text(text)
+    h.cli("lab", "deploy", str(file))
+    try:
+        before = {n["Name"]: n for n in _inspect(h, file)["Nodes"]}
+        file.write_text(text.replace("    h5: {}\n", "    h5: {env: {ROLE: changed}}\n"))
+        plan = h.cli("lab", "deploy", "--dry-run", str(file)).stdout.splitlines()
+        assert sorted(line.split()[-1] for line in plan if " node " in line) == ["h5", "h5"]
+        links = [line for line in plan if " link " in line]
+        assert len(links) == 2 and all("h5:eth0" in line for line in links), plan
+        assert len(plan) == 4, plan
+        h.cli("lab", "deploy", str(file))
+        after = {n["Name"]: n for n in _inspect(h, file)["Nodes"]}
+        for name in before:
+            if name not in ("h5", "s1"):
+                assert after[name]["Pid"] == before[name]["Pid"], name
+                assert _netns_ino(h, after[name]) == _netns_ino(h, before[name])
+        assert after["h5"]["Pid"] != before["h5"]["Pid"]
+        assert _bridge_ports(h)["gs1-p5"] == "s1"
+        pids = _node_pids(h, file)
+        assert _ping(pids, "h1", "10.0.0.5") and _ping(pids, "h5", "10.0.0.12")
+    finally:
+        pids_before = _pids(h)
+        h.cli("lab", "destroy", str(file))
+    _assert_clean(h, pids_before)
