@@ -433,13 +433,17 @@ class LabService:
         present = [cid for e in nodes if (cid := str(e["made"].get("id", ""))) in known]
         ports = [end["ifname"] for e in inside for end in (e["spec"]["a"], e["spec"]["b"]) if end["kind"] == "bridge"]
         try:
+            # The bridge ports would die with their nodes' namespaces, but only in the kernel's
+            # netns cleanup worker, after stop_many returns: they go first, as one group delete,
+            # so nothing of the lab is left when destroy reports done (and a redeploy does not
+            # meet an old port's name).
+            live = {link["name"] for link in links.host_links()} if ports else set()
+            gone = [name for name in ports if name in live]
+            errors = links.remove_links(record["name"], [(name, None, "") for name in gone])
+            failed = next((x for x in errors if x is not None), None)
+            if failed is not None:
+                raise LabError(f"remove link {gone[errors.index(failed)]}: {failed}")
             batch.stop_many(self.svc, present, timeout=0.0)     # as `rm -f` did
-            left = links.wait_gone(ports)
-            if left:                                            # unmarked ports (make_links): by name
-                errors = links.remove_links(record["name"], [(name, None, "") for name in left])
-                failed = next((x for x in errors if x is not None), None)
-                if failed is not None:
-                    raise LabError(f"remove link {left[0]}: {failed}")
         except (PluginError, DaemonUnavailable, ContainerError, KernelError, OSError) as exc:
             raise LabError(f"remove nodes: {exc}") from None
         finally:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.errors import KernelError, LinkNotFound
 
 if TYPE_CHECKING:
-    from drivers.kernel_api import LabKernelOps
+    from drivers.kernel_api import LabKernelOps, LinkInfo
 
 HOST_NETNS = "/proc/thread-self/ns/net"            # the calling thread's: where the CLI runs
 # pyroute2 requests are made from the calling thread only: a handle used from pool threads gets
@@ -258,26 +258,11 @@ def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -
         host.close()
 
 
-def wait_gone(names: Sequence[str], timeout: float = 10.0) -> list[str]:
-    """Wait until none of ``names`` is left in the host's namespace; those still there at the end.
-
-    The bridge port of a node's link dies with the node's namespace, but the kernel tears a
-    namespace down in its own worker (cleanup_net), after ``stop_many`` has returned: a destroy
-    waits for it, so that nothing of the lab is left when it reports done (and a redeploy does
-    not meet the old port's name)."""
-    import time
-
-    wanted = set(names)
-    if not wanted:
-        return []
+def host_links() -> list[LinkInfo]:
+    """The links of the host's namespace (one dump)."""
     k = kernel(None)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = wanted & {link["name"] for link in k.links()}
-            if not left or time.monotonic() > deadline:
-                return sorted(left)
-            time.sleep(0.01)
+        return k.links()
     finally:
         k.close()
 
