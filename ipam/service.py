@@ -498,6 +498,14 @@ class IpamService:
                 out[i] = exc
                 continue
             record: Record = {"kind": _kind(checked, False), "token": uuid.uuid4().hex, "host": self.host_id}
+            if record["kind"] == "gateway":
+                # A gateway is no dynamic address: a shared pool's is the one every host has
+                # (request_address finds it), so it never takes the next free offset.
+                try:
+                    out[i] = self.request_address(pool_id, "", opts)
+                except Exception as exc:
+                    out[i] = exc
+                continue
             if checked.get(MAC_OPTION):
                 record["mac"] = checked[MAC_OPTION]
             pending.append((i, record))

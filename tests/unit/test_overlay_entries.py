@@ -148,9 +148,16 @@ def test_overlay_pools_are_shared_by_hosts_and_apart_from_other_overlays() -> No
     assert pid1 == pid2 == "cnmkit-overlay.blue/10.77.0.0/24" and pool == "10.77.0.0/24"
     gw = {"RequestAddressType": "com.docker.network.gateway"}
     assert h1.request_address(pid1, "", gw)[0] == h2.request_address(pid2, "", gw)[0] == "10.77.0.1/24"
+    # The same through the batched path (ipam/batcher.py) that a dockerd's dynamic requests take:
+    # a gateway request in a batch is still the overlay's one gateway, never the next free offset.
+    h3 = IpamService(store, host_id="h3")
+    assert h3.request_pool("cnmkit-local", "", "", opt, False)[0] == pid1
+    batched = h3.request_addresses(pid1, [gw, None])
+    assert batched[0] == ("10.77.0.1/24", {}) and isinstance(batched[1], tuple) and batched[1][0] != "10.77.0.1/24"
+    h3.release_address(pid1, str(batched[1][0]).split("/")[0])
     got = {h.request_address(pid1, "", None)[0] for h in (h1, h2, h1, h2)}
     assert len(got) == 4 and "10.77.0.1/24" not in got
-    assert overlay_pool_hosts(store, "blue", "10.77.0.0/24") == ["h1", "h2"]
+    assert overlay_pool_hosts(store, "blue", "10.77.0.0/24") == ["h1", "h2", "h3"]
     # The same subnet in another overlay and in a host's local space: no clash (namespaces apart).
     assert h1.request_pool("cnmkit-local", "10.77.0.0/24", "", {"cnmkit.overlay": "red"}, False)[0] \
         == "cnmkit-overlay.red/10.77.0.0/24"
