@@ -36,6 +36,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
 
 from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
 from drivers.kernel_api import LinkInfo
+from drivers.linkscan import LinkBrief, scan_links
 from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
 
 CLONE_NEWNET = 0x40000000
@@ -134,16 +135,7 @@ class Kernel:
         if _same_netns(self._ns_fd):
             ipr = IPRoute(groups=0)
         else:
-            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(self._ns_fd)
-                try:
-                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-                finally:
-                    _setns(home)
-            finally:
-                os.close(home)
-            ipr = IPRoute(fileno=sock.detach(), groups=0)
+            ipr = IPRoute(fileno=self._netlink_socket().detach(), groups=0)
         self._local.ipr = ipr
         with self._lock:
             self._opened.append(ipr)
@@ -190,6 +182,29 @@ class Kernel:
 
     def _names_by_index(self) -> dict[int, str]:
         return {int(m["index"]): m.get("ifname") for m in self._dump_links()}
+
+    def _netlink_socket(self) -> socket.socket:
+        """A NETLINK_ROUTE socket in this Kernel's netns (made there, used from any thread's)."""
+        if _same_netns(self._ns_fd):
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(self._ns_fd)
+            try:
+                return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            finally:
+                _setns(home)
+        finally:
+            os.close(home)
+
+    def scan_links(self) -> list[LinkBrief]:
+        """Index, name, group and alias of every link: a dump without pyroute2's full decode
+        (drivers/linkscan.py; milliseconds where ``_dump_links`` takes a second at 2,000 links)."""
+        try:
+            with self._netlink_socket() as sock:
+                return scan_links(sock)
+        except OSError as exc:
+            raise KernelError(f"link dump: {exc.strerror or exc}", exc.errno or errno.EIO) from exc
 
     def _dump_links(self) -> list[Any]:
         return list(self._call("link dump", lambda: list(self._ipr().link("dump"))))
@@ -531,17 +546,17 @@ class Kernel:
         the request path): when a link in it does not carry our doomed mark, ours are deleted one
         by one by index instead, and the stranger is left alone.
         """
-        in_group = [m for m in self._dump_links() if m.get("group") == DOOMED_GROUP]
+        in_group = [m for m in self.scan_links() if m.group == DOOMED_GROUP]
         if not in_group:
             return
-        if all((m.get("ifalias") or "").startswith(DOOMED_ALIAS_PREFIX) for m in in_group):
+        if all(m.alias.startswith(DOOMED_ALIAS_PREFIX) for m in in_group):
             with contextlib.suppress(LinkNotFound):
                 self._call("delete doomed links", self._ipr().link, "del", group=DOOMED_GROUP)
             return
         for m in in_group:
-            if (m.get("ifalias") or "").startswith(DOOMED_ALIAS_PREFIX):
+            if m.alias.startswith(DOOMED_ALIAS_PREFIX):
                 with contextlib.suppress(LinkNotFound):
-                    self._call(f"delete {m.get('ifname')}", self._ipr().link, "del", index=int(m["index"]))
+                    self._call(f"delete {m.name}", self._ipr().link, "del", index=m.index)
 
     def addr_ensure(self, name: str, cidr: str) -> None:
         """Add ``cidr`` (``10.0.0.1/24``) to ``name``; already present is fine."""

@@ -44,11 +44,12 @@ from drivers.base import (
     PortRequest,
 )
 from drivers.errors import Conflict, DriverError, NotFound
+from drivers.record_cache import RecordCache
 from ipam.pools import GLOBAL_ADDRESS_SPACE
 from plugin import profile
 from plugin.quoting import shown, shown_key
 from store import records
-from store.base import Cmp, Delete, Put, Store
+from store.base import Cmp, Delete, Put, Store, StoreError
 from store.records import Conflict as LostRaces
 from store.records import EndpointRecord, NetworkRecord, update_json
 from store.settle import SettlingStore
@@ -95,6 +96,9 @@ class NetworkManager:
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # The records the calls act on, so that a call costs its writes and not a read before
+        # each: every write from a cached record compares its revision (drivers/record_cache.py).
+        self.cache = RecordCache()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -125,22 +129,53 @@ class NetworkManager:
         async with self._network_lock(network_id):
             return await profile.run_in_executor(self.executor, fn, *args)
 
-    def _read_network(self, network_id: str) -> NetworkRecord | None:
+    def _fetch_network(self, network_id: str) -> tuple[NetworkRecord, int] | None:
+        """The network record and its mod revision as the store has them now (and cached as that)."""
         kv = self.store.get(records.network_key(network_id))
-        return NetworkRecord.decode(kv.value) if kv else None
+        if kv is None:
+            self.cache.forget_network(network_id)
+            return None
+        hit = (NetworkRecord.decode(kv.value), kv.mod_rev)
+        self.cache.networks.put(network_id, hit)
+        return hit
+
+    def _read_network(self, network_id: str) -> NetworkRecord | None:
+        hit = self._fetch_network(network_id)
+        return hit[0] if hit else None
+
+    def _cached_network(self, network_id: str) -> tuple[NetworkRecord, int] | None:
+        """The network record and its mod revision, from the cache when there.
+
+        A network record is only ever created and deleted, so a cached one is the store's for as
+        long as it exists; the writes that depend on its existence compare its revision.
+        """
+        return self.cache.networks.get(network_id) or self._fetch_network(network_id)
 
     def _read_endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointRecord | None, int]:
-        kv = self.store.get(records.endpoint_key(network_id, endpoint_id))
-        return (EndpointRecord.decode(kv.value), kv.mod_rev) if kv else (None, 0)
+        """The endpoint record and its mod revision (the CAS token), from the cache when there."""
+        hit = self.cache.endpoints.get((network_id, endpoint_id))
+        if hit is None:
+            kv = self.store.get(records.endpoint_key(network_id, endpoint_id))
+            if kv is None:
+                return None, 0
+            hit = (kv.value, kv.mod_rev)
+            self.cache.endpoints.put((network_id, endpoint_id), hit)
+        return EndpointRecord.decode(hit[0]), hit[1]
 
     def _network(self, network_id: str) -> tuple[NetworkSpec, NetworkDriver]:
-        rec = self._read_network(network_id)
-        if rec is None:
+        spec, driver, _ = self._network_at(network_id)
+        return spec, driver
+
+    def _network_at(self, network_id: str) -> tuple[NetworkSpec, NetworkDriver, int]:
+        """The network's spec, its driver and the record's mod revision (for compares)."""
+        found = self._cached_network(network_id)
+        if found is None:
             raise NotFound(f"NetworkID: network {network_id[:12]} not found")
+        rec, mod_rev = found
         driver = self.drivers.get(rec.driver)
         if driver is None:
             raise NotFound(f"network {network_id[:12]} uses driver {rec.driver}, which this daemon lacks")
-        return rec.spec, driver
+        return rec.spec, driver, mod_rev
 
     def _endpoint(self, network_id: str, endpoint_id: str) -> tuple[EndpointSpec, EndpointRecord] | None:
         rec, _ = self._read_endpoint(network_id, endpoint_id)
@@ -154,10 +189,33 @@ class NetworkManager:
         def edit(rec: dict[str, Any] | None) -> dict[str, Any] | None:
             return None if rec is None else fn(EndpointRecord.from_dict(rec)).to_dict()
 
+        self.cache.forget_endpoint(network_id, endpoint_id)  # the next read takes the store's
         try:
             update_json(self.store, records.endpoint_key(network_id, endpoint_id), edit)
         except LostRaces as exc:
             raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]} keeps changing, try again") from exc
+
+    def _edit_endpoint(self, network_id: str, endpoint_id: str, rec: EndpointRecord, mod_rev: int,
+                       fn: Callable[[EndpointRecord], EndpointRecord]) -> None:
+        """``_update_endpoint`` in one round trip when ``rec`` (read at ``mod_rev``) is still current.
+
+        The CAS compares the revision the record was read (or cached) at; if another writer got
+        in between, the read-modify-CAS loop does it again from the store's record.
+        """
+        new = fn(rec)
+        if new == rec:
+            return
+        key = records.endpoint_key(network_id, endpoint_id)
+        value = new.encode()
+        try:
+            result = self.store.cas(key, value, mod_rev)
+        except StoreError:
+            self.cache.forget_endpoint(network_id, endpoint_id)  # its state is the store's to tell
+            raise
+        if result.succeeded:
+            self.cache.endpoints.put((network_id, endpoint_id), (value, result.revision))
+            return
+        self._update_endpoint(network_id, endpoint_id, fn)
 
     async def create_network(self, driver_name: str, spec: NetworkSpec) -> None:
         await self._run(spec.network_id, self._create_network, driver_name, spec)
@@ -192,6 +250,7 @@ class NetworkManager:
                 ops.append(Put(records.name_key(spec.name), records.encode_name(spec.network_id)))
             result = self.store.txn(compares, ops)
             if result.succeeded:
+                self.cache.networks.put(spec.network_id, (NetworkRecord.decode(value), result.revision))
                 break
             for failed_key, kv in result.failed:
                 if failed_key.startswith(records.NAMES) and kv is not None:
@@ -247,6 +306,7 @@ class NetworkManager:
                         raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
 
     def _drop_network_records(self, spec: NetworkSpec) -> None:
+        self.cache.forget_network(spec.network_id)
         ops: list[Put | Delete] = [Delete(records.network_key(spec.network_id))]
         if spec.name:
             ops.append(Delete(records.name_key(spec.name)))
@@ -256,6 +316,7 @@ class NetworkManager:
         await self._run(network_id, self._delete_network, network_id)
 
     def _delete_network(self, network_id: str) -> None:
+        self.cache.forget_network(network_id)   # decided on the store's record, not a cached one
         try:
             spec, driver = self._network(network_id)
         except NotFound:
@@ -272,23 +333,41 @@ class NetworkManager:
     async def create_endpoint(self, spec: EndpointSpec) -> EndpointResult:
         return await self._run(spec.network_id, self._create_endpoint, spec)
 
-    def _create_endpoint(self, spec: EndpointSpec) -> EndpointResult:
-        network, driver = self._network(spec.network_id)
+    def _create_endpoint(self, spec: EndpointSpec, attempts: int = 3) -> EndpointResult:
+        """Record a new endpoint in one round trip; a create that finds it answers as the first did.
+
+        No read first: the create compares the endpoint key with "absent" and the network record
+        with the revision this daemon knows, so a retried create, or a network another host
+        deleted or re-made meanwhile, shows in the failed compares instead of in two reads.
+        """
+        network, driver, net_rev = self._network_at(spec.network_id)
         for addr, field, pools in ((spec.address, "Interface.Address", network.ipv4),
                                    (spec.address_v6, "Interface.AddressIPv6", network.ipv6)):
             if addr is not None and pools and not any(addr.ip in d.pool for d in pools):
                 raise Conflict(f"{field}: {addr} is outside the subnets of network "
                                f"{network.name or network.network_id[:12]}")
-        found = self._endpoint(spec.network_id, spec.endpoint_id)
-        if found is not None:
-            return found[1].result
-        result = driver.create_endpoint(network, spec)
+        hit = self.cache.endpoints.get((spec.network_id, spec.endpoint_id))
+        if hit is not None:
+            return EndpointRecord.decode(hit[0]).result
+        result = driver.create_endpoint(network, spec)   # no kernel work: a MAC at most
         stored = replace(spec, mac=spec.mac or result.mac)
         value = EndpointRecord(spec=stored, mac=result.mac, sandbox="", host=self.host_id).encode()
         key = records.endpoint_key(spec.network_id, spec.endpoint_id)
-        if not self.store.cas(key, value, 0).succeeded:
-            raise Conflict(f"EndpointID: endpoint {spec.endpoint_id[:12]} is being created concurrently")
-        return result
+        net_key = records.network_key(spec.network_id)
+        outcome = self.store.txn([Cmp(key, 0), Cmp(net_key, net_rev)], [Put(key, value)])
+        if outcome.succeeded:
+            self.cache.endpoints.put((spec.network_id, spec.endpoint_id), (value, outcome.revision))
+            return result
+        current = dict(outcome.failed)
+        theirs = current.get(key)
+        if theirs is not None:
+            return EndpointRecord.decode(theirs.value).result      # it exists: a retried create
+        self.cache.forget_network(spec.network_id)
+        if net_key in current and current[net_key] is None:
+            raise NotFound(f"NetworkID: network {spec.network_id[:12]} not found")
+        if attempts <= 1:
+            raise Conflict(f"NetworkID: network {spec.network_id[:12]} keeps changing, try again")
+        return self._create_endpoint(spec, attempts - 1)   # the network was made again: check anew
 
     async def delete_endpoint(self, network_id: str, endpoint_id: str) -> None:
         await self._run(network_id, self._delete_endpoint, network_id, endpoint_id)
@@ -301,6 +380,7 @@ class NetworkManager:
         if found[1].ports and isinstance(driver, PortPublisher):
             driver.unpublish(network, found[0])            # no Revoke came (a crash, an old engine)
         driver.delete_endpoint(network, found[0])
+        self.cache.forget_endpoint(network_id, endpoint_id)
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
 
     async def join(self, request: JoinRequest) -> JoinResult:
@@ -308,25 +388,24 @@ class NetworkManager:
 
     def _join(self, request: JoinRequest) -> JoinResult:
         network, driver = self._network(request.network_id)
-        found = self._endpoint(request.network_id, request.endpoint_id)
-        if found is None:
+        rec, mod_rev = self._read_endpoint(request.network_id, request.endpoint_id)
+        if rec is None:
             raise NotFound(f"EndpointID: endpoint {request.endpoint_id[:12]} not found")
-        spec, _ = found
-        result = driver.join(network, spec, request)
-        self._update_endpoint(request.network_id, request.endpoint_id,
-                              lambda rec: replace(rec, sandbox=request.sandbox_key))
+        result = driver.join(network, rec.spec, request)
+        self._edit_endpoint(request.network_id, request.endpoint_id, rec, mod_rev,
+                            lambda r: replace(r, sandbox=request.sandbox_key))
         return result
 
     async def leave(self, network_id: str, endpoint_id: str) -> None:
         await self._run(network_id, self._leave, network_id, endpoint_id)
 
     def _leave(self, network_id: str, endpoint_id: str) -> None:
-        found = self._endpoint(network_id, endpoint_id)
-        if found is None:
+        rec, mod_rev = self._read_endpoint(network_id, endpoint_id)
+        if rec is None:
             return
         network, driver = self._network(network_id)
-        driver.leave(network, found[0])
-        self._update_endpoint(network_id, endpoint_id, lambda rec: replace(rec, sandbox=""))
+        driver.leave(network, rec.spec)
+        self._edit_endpoint(network_id, endpoint_id, rec, mod_rev, lambda r: replace(r, sandbox=""))
 
     async def endpoint_info(self, network_id: str, endpoint_id: str) -> dict[str, object]:
         return await self._run(network_id, self._endpoint_info, network_id, endpoint_id)
@@ -385,10 +464,12 @@ class NetworkManager:
             bindings = self._choose_host_ports(endpoint_id, requests)
             previous = rec.ports
             value = replace(rec, ports=tuple(bindings)).encode()
+            self.cache.forget_endpoint(network_id, endpoint_id)  # re-read after a lost race or an error
             result = self.store.txn(
                 [Cmp(claims_key, claims.mod_rev if claims else 0), Cmp(key, mod_rev)],
                 [Put(claims_key, records.next_claim(claims)), Put(key, value)])
             if result.succeeded:
+                self.cache.endpoints.put((network_id, endpoint_id), (value, result.revision))
                 return bindings, previous
             # Another choice of this host's ports, or a change to this endpoint: choose again.
         raise Conflict(f"EndpointID: endpoint {endpoint_id[:12]}: other port choices kept winning, try again")
