@@ -15,64 +15,28 @@ What makes a cached record safe to act on (correctness never rests on the cache 
   never changes after its create, so the kernel work done from a cached spec is the work the
   store's record asks for as long as the record exists; a network cannot be deleted while it
   has endpoints, so an endpoint found here also vouches for its network;
-- endpoint entries are bytes, every kind is bounded in number (least recently used go first): thousands of held
-  endpoints cost a few MB, not their decoded objects (issue 11 item 4's memory bound).
+- endpoint entries are bytes, and both maps are bounded (least recently used go first):
+  thousands of held endpoints cost a few MB, not their decoded objects (issue 11 item 4).
 
 Only the calls holding the network's lock use it, and it is shared by worker threads, hence the
-lock here; it holds no store connection and does no I/O.
+lock in its maps (store/lru.py); it holds no store connection and does no I/O.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import Generic, TypeVar
-
+from store.lru import Lru
 from store.records import NetworkRecord
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 MAX_NETWORKS = 1024
 MAX_ENDPOINTS = 8192
-
-
-class _Lru(Generic[K, V]):
-    """A bounded mapping whose least recently used entry goes first; thread-safe."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._limit:
-                self._items.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class RecordCache:
     """Records and their mod revisions: ``networks/<id>`` decoded (few), ``endpoints/<net>/<ep>`` encoded."""
 
     def __init__(self, max_networks: int = MAX_NETWORKS, max_endpoints: int = MAX_ENDPOINTS) -> None:
-        self.networks: _Lru[str, tuple[NetworkRecord, int]] = _Lru(max_networks)
-        self.endpoints: _Lru[tuple[str, str], tuple[bytes, int]] = _Lru(max_endpoints)
+        self.networks: Lru[str, tuple[NetworkRecord, int]] = Lru(max_networks)
+        self.endpoints: Lru[tuple[str, str], tuple[bytes, int]] = Lru(max_endpoints)
 
     def forget_network(self, network_id: str) -> None:
         self.networks.pop(network_id)

@@ -94,7 +94,8 @@ from ipam.pools import (
     pick_predefined,
 )
 from plugin.quoting import shown
-from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store
+from store.base import KV, MAX_TXN_OPS, Cmp, Delete, Indeterminate, Put, Store, TxnResult
+from store.lru import Lru
 from store.records import Record, TxnBuilder, decode
 
 SPACES = "ipam/spaces/"
@@ -117,6 +118,8 @@ MAX_SKIP = 32
 BATCH_MAX = 32  # dynamic allocations per txn in request_addresses (each a create op)
 POOL_LOCK_STRIPES = 64  # in-process locks pools are hashed onto (see IpamService._pool_lock)
 MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
+CACHED_POOLS = 1024  # pool records kept between calls (IpamService._pools)
+CACHED_ADDRESSES = 8192  # revisions of this host's own address records kept (IpamService._addrs)
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -178,6 +181,12 @@ class IpamService:
         self._avoid = avoid
         self.host_id = host_id
         self._pool_locks = tuple(threading.Lock() for _ in range(POOL_LOCK_STRIPES))
+        # The last pool record seen, and the mod revision of each address record this service
+        # created, so that an allocation or a release is one transaction and not three reads
+        # and a transaction. Only hints: every write compares the revisions they give, a write
+        # touching a pool forgets it (``_txn``), and a lost compare falls back to reading.
+        self._pools: Lru[str, _Pool] = Lru(CACHED_POOLS)
+        self._addrs: Lru[str, int] = Lru(CACHED_ADDRESSES)
 
     def _pool_lock(self, sid: str) -> threading.Lock:
         """Orders this process's own writes to one pool, so its threads queue instead of racing.
@@ -202,7 +211,9 @@ class IpamService:
         """``_sid``, except that a local pool a store kept from before host ids is found under its
         bare PoolID (it was this machine's: a store had one host then)."""
         sid = self._sid(pool_id)
-        if sid != pool_id and self._store.get(POOLS + sid) is None and self._store.get(POOLS + pool_id):
+        if sid == pool_id or self._pools.get(sid) is not None:
+            return sid
+        if self._store.get(POOLS + sid) is None and self._store.get(POOLS + pool_id):
             return pool_id
         return sid
 
@@ -461,7 +472,7 @@ class IpamService:
         sid = self._resolve(pool_id)
         with self._pool_lock(sid):
             for _ in _attempts():
-                pool = self._load(sid)
+                pool = self._pool(sid)
                 if pool is None:
                     raise PoolNotFound(pool_id)
                 if wanted is None and record["kind"] == "gateway" and "hosts" in pool.record:
@@ -510,15 +521,19 @@ class IpamService:
                 record["mac"] = checked[MAC_OPTION]
             pending.append((i, record))
         sid = self._resolve(pool_id)
+        walk = False  # True once a static allocation was met ahead of the cursor
         with self._pool_lock(sid):
             attempts = _attempts()
             while pending:
                 try:
                     next(attempts)
-                    pool = self._load(sid)
+                    pool = self._pool(sid)
                     if pool is None:
                         raise PoolNotFound(pool_id)
-                    got = self._try_dynamic_many(pool, [r for _, r in pending[:BATCH_MAX]])
+                    batch = [r for _, r in pending[:BATCH_MAX]]
+                    fast = None if walk else self._try_next(pool, batch)
+                    walk = fast is None
+                    got = self._try_dynamic_many(pool, batch) if fast is None else fast
                 except StopIteration:
                     err: Exception = StoreContention(
                         f"RequestAddress in pool {shown(pool_id)}: store contention, try again")
@@ -547,13 +562,21 @@ class IpamService:
 
     def _release_address(self, sid: str, addr: IPAddress, address: str, pool_id: str) -> None:
         for _ in _attempts():
-            pool = self._load(sid)
+            pool = self._pool(sid)
             if pool is None:
                 return
             try:
                 offset = pool.spec.offset_of(addr)
             except AddressOutOfPool:
                 return
+            mine = self._addrs.get(pool.addr_key(addr))
+            if mine is not None:
+                # Created here, at this revision, for this host alone: no read needed; the
+                # compares say whether the record and the pool are still as this service left them.
+                self._addrs.pop(pool.addr_key(addr))
+                if self._commit(self._freeing(pool, offset, pool.addr_key(addr), mine)):
+                    return
+                continue
             kv = self._store.get(pool.addr_key(addr))
             if kv is None:
                 return
@@ -566,12 +589,17 @@ class IpamService:
                 if self._commit(TxnBuilder().replace(kv.key, rec, kv.mod_rev)):
                     return
                 continue
-            txn = TxnBuilder().require(pool.key, pool.mod_rev).delete(kv.key, kv.mod_rev)
-            if pool.spec.in_range(offset) and offset < pool.cursor:
-                txn.ops.append(Put(pool.free_key(offset), b"{}"))  # the cursor passed it: keep it findable
-            if self._commit(txn):
+            if self._commit(self._freeing(pool, offset, kv.key, kv.mod_rev)):
                 return
         raise StoreContention(f"ReleaseAddress {address} in pool {shown(pool_id)}: store contention, try again")
+
+    @staticmethod
+    def _freeing(pool: _Pool, offset: int, key: str, mod_rev: int) -> TxnBuilder:
+        """The txn that deletes address record ``key`` (at ``mod_rev``) of ``pool``."""
+        txn = TxnBuilder().require(pool.key, pool.mod_rev).delete(key, mod_rev)
+        if pool.spec.in_range(offset) and offset < pool.cursor:
+            txn.ops.append(Put(pool.free_key(offset), b"{}"))  # the cursor passed it: keep it findable
+        return txn
 
     # -- allocation steps (one CAS round each; None = lost a race, retry) -----------------------
 
@@ -636,6 +664,37 @@ class IpamService:
                .create(pool.addr_key(addr), record))
         return addr if self._commit(txn, pool.addr_key(addr), record["token"]) else None
 
+    def _try_next(self, pool: _Pool, records: list[Record]) -> list[IPAddress] | None:
+        """One round trip for the common case: the addresses after the cursor, unread.
+
+        Their creates compare each key with "absent" and the pool with the revision it was read
+        or cached at, so a static allocation ahead of the cursor or another writer of the pool
+        fails the txn instead of being overwritten. None: a static is there (the caller walks
+        with reads, ``_try_dynamic_many``); []: the pool changed (the caller retries; ``_txn``
+        kept the pool record the failed compare returned).
+        """
+        lo, hi = pool.spec.range()
+        cursor = max(pool.cursor, lo)
+        count = min(len(records), hi - cursor + 1, MAX_TXN_OPS - 1)
+        if count <= 0:
+            return None
+        addrs = [pool.spec.address_at(cursor + i) for i in range(count)]
+        new = pool.with_cursor(cursor + count)
+        txn = TxnBuilder().replace(pool.key, new, pool.mod_rev)
+        for addr, record in zip(addrs, records, strict=False):
+            txn.create(pool.addr_key(addr), record)
+        result = self._txn(txn, pool.addr_key(addrs[0]), records[0]["token"])
+        if result.succeeded:
+            if result.revision:
+                self._pools.put(pool.id, _Pool(pool.id, new, result.revision))
+                for addr in addrs:
+                    self._addrs.put(pool.addr_key(addr), result.revision)
+            return addrs
+        failed = dict(result.failed)
+        if any(failed.get(pool.addr_key(addr)) is not None for addr in addrs):
+            return None
+        return []
+
     def _try_dynamic_many(self, pool: _Pool, records: list[Record]) -> list[IPAddress]:
         """One CAS round of ``request_addresses``: the addresses it allocated for the first
         records (fewer when statics, the txn size or the range's end cut the run short; empty
@@ -688,17 +747,42 @@ class IpamService:
 
     def _commit(self, txn: TxnBuilder, key: str | None = None, token: str | None = None) -> bool:
         """Run ``txn``; an Indeterminate outcome is settled by reading ``key`` back for ``token``."""
+        return self._txn(txn, key, token).succeeded
+
+    def _txn(self, txn: TxnBuilder, key: str | None = None, token: str | None = None) -> TxnResult:
+        """``_commit`` with the result (revision 0: settled by reading back, revision unknown).
+
+        Every pool record the txn writes or compares is forgotten from the cache, then the one a
+        failed compare returned is kept: the cache never holds a pool this txn may have changed.
+        """
+        for key_ in {c.key for c in txn.compares} | {op.key for op in txn.ops}:
+            if key_.startswith(POOLS):
+                self._pools.pop(key_[len(POOLS):])
         try:
-            return txn.commit(self._store).succeeded
+            result = txn.commit(self._store)
         except Indeterminate:
             if key is None:
-                return False  # the caller re-reads and retries; its operation is idempotent
+                return TxnResult(False, 0)  # the caller re-reads and retries; its operation is idempotent
             kv = self._store.get(key)
-            return kv is not None and decode(kv.value).get("token") == token
+            return TxnResult(kv is not None and decode(kv.value).get("token") == token, 0)
+        for key_, kv in result.failed:
+            if kv is not None and key_.startswith(POOLS):
+                self._pools.put(key_[len(POOLS):], _Pool(key_[len(POOLS):], decode(kv.value), kv.mod_rev))
+        return result
 
     def _load(self, pool_id: str) -> _Pool | None:
+        """The pool record as the store has it now (and cached as that)."""
         kv = self._store.get(POOLS + pool_id)
-        return None if kv is None else _Pool(pool_id, decode(kv.value), kv.mod_rev)
+        if kv is None:
+            self._pools.pop(pool_id)
+            return None
+        pool = _Pool(pool_id, decode(kv.value), kv.mod_rev)
+        self._pools.put(pool_id, pool)
+        return pool
+
+    def _pool(self, pool_id: str) -> _Pool | None:
+        """The pool record last seen (writes compare its revision), else the store's."""
+        return self._pools.get(pool_id) or self._load(pool_id)
 
     def _held_pools(self) -> list[tuple[str, IPNetwork, KV]]:
         """Every pool on the store, every host's: (store id, network, record)."""

@@ -320,3 +320,19 @@ def test_reap_doomed_leaves_a_stranger_that_shares_the_group(kernel: Kernel, net
         kernel.link_doom(f"cnv{n}", alias=f"cnmkit:ep:{n}", doomed_alias=f"cnmkit:doomed:{n}")
     kernel.reap_doomed()
     assert not {"cnva", "cnvb"} & {x["ifname"] for x in ip_json("link", "show", netns=netns)}
+
+
+def test_scan_links_agrees_with_iproute2_on_index_name_group_and_alias(kernel: Kernel, netns: str) -> None:
+    """The reaper's cheap dump (drivers/linkscan.py) reads the same four fields iproute2 shows,
+    across more links than one netlink reply holds (the dump spans several recv calls)."""
+    batch = "".join(f"link add scan{i} type veth peer name scanp{i}\n" for i in range(150))
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "scan7", "group", "77", "alias", "cnmkit:doomed:x y"],
+                   check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "scanp9", "alias", "ünï"], check=True)
+    want = {(x["ifindex"], x["ifname"], int(x.get("group", "0")) if str(x.get("group", "0")).isdigit()
+             else 0, x.get("ifalias", "")) for x in ip_json("link", "show", netns=netns)}
+    got = {(b.index, b.name, b.group, b.alias) for b in kernel.scan_links()}
+    assert got == want
+    assert len(got) == 301
+    assert (77, "cnmkit:doomed:x y") in {(g, a) for _, n, g, a in got if n == "scan7"}
