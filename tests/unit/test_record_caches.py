@@ -58,7 +58,7 @@ class Counting:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def take(self) -> list[str]:
+    def take(self) -> builtins.list[str]:
         out, self.calls = self.calls, []
         return out
 
