@@ -108,8 +108,11 @@ class Engine:
     def list_networks(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
-        return dict(self.ipam.call("Cnmkit.NetworkInspect", {"Network": ref})["Network"])
+    def inspect_network(self, ref: str, *, endpoints: bool = True) -> dict[str, Any]:
+        """The network; without ``endpoints`` its record only (no ``Endpoints``/``EndpointList``),
+        which costs the daemon no listing of the network's endpoints: what an attach needs."""
+        body: dict[str, Any] = {"Network": ref} if endpoints else {"Network": ref, "Endpoints": False}
+        return dict(self.ipam.call("Cnmkit.NetworkInspect", body)["Network"])
 
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
@@ -257,7 +260,7 @@ class Engine:
         costs O(n) per node. ``names`` (the container's name, hostname and aliases) go with the
         endpoint, so runtimes on other hosts of an overlay can resolve them.
         """
-        net = net or self.inspect_network(network)
+        net = net or self.inspect_network(network, endpoints=False)
         transport = self.driver(net["Driver"])
         att = Attachment(network_id=net["Id"], network_name=net["Name"], endpoint_id=secrets.token_hex(32))
         mtu = net.get("Options", {}).get(MTU_OPTION)
@@ -329,7 +332,8 @@ class Engine:
         ref = {"NetworkID": att.network_id, "EndpointID": att.endpoint_id}
         errors: list[str] = []
         try:
-            transport: PluginTransport | None = self.driver(driver or self.inspect_network(att.network_id)["Driver"])
+            transport: PluginTransport | None = self.driver(
+                driver or self.inspect_network(att.network_id, endpoints=False)["Driver"])
         except PluginError:
             transport = None                            # the network is gone: its endpoints went with it
         steps: list[Callable[[], object]] = []

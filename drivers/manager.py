@@ -555,12 +555,26 @@ class NetworkManager:
                 "IPv4": spec["IPv4"], "IPv6": spec["IPv6"],
                 "Options": spec["Options"], "Endpoints": endpoints}
 
-    async def inspect_network(self, ref: str) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
+    async def inspect_network(self, ref: str, *, endpoints: bool = True) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref,
+                                                                endpoints)
 
-    def _inspect_network(self, ref: str) -> dict[str, Any]:
-        """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
+    def _inspect_network(self, ref: str, endpoints: bool = True) -> dict[str, Any]:
+        """One network and its endpoints: reads only that network's keys (every runtime attach asks).
+
+        Without ``endpoints`` (what an attach needs: driver, pools, options) the answer is the
+        network's record alone, without ``Endpoints``/``EndpointList``: no listing, and the record
+        from the cache, since ``resolve`` has just found the network in the store and a network
+        record never changes while it exists.
+        """
         network_id = self.resolve(ref)
+        if not endpoints:
+            found = self._cached_network(network_id)
+            if found is None:
+                raise NotFound(f"network {shown(ref)} not found")
+            summary = self._summary(found[0], 0)
+            del summary["Endpoints"]
+            return summary
         rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"network {shown(ref)} not found")

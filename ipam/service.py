@@ -213,7 +213,7 @@ class IpamService:
         sid = self._sid(pool_id)
         if sid == pool_id or self._pools.get(sid) is not None:
             return sid
-        if self._store.get(POOLS + sid) is None and self._store.get(POOLS + pool_id):
+        if self._load(sid) is None and self._store.get(POOLS + pool_id):
             return pool_id
         return sid
 
@@ -604,9 +604,18 @@ class IpamService:
     # -- allocation steps (one CAS round each; None = lost a race, retry) -----------------------
 
     def _try_static(self, pool: _Pool, addr: IPAddress, record: Record) -> IPAddress | None:
+        """One CAS round for a given address, unread: the create compares its key with absent and
+        its free-set key with absent, and the failed compares say what is there instead (held:
+        share a gateway or refuse; released below the cursor: take it out of the free set)."""
         offset = pool.spec.offset_of(addr)  # any usable address of the pool: aux may lie outside SubPool
         key = pool.addr_key(addr)
-        held = self._store.get(key)
+        free_key = pool.free_key(offset)
+        txn = TxnBuilder().require(pool.key, pool.mod_rev).create(key, record).require(free_key, 0)
+        result = self._txn(txn, key, record["token"])
+        if result.succeeded:
+            return addr
+        failed = dict(result.failed)
+        held = failed.get(key)
         if held is not None:
             shared = self._share_gateway(pool, held, record)
             if shared is None:
@@ -614,12 +623,10 @@ class IpamService:
             if shared:
                 return addr
             raise AddressInUse(str(addr), pool.pool_id)
-        free = self._store.get(pool.free_key(offset))
-        txn = TxnBuilder().require(pool.key, pool.mod_rev).create(key, record)
-        if free is not None:
-            txn.delete(free.key, free.mod_rev)  # below the cursor: it must leave the free set
-        else:
-            txn.require(pool.free_key(offset), 0)  # belt and braces: the pool compare covers it already
+        free = failed.get(free_key)
+        if free is None or pool.key in failed:
+            return None  # the pool changed (``_txn`` kept the new record): retry
+        txn = TxnBuilder().require(pool.key, pool.mod_rev).create(key, record).delete(free.key, free.mod_rev)
         return addr if self._commit(txn, key, record["token"]) else None
 
     def _shared_gateway(self, pool: _Pool) -> IPAddress | None:
@@ -752,22 +759,31 @@ class IpamService:
     def _txn(self, txn: TxnBuilder, key: str | None = None, token: str | None = None) -> TxnResult:
         """``_commit`` with the result (revision 0: settled by reading back, revision unknown).
 
-        Every pool record the txn writes or compares is forgotten from the cache, then the one a
-        failed compare returned is kept: the cache never holds a pool this txn may have changed.
+        Every pool record the txn writes is forgotten from the cache (so is every one it compares,
+        when the outcome is unknown), then the one a failed compare returned is kept: the cache
+        never holds a pool this txn may have changed.
         """
-        for key_ in {c.key for c in txn.compares} | {op.key for op in txn.ops}:
-            if key_.startswith(POOLS):
-                self._pools.pop(key_[len(POOLS):])
+        def forget(keys: set[str]) -> None:
+            for key_ in keys:
+                if key_.startswith(POOLS):
+                    self._pools.pop(key_[len(POOLS):])
+
+        forget({op.key for op in txn.ops})
         try:
             result = txn.commit(self._store)
         except Indeterminate:
+            forget({c.key for c in txn.compares})
             if key is None:
                 return TxnResult(False, 0)  # the caller re-reads and retries; its operation is idempotent
             kv = self._store.get(key)
             return TxnResult(kv is not None and decode(kv.value).get("token") == token, 0)
         for key_, kv in result.failed:
-            if kv is not None and key_.startswith(POOLS):
-                self._pools.put(key_[len(POOLS):], _Pool(key_[len(POOLS):], decode(kv.value), kv.mod_rev))
+            if key_.startswith(POOLS):
+                sid = key_[len(POOLS):]
+                if kv is None:
+                    self._pools.pop(sid)
+                else:
+                    self._pools.put(sid, _Pool(sid, decode(kv.value), kv.mod_rev))
         return result
 
     def _load(self, pool_id: str) -> _Pool | None:

@@ -77,8 +77,8 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    ref = p.decode_network_ref(await _body(request))
-    return reply({"Network": await request.app[MANAGER].inspect_network(ref)})
+    ref, endpoints = p.decode_network_inspect(await _body(request))
+    return reply({"Network": await request.app[MANAGER].inspect_network(ref, endpoints=endpoints)})
 
 
 async def pool_list(request: web.Request) -> web.Response:

@@ -222,7 +222,7 @@ class ContainerService:
 
     def _inspect_network(self, ref: str) -> dict[str, Any]:
         try:
-            return self.engine.inspect_network(ref)
+            return self.engine.inspect_network(ref, endpoints=False)  # its id, name, driver, pools
         except PluginError as exc:
             raise ContainerError(f"network {ref}: {exc}" if ref not in str(exc) else str(exc)) from None
 
@@ -589,7 +589,7 @@ class ContainerService:
                 continue
             if network_id not in self._multi_host_cache:
                 try:
-                    driver = self.engine.inspect_network(network_id).get("Driver")
+                    driver = self.engine.inspect_network(network_id, endpoints=False).get("Driver")
                 except (PluginError, DaemonUnavailable, OSError):
                     continue
                 self._multi_host_cache[network_id] = driver == MULTI_HOST_DRIVER

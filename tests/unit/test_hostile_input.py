@@ -229,6 +229,18 @@ def test_create_endpoint_refuses_zero_broadcast_and_multicast_macs(plugin: Plugi
     assert plugin.ipam("/Cnmkit.NetworkInspect", {"Network": NID})["Network"]["EndpointList"] == []
 
 
+def test_inspect_without_endpoints_answers_the_record_alone_and_checks_the_flag(plugin: Plugin) -> None:
+    """What an attach asks (client/engine.py): the network's record, no listing of its endpoints."""
+    assert plugin.net("/NetworkDriver.CreateNetwork", create_body()) == {}
+    body = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.91.0.5/24"}}
+    assert "Interface" in plugin.net("/NetworkDriver.CreateEndpoint", body)
+    full = plugin.ipam("/Cnmkit.NetworkInspect", {"Network": NID})["Network"]
+    light = plugin.ipam("/Cnmkit.NetworkInspect", {"Network": NID, "Endpoints": False})["Network"]
+    assert [ep["EndpointID"] for ep in full["EndpointList"]] == [EID] and full["Endpoints"] == 1
+    assert light == {k: v for k, v in full.items() if k not in ("Endpoints", "EndpointList")}
+    plugin.refused("/Cnmkit.NetworkInspect", {"Network": NID, "Endpoints": "some"}, "Endpoints")
+
+
 # -- 6. sandbox keys -----------------------------------------------------------------------------------
 
 def _endpoint(plugin: Plugin) -> dict:

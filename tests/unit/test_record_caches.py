@@ -199,6 +199,22 @@ def test_an_allocation_and_a_release_are_one_txn_each(store: Store) -> None:
     assert store.get(f"{ADDRS}{LOCAL}@h1/10.32.0.0/24/10.32.0.2") is None
 
 
+def test_a_given_address_is_one_txn_and_one_more_to_take_it_from_the_free_set(store: Store) -> None:
+    counting = Counting(store)
+    ipam = IpamService(counting, host_id="h1")  # type: ignore[arg-type]
+    pool_id, _, _ = ipam.request_pool(LOCAL, "10.36.0.0/24", "", None, False)
+    assert [r[0] for r in ipam.request_addresses(pool_id, [None] * 3)] == [  # type: ignore[index]
+        "10.36.0.1/24", "10.36.0.2/24", "10.36.0.3/24"]
+    ipam.release_address(pool_id, "10.36.0.2")          # below the cursor: into the free set
+    counting.take()
+    assert ipam.request_address(pool_id, "10.36.0.9", None)[0] == "10.36.0.9/24"
+    assert counting.take() == ["txn"]
+    assert ipam.request_address(pool_id, "10.36.0.2", None)[0] == "10.36.0.2/24"
+    assert counting.take() == ["txn", "txn"]             # the first one learns the free entry
+    assert store.list(f"ipam/free/{LOCAL}@h1/10.36.0.0/24/")[0] == []
+    assert [r[0] for r in ipam.request_addresses(pool_id, [None])] == ["10.36.0.4/24"]  # type: ignore[index]
+
+
 def test_a_static_ahead_of_the_cursor_is_stepped_over_not_overwritten(store: Store) -> None:
     """Another daemon takes the next address statically: the unread create fails, the walk finds it."""
     mine, theirs = IpamService(store, host_id="h1"), IpamService(store, host_id="h1")
