@@ -35,12 +35,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from client.engine import Engine, PluginError  # noqa: E402
+from client.transport import PluginTransport  # noqa: E402
 from runtime.sandbox import configure  # noqa: E402
 from tests.overlay.harness import Lab, OverlayHost  # noqa: E402
 
 VNI = 12000
 SUBNET = "10.120.0.0/16"
 PING_LIMIT = 30.0                     # seconds a probe waits for its first reply before the sample fails
+STEPS: dict[str, list[float]] | None = None   # while a timed attach runs: ms per protocol call and configure
+
+
+def _timed_call(self: PluginTransport, method: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    """PluginTransport.call, timed into STEPS (the split of the attach by call)."""
+    t0 = time.perf_counter()
+    try:
+        return _plain_call(self, method, body)
+    finally:
+        if STEPS is not None:
+            STEPS.setdefault(method.rpartition(".")[2], []).append((time.perf_counter() - t0) * 1000)
+
+
+_plain_call = PluginTransport.call
+PluginTransport.call = _timed_call  # type: ignore[method-assign]
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -63,7 +79,10 @@ def attach(host: OverlayHost, network: str, netns: str, ip: str | None = None, *
             time.sleep(0.1)
     else:
         raise RuntimeError(f"attach to {network} on {host.name} kept failing")
+    t0 = time.perf_counter()
     configure(f"/run/netns/{netns}", att.to_dict(), "eth0", True)
+    if STEPS is not None:
+        STEPS.setdefault("configure", []).append((time.perf_counter() - t0) * 1000)
     return att
 
 
@@ -120,6 +139,8 @@ print(json.dumps([(seen[k] - sent[k]) * 1000 for k in sent if k in seen]))
 
 
 def run_lab(n: int, samples: int) -> dict[str, object]:
+    global STEPS
+    steps: dict[str, list[float]] = {}
     lab = Lab(n, tag=f"b{n}").start()
     try:
         lab.wait_hosts([h.name for h in lab.hosts])
@@ -145,7 +166,11 @@ def run_lab(n: int, samples: int) -> dict[str, object]:
             pingers = [FirstReply(probes[h.name], ip) for h in observers]
             time.sleep(0.05)                      # every pinger is sending before the creation starts
             t0 = time.time()
-            att = attach(creator, "bench", targets[creator.name], ip=ip)
+            STEPS = steps
+            try:
+                att = attach(creator, "bench", targets[creator.name], ip=ip)
+            finally:
+                STEPS = None
             t1 = time.time()
             firsts = [p.wait() for p in pingers]
             Engine(str(creator.plugin_dir)).detach(att)  # type: ignore[arg-type]
@@ -159,7 +184,7 @@ def run_lab(n: int, samples: int) -> dict[str, object]:
             attach_ms.append((t1 - t0) * 1000)
         return {"hosts": n, "samples": samples, "failures": failures, "floor_put_to_watch_ms": floor,
                 "per_probe_ms": per_probe, "slowest_probe_ms": slowest, "after_create_returned_ms": after_create,
-                "attach_ms": attach_ms}
+                "attach_ms": attach_ms, "attach_steps_ms": steps}
     finally:
         lab.close()
 
@@ -190,6 +215,16 @@ def main() -> None:
         assert isinstance(att, list) and isinstance(after, list)
         print(f"| {r['hosts']} | {pct(att, 50):.1f} / {pct(att, 99):.1f} ms "
               f"| {pct(after, 50):.1f} / {pct(after, 99):.1f} / {max(after):.1f} ms |")
+    print("\nThe attach by step (the client's protocol calls, then configure in the container's netns), "
+          "p50 / p99 ms:\n")
+    names = list(dict.fromkeys(k for r in results for k in r["attach_steps_ms"]))  # type: ignore[attr-defined]
+    print("| hosts | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for r in results:
+        steps = r["attach_steps_ms"]
+        assert isinstance(steps, dict)
+        print(f"| {r['hosts']} | " + " | ".join(
+            f"{pct(steps[k], 50):.1f} / {pct(steps[k], 99):.1f}" if steps.get(k) else "—" for k in names) + " |")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"overlay_converge-{int(time.time())}.json"

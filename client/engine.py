@@ -317,9 +317,19 @@ class Engine:
                 raise PluginError(f"{what}: {wanted} is outside the network's subnets "
                                   f"({', '.join(p['Pool'] for p in pools)})")
             entry = inside[0]
-        pool_id = self._pool_id(entry["Pool"], entry.get("AddressSpace", ""))
-        granted = self.ipam.call("IpamDriver.RequestAddress",
-                                 {"PoolID": pool_id, "Address": wanted or "", "Options": options})
+        space = entry.get("AddressSpace", "")
+        body = {"Address": wanted or "", "Options": options}
+        # A PoolID is "<its AddressSpace>/<its Pool>", so the pool the list would find for a known
+        # space is named without asking for the list (a round trip, and a store listing, per
+        # attach). Should that pool not exist, the list decides, as it did before.
+        derived = f"{space}/{entry['Pool']}" if space and self.pool_ids is None else None
+        try:
+            pool_id = derived or self._pool_id(entry["Pool"], space)
+            granted = self.ipam.call("IpamDriver.RequestAddress", {"PoolID": pool_id, **body})
+        except PluginError:
+            if derived is None or (pool_id := self._pool_id(entry["Pool"], space)) == derived:
+                raise
+            granted = self.ipam.call("IpamDriver.RequestAddress", {"PoolID": pool_id, **body})
         address = str(granted["Address"])
         undo.push(lambda: self._release(pool_id, address))
         return address, pool_id

@@ -797,8 +797,14 @@ class IpamService:
         return pool
 
     def _pool(self, pool_id: str) -> _Pool | None:
-        """The pool record last seen (writes compare its revision), else the store's."""
-        return self._pools.get(pool_id) or self._load(pool_id)
+        """The pool record last seen (writes compare its revision), else the store's.
+
+        A shared pool (``hosts``: several hosts allocate from it) is read afresh: every other
+        host's allocation moves it, so a cached one is mostly stale there, and a txn that fails
+        its compare costs a write (etcd puts every txn through raft), dearer than the read.
+        """
+        hit = self._pools.get(pool_id)
+        return hit if hit is not None and "hosts" not in hit.record else self._load(pool_id)
 
     def _held_pools(self) -> list[tuple[str, IPNetwork, KV]]:
         """Every pool on the store, every host's: (store id, network, record)."""

@@ -245,6 +245,22 @@ def test_two_hosts_on_a_shared_pool_never_get_one_address_twice(store: Store) ->
     assert store.get(f"{ADDRS}{GLOBAL}/10.34.0.0/24/{got[2].split('/')[0]}") is not None
 
 
+def test_a_shared_pool_is_read_afresh_not_raced_with_a_stale_copy(store: Store) -> None:
+    """Another host's allocation moved the shared pool: one read and one txn, no failed txn."""
+    counting = Counting(store)
+    h1, h2 = IpamService(counting, host_id="h1"), IpamService(store, host_id="h2")  # type: ignore[arg-type]
+    pool_id, _, _ = h1.request_pool(GLOBAL, "10.37.0.0/24", "", None, False)
+    h2.request_pool(GLOBAL, "10.37.0.0/24", "", None, False)
+    h1.request_addresses(pool_id, [None])
+    h2.request_addresses(pool_id, [None])
+    counting.take()
+    assert [r[0] for r in h1.request_addresses(pool_id, [None])] == ["10.37.0.3/24"]  # type: ignore[index]
+    assert counting.take() == ["get", "txn"]
+    h2.request_address(pool_id, "10.37.0.9", None)
+    assert h1.request_address(pool_id, "10.37.0.10", None)[0] == "10.37.0.10/24"
+    assert counting.take() == ["get", "txn"]
+
+
 def test_a_release_from_a_stale_cache_frees_nothing_that_another_host_holds_now(store: Store) -> None:
     """h1 allocated X (its cache holds X's revision); another daemon of h1 released X and h2 took
     it: h1's release compares the old revision, fails, reads, and finds X is h2's."""
