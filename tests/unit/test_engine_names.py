@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client.engine import Engine
 from client.transport import PluginError, PluginTransport
-from plugin.server import DaemonConfig
-from tests.daemon_thread import DaemonThread
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    config = DaemonConfig(plugin_dir=str(tmp_path / "plugins"), state_dir=str(tmp_path / "state"),
-                          store_url=f"sqlite://{tmp_path}/state.db", drivers=["null"])
-    daemon = DaemonThread(config).start()
-    e = Engine(config.plugin_dir)
-    yield e
-    e.close()
-    daemon.stop()
+def engine(null_engine: Engine) -> Engine:
+    return null_engine
 
 
 def test_a_name_that_is_another_networks_id_prefix_is_free(engine: Engine, tmp_path: Path) -> None:
