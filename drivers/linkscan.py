@@ -48,19 +48,20 @@ class LinkBrief:
     alias: str
 
 
-def scan_links(sock: socket.socket) -> list[LinkBrief]:
-    """Every link of the netns ``sock`` (an AF_NETLINK/NETLINK_ROUTE socket) lives in.
+def scan_links(sock: socket.socket, group: int | None = None) -> list[LinkBrief]:
+    """Every link of the netns ``sock`` (an AF_NETLINK/NETLINK_ROUTE socket) lives in; with
+    ``group``, only the links in that group (the others' attributes are not read past their group).
 
     A dump the kernel flags as interrupted (a link came or went meanwhile) is taken again.
     """
     for seq in range(1, _ATTEMPTS + 1):
-        links, consistent = _dump(sock, seq)
+        links, consistent = _dump(sock, seq, group)
         if consistent:
             return links
     raise OSError(errno.EAGAIN, "link dump kept being interrupted by concurrent changes")
 
 
-def _dump(sock: socket.socket, seq: int) -> tuple[list[LinkBrief], bool]:
+def _dump(sock: socket.socket, seq: int, group: int | None) -> tuple[list[LinkBrief], bool]:
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _RTATTR.pack(8, IFLA_EXT_MASK) \
         + _U32.pack(RTEXT_FILTER_SKIP_STATS)
     sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq,
@@ -84,11 +85,14 @@ def _dump(sock: socket.socket, seq: int) -> tuple[list[LinkBrief], bool]:
                     if code:
                         raise OSError(code, f"link dump: {os.strerror(code)}")
                 elif kind == RTM_NEWLINK:
-                    links.append(_brief(data, off, length))
+                    link = _brief(data, off, length, group)
+                    if link is not None:
+                        links.append(link)
             off += (length + 3) & ~3
 
 
-def _brief(data: bytes, off: int, length: int) -> LinkBrief:
+def _brief(data: bytes, off: int, length: int, only_group: int | None) -> LinkBrief | None:
+    """The link in one RTM_NEWLINK; None when it is not in ``only_group`` (when given)."""
     index = _IFINFOMSG.unpack_from(data, off + _NLMSGHDR.size)[2]
     name, alias, group = "", "", 0
     pos = off + _NLMSGHDR.size + _IFINFOMSG.size
@@ -105,5 +109,9 @@ def _brief(data: bytes, off: int, length: int) -> LinkBrief:
             alias = data[value:pos + alen].split(b"\0", 1)[0].decode(errors="replace")
         elif atype == IFLA_GROUP:
             group = _U32.unpack_from(data, value)[0]
+            if only_group is not None and group != only_group:
+                return None                   # the kernel puts the group early: the rest is not read
         pos += (alen + 3) & ~3
+    if only_group is not None and group != only_group:
+        return None
     return LinkBrief(index=index, name=name, group=group, alias=alias)

@@ -336,3 +336,6 @@ def test_scan_links_agrees_with_iproute2_on_index_name_group_and_alias(kernel: K
     assert got == want
     assert len(got) == 301
     assert (77, "cnmkit:doomed:x y") in {(g, a) for _, n, g, a in got if n == "scan7"}
+    # One group only (what the reaper asks): the others are left out, not misread.
+    assert [(b.name, b.group, b.alias) for b in kernel.scan_links(77)] == [("scan7", 77, "cnmkit:doomed:x y")]
+    assert kernel.scan_links(78) == []
