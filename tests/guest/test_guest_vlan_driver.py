@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.network import SPACE_OPTION, vlan_space
 from client.engine import Engine
 from store.sqlite import SQLiteStore
 from tests.conftest import ip_json, socket_answers
@@ -105,14 +104,13 @@ def _send_probe(h: Host, container: str, target: str) -> None:
 
 
 def _vlan_net(h: Host, name: str, vid: int, **extra: str) -> None:
-    """What ``cnmkit network create -d vlan`` sends (cli/network.py's address space included),
+    """What ``cnmkit network create -d vlan`` sends (the engine adds the VLAN's address space),
     from this process: a CLI process costs seconds in the guest (the CLI itself is run by the
     pool and bad-input tests)."""
     options = {"parent": "trunk", "vlan": str(vid), **extra}
     engine = Engine(str(h.plugin_dir))
     try:
-        engine.create_network(name, driver="vlan", subnets=[SUBNET], options=options,
-                              ipam_options={SPACE_OPTION: vlan_space(options, name)})
+        engine.create_network(name, driver="vlan", subnets=[SUBNET], options=options)
     finally:
         engine.close()
 
