@@ -38,6 +38,15 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
+def start_daemon_serving_vlan(h: Host) -> None:
+    """``h.start_daemon()`` returns once cnmkit.sock and cnmkit-bridge.sock answer; a plain daemon
+    serves cnmkit-vlan too, and its socket may come up a moment after those."""
+    h.start_daemon()
+    while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
+        assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host]]:
     tag = f"vl{os.getpid()}"
@@ -52,11 +61,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
             _ip("-n", ns, "link", "set", "trunk", "up")
             h = Host(netns=ns, tmp=tmp_path_factory.mktemp(ns))
             made.append(h)
-            h.start_daemon()                 # returns once cnmkit.sock and cnmkit-bridge.sock answer
-            # A plain daemon serves cnmkit-vlan too; its socket may come up a moment after those.
-            while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
-                assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
-                time.sleep(0.05)
+            start_daemon_serving_vlan(h)
         yield made[0], made[1]
     finally:
         for h in made:
