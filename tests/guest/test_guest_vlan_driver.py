@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from client.engine import Engine
-from store.sqlite import SQLiteStore
 from tests.conftest import ip_json, socket_answers
 from tests.guest.test_guest_vlan_basics import PROBE, _capture_on_trunk
 from tests.runtime.conftest import Host, _teardown
+from tests.runtime.test_vlan_no8021q import _pools
 
 SUBNET = "10.100.0.0/24"
 _names = itertools.count()
@@ -38,10 +38,9 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def start_daemon_serving_vlan(h: Host) -> None:
+def wait_for_vlan_socket(h: Host) -> None:
     """``h.start_daemon()`` returns once cnmkit.sock and cnmkit-bridge.sock answer; a plain daemon
     serves cnmkit-vlan too, and its socket may come up a moment after those."""
-    h.start_daemon()
     while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
         assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
         time.sleep(0.05)
@@ -61,7 +60,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
             _ip("-n", ns, "link", "set", "trunk", "up")
             h = Host(netns=ns, tmp=tmp_path_factory.mktemp(ns))
             made.append(h)
-            start_daemon_serving_vlan(h)
+            h.start_daemon()
+            wait_for_vlan_socket(h)
         yield made[0], made[1]
     finally:
         for h in made:
@@ -72,14 +72,6 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
 
 def _links(h: Host) -> dict[str, dict]:
     return {link["ifname"]: link for link in ip_json("link", "show", netns=h.netns)}
-
-
-def _pools(h: Host) -> list[str]:
-    store = SQLiteStore(str(h.state_dir / "state.db"))
-    try:
-        return [kv.key for kv in store.list("ipam/pools/")[0]]
-    finally:
-        store.close()
 
 
 def _netns_of(h: Host, container: str) -> str:

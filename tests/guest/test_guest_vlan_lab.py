@@ -14,19 +14,18 @@ first step, with one line, leaving nothing either.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ip_json
 from tests.guest.test_guest_vlan_basics import PROBE, _capture_on_trunk
-from tests.guest.test_guest_vlan_driver import _pools, start_daemon_serving_vlan
-from tests.runtime.conftest import Host, _teardown
-from tests.runtime.test_labs import EXAMPLES, _assert_clean, _ping
+from tests.guest.test_guest_vlan_driver import wait_for_vlan_socket
+from tests.runtime.conftest import Host
+from tests.runtime.test_labs import EXAMPLES, _assert_clean, _ping, lab_host  # noqa: F401 (fixture)
+from tests.runtime.test_vlan_no8021q import _pools
 
 VLAN_LAB = EXAMPLES / "vlan.clab.yml"
 NODES = ("a10", "a20", "sw", "b10", "b20", "trunk")
@@ -34,21 +33,11 @@ A10, A20, B10, B20 = "10.81.70.11", "10.81.70.21", "10.81.70.12", "10.81.70.22"
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    ns = f"vlab{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        h = Host(netns=ns, tmp=tmp_path_factory.mktemp(ns))
-        try:
-            start_daemon_serving_vlan(h)
-            yield h
-        finally:
-            for lab in (h.state_dir / "labs").glob("*.json"):
-                h.cli("lab", "destroy", "--name", lab.stem, check=False)
-            _teardown(h)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+def host(lab_host: Host) -> Host:  # noqa: F811
+    """The runtime tier's lab host (a throwaway netns, its daemon; labs destroyed after), once
+    the daemon's cnmkit-vlan socket answers too."""
+    wait_for_vlan_socket(lab_host)
+    return lab_host
 
 
 def _links(h: Host) -> dict[str, dict]:

@@ -10,20 +10,11 @@ tested inside the real-kernel tier (tests/guest/test_guest_vlan_lab.py).
 
 from __future__ import annotations
 
-from store.sqlite import SQLiteStore
 from tests.runtime.conftest import Host
 from tests.runtime.test_labs import EXAMPLES, _assert_clean, _pids, lab_host  # noqa: F401 (fixture)
-from tests.runtime.test_vlan_no8021q import kernel_has_8021q
+from tests.runtime.test_vlan_no8021q import _pools, kernel_has_8021q
 
 VLAN_LAB = EXAMPLES / "vlan.clab.yml"
-
-
-def _pools(h: Host) -> list[str]:
-    store = SQLiteStore(str(h.state_dir / "state.db"))
-    try:
-        return [kv.key for kv in store.list("ipam/pools/")[0]]
-    finally:
-        store.close()
 
 
 def test_vlan_lab_without_8021q_is_one_line_and_leaves_nothing(lab_host: Host) -> None:  # noqa: F811

@@ -7,30 +7,12 @@ from __future__ import annotations
 from drivers.capabilities import NO_8021Q
 from lab import plan, preflight, spec
 from lab.records import Record
-
-LAB = """\
-name: t
-topology:
-  defaults: {network-mode: none}
-  nodes:
-    tr: {kind: bridge}
-    a: {cnmkit: {networks: [v10, v20]}}
-cnmkit:
-  networks:
-    lan: {subnet: 10.8.0.0/24}
-    v10: {driver: vlan, subnet: 10.9.0.0/24, options: {parent: tr, vlan: 10}}
-    v20: {driver: vlan, subnet: 10.9.0.0/24, options: {parent: eth9, vlan: 20}}
-"""
+from tests.unit.test_lab_plan import TRUNK as LAB
+from tests.unit.test_lab_plan import _record
 
 
 def _actions(text: str, record: Record | None = None) -> list[plan.Action]:
     return plan.plan(plan.items(spec.parse(text)), record)
-
-
-def _recorded(text: str) -> Record:
-    wanted = plan.items(spec.parse(text))
-    return {"name": "t", "items": {k: {"kind": i.kind, "name": i.name, "digest": i.digest, "spec": i.spec,
-                                       "deps": i.deps, "made": {}} for k, i in wanted.items()}}
 
 
 def test_no_8021q_names_the_first_vlan_network_and_the_feature() -> None:
@@ -45,7 +27,7 @@ def test_a_trunk_is_a_bridge_the_deploy_makes_or_a_host_interface_it_keeps() -> 
         "(nor is it a kind: bridge node of this lab)")
     # The bridge leaves the file while a VLAN still names it: it is removed by this very deploy.
     edited = LAB.replace("    tr: {kind: bridge}\n", "")
-    problem = preflight.problem(_actions(edited, _recorded(LAB)), probe=lambda: True,
+    problem = preflight.problem(_actions(edited, _record(LAB)), probe=lambda: True,
                                 host_links=lambda: {"tr", "eth9"})
     assert problem is not None and problem.startswith("create network t-v10: option parent: interface 'tr'")
 
@@ -58,4 +40,4 @@ def test_what_cannot_be_told_is_left_to_the_driver() -> None:
         raise AssertionError("probed")
 
     assert preflight.problem(_actions(no_vlan), probe=never, host_links=never) is None
-    assert preflight.problem(_actions(LAB, _recorded(LAB)), probe=never, host_links=never) is None
+    assert preflight.problem(_actions(LAB, _record(LAB)), probe=never, host_links=never) is None
