@@ -244,11 +244,7 @@ class _Parser:
         return out
 
     def text_list(self, value: Any, p: Path) -> list[str]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.error(p, f"expected a list, got {_kind(value)}")
-        return [self.text(v, (*p, i)) for i, v in enumerate(value)]
+        return [self.text(v, (*p, i)) for i, v in enumerate(self.list_of(value, p))]
 
     def string_map(self, value: Any, p: Path, *, keys: re.Pattern[str] | None = None) -> dict[str, str]:
         out = {}
