@@ -1,15 +1,18 @@
-"""One wrapper for every CLI verb that runs on the embedded runtime (containers, labs).
+"""How every CLI verb ends when something goes wrong: one place for the rule.
 
-It opens the runtime's service, hands the verb what it works on (the service itself, or a
-service built on it), turns every error the verb can foresee into ``cnmkit: <message>`` and
-exit 1, Ctrl-C into exit 130 with no traceback, closes the service whatever happened, and
-exits with the verb's own status when it returns one (``exec``).
+``one_line_errors``: an error the verb can foresee becomes ``cnmkit: <message>`` and exit 1,
+Ctrl-C exit 130, neither with a traceback. ``guarded`` wraps the verbs that run on the embedded
+runtime (containers, labs): it opens the runtime's service, hands the verb what it works on (the
+service itself, or a service built on it), closes the service whatever happened, and exits with
+the verb's own status when it returns one (``exec``). cli/main.py does the same for the verbs
+that speak to the daemon through an ``Engine``.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from cli.output import fail
@@ -19,6 +22,16 @@ if TYPE_CHECKING:
     from runtime.containers import ContainerService
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def one_line_errors(*foreseen: type[Exception]) -> Iterator[None]:
+    try:
+        yield
+    except foreseen as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def guarded(fn: Callable[[argparse.Namespace, T], int | None], make: Callable[[ContainerService], T],
@@ -32,14 +45,8 @@ def guarded(fn: Callable[[argparse.Namespace, T], int | None], make: Callable[[C
 
         foreseen: tuple[type[Exception], ...] = (ContainerError, PluginError, DaemonUnavailable, *errors())
         svc = ContainerService(args.state_dir, args.plugin_dir, getattr(args, "run_dir", None))
-        try:
+        with contextlib.closing(svc), one_line_errors(*foreseen):
             code = fn(args, make(svc))
-        except foreseen as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            raise SystemExit(130) from None
-        finally:
-            svc.close()
         if code:
             raise SystemExit(code)
 
