@@ -8,8 +8,9 @@ VLAN 20, although both carry 10.81.70.0/24, on the same side or across), and a r
 capture on the trunk port (tests/guest/test_guest_vlan_basics.py) for the 802.1Q tag each
 VLAN's frames carry. Then inspect, the graph with every node name, a dry-run redeploy with
 nothing to do, and destroy leaving nothing: no namespace, link (sub-interfaces included),
-address, network, pool, record or process. A trunk that does not exist is refused before the
-first step, with one line, leaving nothing either.
+address, network, pool, record or process. A redeploy after an edit (a host added to VLAN 10)
+makes only that host. A trunk that does not exist is refused before the first step, with one
+line, leaving nothing either.
 """
 
 from __future__ import annotations
@@ -104,6 +105,30 @@ def test_vlan_trunk_lab(host: Host, tmp_path: Path) -> None:
     finally:
         pids_before = h.container_pids()
         h.cli("lab", "destroy", str(VLAN_LAB))
+    _assert_clean(h, pids_before)
+    assert _pools(h) == []
+
+
+def test_an_edit_adds_a_host_to_a_vlan_and_touches_nothing_else(host: Host, tmp_path: Path) -> None:
+    """A redeploy converges: a new host on VLAN 10 is the only step; it reaches b10 across the
+    trunk, not b20; the nodes that were there keep their processes."""
+    h = host
+    file = tmp_path / "vlan.clab.yml"
+    file.write_text(VLAN_LAB.read_text())
+    h.cli("lab", "deploy", str(file))
+    try:
+        before = {n["Name"]: n["Pid"] for n in h.json("lab", "inspect", str(file))["Nodes"]}
+        file.write_text(file.read_text().replace("    b10: {}\n", "    b10: {}\n    c10:\n"
+                                                 "      cnmkit: {networks: {v10: {ip: 10.81.70.13}}}\n"))
+        assert h.cli("lab", "deploy", "--dry-run", str(file)).stdout.splitlines() == ["would start node c10"]
+        h.cli("lab", "deploy", str(file))
+        after = {n["Name"]: n["Pid"] for n in h.json("lab", "inspect", str(file))["Nodes"]}
+        assert {name: pid for name, pid in after.items() if name != "c10"} == before
+        assert _ping(after, "c10", B10) and _ping(after, "c10", A10)
+        assert not _ping(after, "c10", B20)
+    finally:
+        pids_before = h.container_pids()
+        h.cli("lab", "destroy", str(file))
     _assert_clean(h, pids_before)
     assert _pools(h) == []
 
