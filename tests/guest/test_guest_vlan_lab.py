@@ -15,8 +15,10 @@ line, leaving nothing either.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,11 +62,23 @@ def _tags(h: Host, pid: int, target: str) -> list[int | None]:
     return [vid for vid, probe in frames if probe]
 
 
+@contextlib.contextmanager
+def _deployed(h: Host, file: Path) -> Iterator[subprocess.CompletedProcess]:
+    """``lab deploy FILE`` for the block; then destroy, whatever happened, and nothing left."""
+    out = h.cli("lab", "deploy", str(file))
+    try:
+        yield out
+    finally:
+        pids = h.container_pids()
+        h.cli("lab", "destroy", str(file))
+    _assert_clean(h, pids)
+    assert _pools(h) == []
+
+
 def test_vlan_trunk_lab(host: Host, tmp_path: Path) -> None:
     h = host
-    out = h.cli("lab", "deploy", str(VLAN_LAB))
-    assert "lab vlan:" in out.stdout and out.stderr == "", (out.stdout, out.stderr)
-    try:
+    with _deployed(h, VLAN_LAB) as out:
+        assert "lab vlan:" in out.stdout and out.stderr == "", (out.stdout, out.stderr)
         links = _links(h)
         assert links["trunk"]["linkinfo"]["info_kind"] == "bridge"
         assert links["trunk-sw"]["master"] == "trunk"
@@ -102,11 +116,6 @@ def test_vlan_trunk_lab(host: Host, tmp_path: Path) -> None:
         for name in (*NODES, "vlan-v10", "vlan-v20", "VLAN 10 on trunk", "802.1Q 20"):
             assert name.replace("-", "&#45;") in text, name             # dot writes '-' as &#45;
         assert h.cli("lab", "deploy", "--dry-run", str(VLAN_LAB)).stdout.startswith("nothing to do")
-    finally:
-        pids_before = h.container_pids()
-        h.cli("lab", "destroy", str(VLAN_LAB))
-    _assert_clean(h, pids_before)
-    assert _pools(h) == []
 
 
 def test_an_edit_adds_a_host_to_a_vlan_and_touches_nothing_else(host: Host, tmp_path: Path) -> None:
@@ -115,8 +124,7 @@ def test_an_edit_adds_a_host_to_a_vlan_and_touches_nothing_else(host: Host, tmp_
     h = host
     file = tmp_path / "vlan.clab.yml"
     file.write_text(VLAN_LAB.read_text())
-    h.cli("lab", "deploy", str(file))
-    try:
+    with _deployed(h, file):
         before = {n["Name"]: n["Pid"] for n in h.json("lab", "inspect", str(file))["Nodes"]}
         file.write_text(file.read_text().replace("    b10: {}\n", "    b10: {}\n    c10:\n"
                                                  "      cnmkit: {networks: {v10: {ip: 10.81.70.13}}}\n"))
@@ -126,11 +134,6 @@ def test_an_edit_adds_a_host_to_a_vlan_and_touches_nothing_else(host: Host, tmp_
         assert {name: pid for name, pid in after.items() if name != "c10"} == before
         assert _ping(after, "c10", B10) and _ping(after, "c10", A10)
         assert not _ping(after, "c10", B20)
-    finally:
-        pids_before = h.container_pids()
-        h.cli("lab", "destroy", str(file))
-    _assert_clean(h, pids_before)
-    assert _pools(h) == []
 
 
 def test_a_trunk_that_does_not_exist_is_one_line_and_leaves_nothing(host: Host, tmp_path: Path) -> None:
