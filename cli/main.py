@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from cli import doctor, network
+from cli.guard import one_line_errors
 from cli.output import emit_json, fail, line, table
 from client.engine import Engine
 from client.transport import DaemonUnavailable, PluginError
@@ -243,14 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
         return
     engine = Engine(args.plugin_dir)
-    try:
+    with contextlib.closing(engine), one_line_errors(DaemonUnavailable, PluginError):
         args.func(args, engine)
-    except (DaemonUnavailable, PluginError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    finally:
-        engine.close()
 
 
 if __name__ == "__main__":
