@@ -544,8 +544,9 @@ class Kernel:
         """Delete every link in DOOMED_GROUP with one RTM_DELLINK: one unregister batch for all.
 
         A group is only a number anybody may set, so the group is looked at first (one dump, off
-        the request path): when a link in it does not carry our doomed mark, ours are deleted one
-        by one by index instead, and the stranger is left alone.
+        the request path, read by ``scan_links``: the GIL is not held for a full decode of every
+        link, which stalled every request at 1,000 endpoints): when a link in it does not carry
+        our doomed mark, ours are deleted one by one by index instead, and the stranger is left alone.
         """
         in_group = self.scan_links(DOOMED_GROUP)
         if not in_group:

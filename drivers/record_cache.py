@@ -28,7 +28,7 @@ from store.lru import Lru
 from store.records import NetworkRecord
 
 MAX_NETWORKS = 1024
-MAX_ENDPOINTS = 8192
+MAX_ENDPOINTS = 4096
 
 
 class RecordCache:

@@ -119,7 +119,7 @@ BATCH_MAX = 32  # dynamic allocations per txn in request_addresses (each a creat
 POOL_LOCK_STRIPES = 64  # in-process locks pools are hashed onto (see IpamService._pool_lock)
 MAX_ATTEMPTS = 2000  # CAS rounds before giving up; only reached under pathological contention
 CACHED_POOLS = 1024  # pool records kept between calls (IpamService._pools)
-CACHED_ADDRESSES = 8192  # revisions of this host's own address records kept (IpamService._addrs)
+CACHED_ADDRESSES = 4096  # revisions of this host's own address records kept (IpamService._addrs)
 _SPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
