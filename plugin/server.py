@@ -121,16 +121,14 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
-        self.drivers = drivers if drivers is not None else build_drivers(
-            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
-                                                       host_id=self.host_id, vlan_range=config.vlan_range))
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
                         "hosts exchange traffic)")
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
-                                                       host_id=self.host_id, advertise=advertise))
+                                                       host_id=self.host_id, advertise=advertise,
+                                                       vlan_range=config.vlan_range))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
