@@ -95,6 +95,10 @@ class NetworkManager:
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Told of every successful Join, on the event loop, after the reply is decided: they may
+        # schedule work (agent/dockernames.py asks dockerd for the container's name) but never
+        # wait, since dockerd is waiting for the reply.
+        self.joined: list[Callable[[JoinRequest], None]] = []
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -304,7 +308,10 @@ class NetworkManager:
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
 
     async def join(self, request: JoinRequest) -> JoinResult:
-        return await self._run(request.network_id, self._join, request)
+        result = await self._run(request.network_id, self._join, request)
+        for hook in self.joined:
+            hook(request)
+        return result
 
     def _join(self, request: JoinRequest) -> JoinResult:
         network, driver = self._network(request.network_id)
@@ -473,6 +480,22 @@ class NetworkManager:
                 "Internal": spec["Internal"], "EnableIPv6": spec["EnableIPv6"],
                 "IPv4": spec["IPv4"], "IPv6": spec["IPv6"],
                 "Options": spec["Options"], "Endpoints": endpoints}
+
+    async def record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        """Put a container's names (``records.NAMES_OPTION``) on its endpoint record; False if the
+        endpoint is gone. For names learnt after the Join (agent/dockernames.py)."""
+        return await self._run(network_id, self._record_names, network_id, endpoint_id, names)
+
+    def _record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        found = False
+
+        def named(rec: EndpointRecord) -> EndpointRecord:
+            nonlocal found
+            found = True
+            return replace(rec, spec=replace(rec.spec, options={**rec.spec.options, records.NAMES_OPTION: names}))
+
+        self._update_endpoint(network_id, endpoint_id, named)
+        return found
 
     async def inspect_network(self, ref: str) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)

@@ -38,6 +38,7 @@ from store.guard import GuardedStore, display_url
 from store.url import open_store
 
 if TYPE_CHECKING:
+    from agent.dockernames import NameLearner
     from agent.overlay import OverlayAgent
 
 log = logging.getLogger("cnmkit.daemon")
@@ -79,6 +80,9 @@ class DaemonConfig:
     advertise: str = ""                     # empty: the address of the default route's device
     host_ttl: int = DEFAULT_TTL             # seconds of the lease on hosts/<host-id>
     host_grace: float = DEFAULT_GRACE       # seconds a gone host keeps its addresses
+    docker_socket: str = ""                 # dockerd's API, for its overlay containers' names ("": off;
+                                            # the CLI's default is /var/run/docker.sock)
+    overlay_dns: bool = True                # answer DNS at each overlay's gateway (agent/dns.py)
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -139,6 +143,7 @@ class Daemon:
         self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
                                   grace=config.host_grace, reclaim=self.ipam.reclaim_host,
                                   holders=self.ipam.hosts_holding)
+        self.names = self._name_learner()
         self._runners: list[web.AppRunner] = []
         self.socket_paths: list[str] = []
 
@@ -158,6 +163,24 @@ class Daemon:
             self.socket_paths.append(path)
             log.info("serving %s", path)
 
+    def _name_learner(self) -> NameLearner | None:
+        """dockerd's overlay containers get their names from its API after Join (agent/dockernames.py)."""
+        if "cnmkit-vxlan" not in self.manager.drivers:
+            return None
+        path = self.config.docker_socket
+        if not path:
+            log.info("docker names: off (no --docker-socket): other hosts cannot resolve dockerd's containers")
+            return None
+        from agent.dockernames import NameLearner, UnixDockerAPI
+
+        log.info("docker names: asking %s for the names of dockerd's overlay containers%s", path,
+                 "" if os.path.exists(path) else " (not there yet: from when it answers)")
+        learner = NameLearner(UnixDockerAPI(path), self.store, self.manager.record_names,
+                              run=lambda fn, *args: asyncio.get_running_loop().run_in_executor(
+                                  self.executor, fn, *args))
+        self.manager.joined.append(learner.joined)
+        return learner
+
     async def stop(self) -> None:
         for path in self.socket_paths:
             try:
@@ -167,6 +190,8 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self.names is not None:
+            await self.names.close()
         self.executor.shutdown(wait=True)
         for driver in self.drivers:
             close = getattr(driver, "close", None)   # the bridge's reaper deletes what is marked
