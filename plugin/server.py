@@ -38,6 +38,7 @@ from store.guard import GuardedStore, display_url
 from store.url import open_store
 
 if TYPE_CHECKING:
+    from agent.dns import OverlayDNS
     from agent.dockernames import NameLearner
     from agent.overlay import OverlayAgent
 
@@ -224,6 +225,7 @@ class Daemon:
         # -- end of host liveness
         # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
         overlay = self._overlay_agent()
+        dns = self._overlay_dns(overlay)
         if overlay is not None:
             overlay.start()
         # -- end of overlay entries
@@ -240,6 +242,8 @@ class Daemon:
             liveness.cancel()
             if overlay is not None:
                 await loop.run_in_executor(None, overlay.stop)
+            if dns is not None:
+                await loop.run_in_executor(None, dns.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -259,6 +263,17 @@ class Daemon:
             return None
         interval = self.config.reconcile_interval or 60.0
         return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
+
+    def _overlay_dns(self, overlay: OverlayAgent | None) -> OverlayDNS | None:
+        """DNS at each overlay's gateway, fed by the overlay agent's watch (agent/dns.py)."""
+        if overlay is None or not self.config.overlay_dns:
+            return None
+        from agent.dns import OverlayDNS
+
+        dns = OverlayDNS(overlay.driver.host, self.host_id)
+        overlay.listeners.append(dns)
+        dns.start()
+        return dns
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.
