@@ -144,6 +144,7 @@ class _Bound:
     netns_ino: int
     addresses: tuple[str, ...]
     transports: list[asyncio.DatagramTransport]
+    socks: list[socket.socket]
 
 
 class OverlayDNS:
@@ -224,7 +225,7 @@ class OverlayDNS:
             log.warning("dns: overlay %s: cannot answer at %s port %d in %s: %s", ov.name,
                         ", ".join(addresses), self.port, name, exc)
             return
-        bound = self.bound[ov.vni] = _Bound(ov.name, ino, addresses, [])
+        bound = self.bound[ov.vni] = _Bound(ov.name, ino, addresses, [], socks)
         for sock in socks:
             transport, _ = await self.loop.create_datagram_endpoint(lambda: _Responder(self, ov.name), sock=sock)
             bound.transports.append(transport)
@@ -256,11 +257,12 @@ class OverlayDNS:
 
     def _close_now(self, vni: int) -> None:
         bound = self.bound.pop(vni, None)
-        for transport in bound.transports if bound else []:
+        if bound is None:
+            return
+        for transport in bound.transports:
             transport.abort()
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.close()                             # now, not on the loop's next turn
+        for sock in bound.socks:
+            sock.close()                                 # now, not on the loop's next turn
 
     async def _close_all(self) -> None:
         async with self._lock:

@@ -121,8 +121,10 @@ class Engine:
     def list_networks(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
-        return dict(self.ipam.call("Cnmkit.NetworkInspect", {"Network": ref})["Network"])
+    def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        """``overlay``: with ``OverlayEndpointList``, every host's endpoints of the network's overlay."""
+        body: dict[str, Any] = {"Network": ref, "Overlay": True} if overlay else {"Network": ref}
+        return dict(self.ipam.call("Cnmkit.NetworkInspect", body)["Network"])
 
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])

@@ -44,11 +44,11 @@ from drivers.base import (
     PortRequest,
 )
 from drivers.errors import Conflict, DriverError, NotFound
-from ipam.pools import GLOBAL_ADDRESS_SPACE
+from ipam.pools import GLOBAL_ADDRESS_SPACE, OVERLAY_OPTION
 from plugin import profile
 from plugin.quoting import shown, shown_key
 from store import records
-from store.base import Cmp, Delete, Put, Store
+from store.base import KV, Cmp, Delete, Put, Store
 from store.records import Conflict as LostRaces
 from store.records import EndpointRecord, NetworkRecord, update_json
 from store.settle import SettlingStore
@@ -497,22 +497,37 @@ class NetworkManager:
         self._update_endpoint(network_id, endpoint_id, named)
         return found
 
-    async def inspect_network(self, ref: str) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
+    async def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref, overlay)
 
-    def _inspect_network(self, ref: str) -> dict[str, Any]:
-        """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
+    def _inspect_network(self, ref: str, overlay: bool = False) -> dict[str, Any]:
+        """One network and its endpoints: reads only that network's keys (every runtime attach asks).
+
+        ``overlay``: also ``OverlayEndpointList``, the endpoints of every network record of the same
+        overlay (``cnmkit.overlay``): each dockerd mints its own id for one overlay, so the overlay's
+        containers on other hosts sit under other ids. Asked for names (runtime hosts files) only.
+        """
         network_id = self.resolve(ref)
         rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
-        summary["EndpointList"] = [
-            {**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
-            for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)
-        ]
+        summary["EndpointList"] = self._endpoint_list(eps)
+        name = rec.spec.options.get(OVERLAY_OPTION)
+        if overlay and name:
+            siblings = [records.network_id_of(kv.key) for kv in self.store.list(records.NETWORKS)[0]
+                        if (other := NetworkRecord.decode(kv.value)).driver == rec.driver
+                        and other.spec.options.get(OVERLAY_OPTION) == name]
+            summary["OverlayEndpointList"] = [
+                ep for nid in siblings
+                for ep in self._endpoint_list(self.store.list(records.endpoints_prefix(nid))[0])]
         return summary
+
+    @staticmethod
+    def _endpoint_list(eps: list[KV]) -> list[dict[str, Any]]:
+        return [{**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
+                for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)]
 
     def resolve(self, ref: str) -> str:
         """A network by name, full id, or unique id prefix (as docker's CLI accepts)."""

@@ -20,7 +20,7 @@ class FakeEngine:
     def __init__(self, nets: dict[str, dict[str, Any]], down: bool = False) -> None:
         self.nets, self.down = nets, down
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
+    def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
         if self.down:
             raise DaemonUnavailable("no daemon")
         return self.nets[ref]
