@@ -73,6 +73,8 @@ def build_zone(endpoints: Iterable[EndpointRecord]) -> Zone:
 class View:
     """The records the zones need, folded from the agent's list and events (one thread only)."""
 
+    KEYS = (records.NETWORKS, records.ENDPOINTS, records.HOSTS)
+
     def __init__(self, host_id: str) -> None:
         self.host_id = host_id
         self.overlay_of: dict[str, str] = {}             # network id -> overlay name (vxlan networks)
@@ -180,7 +182,7 @@ class OverlayDNS:
 
     def _wait(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` on the DNS thread and wait for it (from any other thread)."""
-        if self._thread is None:
+        if self._thread is None or not self.loop.is_running():
             coro.close()
             return
         asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -191,13 +193,15 @@ class OverlayDNS:
         self.loop.call_soon_threadsafe(self.view.reset, list(kvs))
 
     def event(self, ev: Event) -> None:
-        self.loop.call_soon_threadsafe(self.view.apply, ev)
+        if ev.key.startswith(View.KEYS):             # IPAM's many keys: no thread hop for nothing
+            self.loop.call_soon_threadsafe(self.view.apply, ev)
 
     # -- namespaces (OverlayHost watchers) ---------------------------------------------------------
 
     def made(self, ov: OverlayRecord) -> None:
         """``ensure`` completed the overlay's namespace: answer there (again, if it was re-made)."""
-        asyncio.run_coroutine_threadsafe(self._bind(ov), self.loop)
+        if not self.loop.is_closed():              # a Join still in flight while the daemon stops
+            asyncio.run_coroutine_threadsafe(self._bind(ov), self.loop)
 
     def removing(self, vni: int) -> None:
         """Before ``teardown``: our sockets must not keep the namespace (and its vxlan0) alive."""

@@ -168,11 +168,35 @@ class NameLearner:
 
     def joined(self, request: JoinRequest) -> None:
         """The manager's Join hook (on the loop, after the Join succeeded): schedule, never wait."""
-        if DIRECT_OPTION in request.options or request.endpoint_id in self.tasks:
-            return                                # cnmkit's runtime (names given) or already at it
-        task = asyncio.get_running_loop().create_task(self.learn(request.network_id, request.endpoint_id))
-        self.tasks[request.endpoint_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(request.endpoint_id, None))
+        if DIRECT_OPTION not in request.options:  # cnmkit's runtime always sends it, with the names
+            self._schedule(request.network_id, request.endpoint_id)
+
+    def _schedule(self, network_id: str, endpoint_id: str) -> None:
+        if endpoint_id in self.tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self.learn(network_id, endpoint_id))
+        self.tasks[endpoint_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(endpoint_id, None))
+
+    async def sweep(self, host_id: str) -> int:
+        """At start: this host's joined overlay endpoints without names (the daemon stopped between
+        a Join and its look-up) are looked up again; how many. The runtime's all have names."""
+        unnamed = await self._run(self._unnamed, host_id)
+        for network_id, endpoint_id in unnamed:
+            self._schedule(network_id, endpoint_id)
+        return len(unnamed)
+
+    def _unnamed(self, host_id: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for kv in self.store.list(records.NETWORKS)[0]:
+            if NetworkRecord.decode(kv.value).driver != OVERLAY_DRIVER:
+                continue
+            network_id = records.network_id_of(kv.key)
+            for ep_kv in self.store.list(records.endpoints_prefix(network_id))[0]:
+                ep = EndpointRecord.decode(ep_kv.value)
+                if ep.owned_by(host_id) and ep.joined and not ep.spec.options.get(NAMES_OPTION):
+                    out.append((network_id, ep.spec.endpoint_id))
+        return out
 
     async def close(self) -> None:
         for task in list(self.tasks.values()):

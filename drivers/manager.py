@@ -310,7 +310,10 @@ class NetworkManager:
     async def join(self, request: JoinRequest) -> JoinResult:
         result = await self._run(request.network_id, self._join, request)
         for hook in self.joined:
-            hook(request)
+            try:
+                hook(request)
+            except Exception:                    # the Join succeeded: a hook's bug must not undo that
+                log.exception("join hook %r failed", hook)
         return result
 
     def _join(self, request: JoinRequest) -> JoinResult:

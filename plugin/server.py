@@ -33,7 +33,7 @@ from ipam.service import IpamService
 from plugin import profile
 from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
-from store.base import Store, Unavailable
+from store.base import Store, StoreError, Unavailable
 from store.guard import GuardedStore, display_url
 from store.url import open_store
 
@@ -230,6 +230,11 @@ class Daemon:
             overlay.start()
         # -- end of overlay entries
         await self.start()
+        if self.names is not None:
+            try:
+                await self.names.sweep(self.host_id)
+            except StoreError as exc:             # names are worth a line, not a failed start
+                log.warning("docker names: start-up look-up skipped: %s", exc)
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
             f.write(f"{os.getpid()}\n")

@@ -200,3 +200,23 @@ def test_the_unix_socket_client_reads_dockerds_json_and_reports_no_answer(tmp_pa
         return out
 
     assert asyncio.run(go()) == [(200, {"Containers": {}}), (404, None), "unreachable", "unreachable"]
+
+
+def test_a_restarted_daemon_looks_up_its_joined_overlay_endpoints_that_have_no_names(store: MemoryStore) -> None:
+    put_endpoint(store)
+    other = EndpointSpec(network_id=NID, endpoint_id="d" * 64, options={NAMES_OPTION: "box,box"})
+    store.put(records.endpoint_key(NID, "d" * 64), EndpointRecord(spec=other, sandbox="/y", host="h1").encode())
+
+    async def go() -> tuple[int, int]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            manager = NetworkManager(store, {}, pool, host_id="h1")
+            loop = asyncio.get_running_loop()
+            learner = NameLearner(FakeDocker(), store, manager.record_names,
+                                  run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+            elsewhere = await learner.sweep("h2")          # another host's endpoints: not ours to ask
+            here = await learner.sweep("h1")
+            await asyncio.gather(*learner.tasks.values())
+            return elsewhere, here
+
+    assert asyncio.run(go()) == (0, 1)
+    assert names_on_record(store) == "web,cccccccccccc,www"
