@@ -10,10 +10,10 @@ nothing bad. One test goes through a real HTTP server on a unix socket.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -27,6 +27,7 @@ from store.memory import MemoryStore
 from store.records import NAMES_OPTION, EndpointRecord, NetworkRecord
 
 NID, EID, CID = "a" * 64, "b" * 64, "c" * 64
+T = TypeVar("T")
 
 
 class FakeDocker:
@@ -77,25 +78,30 @@ def names_on_record(store: MemoryStore) -> object:
     return None if kv is None else EndpointRecord.decode(kv.value).spec.options.get(NAMES_OPTION)
 
 
-def learn(store: MemoryStore, docker: Any, *, gone_after: int | None = None) -> str:
-    async def go() -> str:
+def with_learner(store: MemoryStore, docker: Any, body: Callable[[NameLearner], Awaitable[T]]) -> T:
+    """``body(learner)`` on a loop, the learner wired to a manager on ``store`` as the daemon wires it."""
+    async def go() -> T:
         with ThreadPoolExecutor(max_workers=2) as pool:
             manager = NetworkManager(store, {}, pool, host_id="h1")
             loop = asyncio.get_running_loop()
             learner = NameLearner(docker, store, manager.record_names, first_delay=0.001, max_delay=0.004,
                                   run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
-            if gone_after is not None:
-                real = docker.get
-
-                async def get(path: str) -> tuple[int, Any]:
-                    if len(docker.calls) >= gone_after:
-                        store.delete(records.endpoint_key(NID, EID))
-                    return await real(path)
-
-                docker.get = get
-            return await learner.learn(NID, EID)
+            return await body(learner)
 
     return asyncio.run(go())
+
+
+def learn(store: MemoryStore, docker: Any, *, gone_after: int | None = None) -> str:
+    if gone_after is not None:
+        real = docker.get
+
+        async def get(path: str) -> tuple[int, Any]:
+            if len(docker.calls) >= gone_after:
+                store.delete(records.endpoint_key(NID, EID))
+            return await real(path)
+
+        docker.get = get
+    return with_learner(store, docker, lambda learner: learner.learn(NID, EID))
 
 
 def test_the_name_hostname_and_aliases_are_recorded_once_dockerd_lists_the_container(store: MemoryStore) -> None:
@@ -154,21 +160,16 @@ def test_names_value_caps_the_aliases() -> None:
 def test_the_join_hook_skips_the_runtimes_joins_and_schedules_dockerds(store: MemoryStore) -> None:
     put_endpoint(store)
 
-    async def go() -> tuple[int, int]:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            manager = NetworkManager(store, {}, pool, host_id="h1")
-            loop = asyncio.get_running_loop()
-            learner = NameLearner(FakeDocker(), store, manager.record_names,
-                                  run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
-            learner.joined(JoinRequest(NID, EID, "/x", options={"cnmkit.direct": False}))
-            runtime = len(learner.tasks)
-            learner.joined(JoinRequest(NID, EID, "/x", options={}))
-            learner.joined(JoinRequest(NID, EID, "/x", options={}))     # the same endpoint: one task
-            dockerd = len(learner.tasks)
-            await asyncio.gather(*learner.tasks.values())
-            return runtime, dockerd
+    async def body(learner: NameLearner) -> tuple[int, int]:
+        learner.joined(JoinRequest(NID, EID, "/x", options={"cnmkit.direct": False}))
+        runtime = len(learner.tasks)
+        learner.joined(JoinRequest(NID, EID, "/x", options={}))
+        learner.joined(JoinRequest(NID, EID, "/x", options={}))         # the same endpoint: one task
+        dockerd = len(learner.tasks)
+        await asyncio.gather(*learner.tasks.values())
+        return runtime, dockerd
 
-    assert asyncio.run(go()) == (0, 1)
+    assert with_learner(store, FakeDocker(), body) == (0, 1)
     assert names_on_record(store) == "web,cccccccccccc,www"
 
 
@@ -207,16 +208,11 @@ def test_a_restarted_daemon_looks_up_its_joined_overlay_endpoints_that_have_no_n
     other = EndpointSpec(network_id=NID, endpoint_id="d" * 64, options={NAMES_OPTION: "box,box"})
     store.put(records.endpoint_key(NID, "d" * 64), EndpointRecord(spec=other, sandbox="/y", host="h1").encode())
 
-    async def go() -> tuple[int, int]:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            manager = NetworkManager(store, {}, pool, host_id="h1")
-            loop = asyncio.get_running_loop()
-            learner = NameLearner(FakeDocker(), store, manager.record_names,
-                                  run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
-            elsewhere = await learner.sweep("h2")          # another host's endpoints: not ours to ask
-            here = await learner.sweep("h1")
-            await asyncio.gather(*learner.tasks.values())
-            return elsewhere, here
+    async def body(learner: NameLearner) -> tuple[int, int]:
+        elsewhere = await learner.sweep("h2")          # another host's endpoints: not ours to ask
+        here = await learner.sweep("h1")
+        await asyncio.gather(*learner.tasks.values())
+        return elsewhere, here
 
-    assert asyncio.run(go()) == (0, 1)
+    assert with_learner(store, FakeDocker(), body) == (0, 1)
     assert names_on_record(store) == "web,cccccccccccc,www"
