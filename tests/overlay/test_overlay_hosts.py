@@ -195,6 +195,34 @@ def test_a_dockerd_container_and_a_runtime_container_on_two_hosts_reach_each_oth
         docker_h1.docker("network", "rm", name, check=False)
 
 
+def _resolves(host: OverlayHost, container: str, name: str, server: str) -> str:
+    """``name`` as the DNS server at ``server`` answers it to ``container`` (busybox's own resolver)."""
+    out = host.exec(container, "busybox", "nslookup", "-type=a", name, server)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def test_the_gateway_answers_the_overlays_names_and_never_keeps_its_namespace_alive(
+        lab: Lab, names: Names) -> None:
+    """The DNS responder (agent/dns.py) in h1's overlay namespace answers a runtime container there
+    with h2's container's address, refuses other names, and closes its socket before the
+    namespace goes: the overlay made again with the same VNI gets a new vxlan0 (a socket left
+    open would pin the old namespace and its VNI) and a responder again."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    net = overlay(lab, names, "10.99.0.0/24", 9091)
+    a, b = box(h1, names, net), box(h2, names, net)
+    eventually("converged", converged(9091, [a, b], lab.hosts))
+    assert b.ip in _resolves(h1, a.name, b.name, "10.99.0.1")
+    assert _resolves(h1, a.name, "nowhere.invalid", "10.99.0.1") == ""
+    for host, gone in ((h1, a), (h2, b)):
+        host.cli("rm", "-f", gone.name)
+    h1.cli("network", "rm", net)
+    eventually("the overlay's namespaces gone", lambda: all(oracle.vtep(h, 9091) is None for h in lab.hosts))
+    again = overlay(lab, names, "10.99.0.0/24", 9091)
+    c, d = box(h1, names, again), box(h2, names, again)
+    eventually("converged again", converged(9091, [c, d], lab.hosts))
+    assert h1.ping(c.name, d.ip) and d.ip in _resolves(h1, c.name, d.name, "10.99.0.1")
+
+
 def test_a_sigkilled_host_leaves_the_others_tables_once_its_lease_expires(lab: Lab, names: Names) -> None:
     h1, h2, h3 = lab.hosts
     net = overlay(lab, names, "10.95.0.0/24", 9051)
