@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from agent import dnswire
+from drivers.errors import KernelError
 from drivers.kernel import entered_netns, netns_path
 from drivers.overlay_ns import OverlayHost
 from drivers.vxlan import DRIVER_NAME, overlay_of
@@ -209,8 +210,12 @@ class OverlayDNS:
             self._wait(self._close(vni))
 
     async def _bind(self, ov: OverlayRecord) -> None:
+        """Nobody awaits this (``made`` only schedules it): every failure is logged here."""
         async with self._lock:
-            await self._bind_locked(ov)
+            try:
+                await self._bind_locked(ov)
+            except Exception:
+                log.exception("dns: overlay %s: no responder", ov.name)
 
     async def _bind_locked(self, ov: OverlayRecord) -> None:
         name = self.host.name(ov.vni)
@@ -225,7 +230,7 @@ class OverlayDNS:
         self._close_now(ov.vni)
         try:
             socks = self._sockets(name, addresses)
-        except OSError as exc:
+        except (OSError, KernelError) as exc:            # the namespace gone, the port taken
             log.warning("dns: overlay %s: cannot answer at %s port %d in %s: %s", ov.name,
                         ", ".join(addresses), self.port, name, exc)
             return

@@ -164,12 +164,18 @@ class NameLearner:
         self._run = run                           # runs a blocking store call off the loop
         self.first_delay, self.max_delay = first_delay, max_delay
         self.tasks: dict[str, asyncio.Task[str]] = {}
+        # network id -> whether it is an overlay's, once read (a network never changes driver): the
+        # dockerd Joins on other networks then cost nothing here, not even a task.
+        self.overlay: dict[str, bool] = {}
         self._unreachable_said = False
 
     def joined(self, request: JoinRequest) -> None:
         """The manager's Join hook (on the loop, after the Join succeeded): schedule, never wait."""
-        if DIRECT_OPTION not in request.options:  # cnmkit's runtime always sends it, with the names
-            self._schedule(request.network_id, request.endpoint_id)
+        if DIRECT_OPTION in request.options:      # cnmkit's runtime always sends it, with the names
+            return
+        if self.overlay.get(request.network_id) is False:
+            return                                # a bridge's, say: not even a store read
+        self._schedule(request.network_id, request.endpoint_id)
 
     def _schedule(self, network_id: str, endpoint_id: str) -> None:
         if endpoint_id in self.tasks:
@@ -206,14 +212,18 @@ class NameLearner:
 
     def _state(self, network_id: str, endpoint_id: str) -> str:
         """'gone', 'named', 'other' (not an overlay endpoint) or 'wanted'."""
+        if network_id not in self.overlay:
+            net = self.store.get(records.network_key(network_id))
+            if net is None:
+                return "gone"
+            self.overlay[network_id] = NetworkRecord.decode(net.value).driver == OVERLAY_DRIVER
+        if not self.overlay[network_id]:
+            return "other"
         ep = self.store.get(records.endpoint_key(network_id, endpoint_id))
         if ep is None:
             return "gone"
         if EndpointRecord.decode(ep.value).spec.options.get(NAMES_OPTION):
             return "named"
-        net = self.store.get(records.network_key(network_id))
-        if net is None or NetworkRecord.decode(net.value).driver != OVERLAY_DRIVER:
-            return "other"
         return "wanted"
 
     async def learn(self, network_id: str, endpoint_id: str) -> str:

@@ -173,6 +173,21 @@ def test_the_join_hook_skips_the_runtimes_joins_and_schedules_dockerds(store: Me
     assert names_on_record(store) == "web,cccccccccccc,www"
 
 
+def test_dockerds_joins_on_other_drivers_networks_cost_one_read_per_network(store: MemoryStore) -> None:
+    put_endpoint(store, driver="cnmkit-bridge")
+    docker = FakeDocker()
+
+    async def body(learner: NameLearner) -> list[int]:
+        counts = []
+        for _ in range(3):
+            learner.joined(JoinRequest(NID, EID, "/x", options={}))
+            counts.append(len(learner.tasks))
+            await asyncio.gather(*learner.tasks.values())
+        return counts
+
+    assert with_learner(store, docker, body) == [1, 0, 0] and docker.calls == []
+
+
 def test_the_unix_socket_client_reads_dockerds_json_and_reports_no_answer(tmp_path: Path) -> None:
     async def network(request: web.Request) -> web.Response:
         return web.json_response({"Containers": {}}, status=200 if request.match_info["id"] == NID else 404)
