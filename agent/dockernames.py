@@ -157,12 +157,15 @@ class NameLearner:
     """
 
     def __init__(self, api: DockerAPI, store: Store, record: Callable[[str, str, str], Awaitable[bool]], *,
-                 run: Callable[..., Awaitable[Any]], first_delay: float = 0.05, max_delay: float = 2.0) -> None:
+                 run: Callable[..., Awaitable[Any]], first_delay: float = 0.05, max_delay: float = 2.0,
+                 unreachable_delay: float = 30.0) -> None:
         self.api = api
         self.store = store
         self.record = record
         self._run = run                           # runs a blocking store call off the loop
-        self.first_delay, self.max_delay = first_delay, max_delay
+        # Until dockerd lists the container (milliseconds after the Join): up to max_delay apart;
+        # while dockerd does not answer at all: up to unreachable_delay apart, per endpoint.
+        self.first_delay, self.max_delay, self.unreachable_delay = first_delay, max_delay, unreachable_delay
         self.tasks: dict[str, asyncio.Task[str]] = {}
         # network id -> whether it is an overlay's, once read (a network never changes driver): the
         # dockerd Joins on other networks then cost nothing here, not even a task.
@@ -236,6 +239,7 @@ class NameLearner:
             state = await self._run(self._state, network_id, endpoint_id)
             if state != "wanted":
                 return state
+            cap = self.max_delay
             try:
                 outcome = await self._attempt(network_id, endpoint_id)
             except DockerUnreachable as exc:
@@ -243,12 +247,12 @@ class NameLearner:
                     log.warning("docker names: dockerd does not answer (%s); retrying while the endpoint "
                                 "exists", exc)
                     self._unreachable_said = True
-                outcome = None
+                outcome, cap = None, self.unreachable_delay   # a wrong --docker-socket: rarely
             if outcome is not None:
                 log.info("docker names: endpoint %s: %s", endpoint_id[:12], outcome)
                 return outcome
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_delay)
+            delay = min(delay * 2, cap)
 
     async def _attempt(self, network_id: str, endpoint_id: str) -> str | None:
         """One look-up; None: not there yet (try again)."""

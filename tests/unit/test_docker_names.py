@@ -85,7 +85,7 @@ def with_learner(store: MemoryStore, docker: Any, body: Callable[[NameLearner], 
             manager = NetworkManager(store, {}, pool, host_id="h1")
             loop = asyncio.get_running_loop()
             learner = NameLearner(docker, store, manager.record_names, first_delay=0.001, max_delay=0.004,
-                                  run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+                                  unreachable_delay=0.004, run=lambda fn, *a: loop.run_in_executor(pool, fn, *a))
             return await body(learner)
 
     return asyncio.run(go())
