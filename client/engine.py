@@ -23,12 +23,12 @@ from typing import Any
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from client.transport import DaemonUnavailable, PluginError, PluginTransport
+from store.records import NAMES_OPTION
 
-__all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
+__all__ = ["NAMES_OPTION", "Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
 
 GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
 MTU_OPTION = "com.docker.network.driver.mtu"
-NAMES_OPTION = "cnmkit.names"            # CreateEndpoint option: the runtime container's name, hostname, aliases
 DEFAULT_MTU = 1500
 SPACE_OPTION = "cnmkit.space"            # ipam/service.py: the pool's own address space
 _SPACE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -121,8 +121,10 @@ class Engine:
     def list_networks(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
-        return dict(self.ipam.call("Cnmkit.NetworkInspect", {"Network": ref})["Network"])
+    def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        """``overlay``: with ``OverlayEndpointList``, every host's endpoints of the network's overlay."""
+        body: dict[str, Any] = {"Network": ref, "Overlay": True} if overlay else {"Network": ref}
+        return dict(self.ipam.call("Cnmkit.NetworkInspect", body)["Network"])
 
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
