@@ -25,7 +25,8 @@ plan to itself:
   Transit addresses come from 169.254.128.0/17, a /30 per VNI modulo 8192; two overlays whose
   VNIs share a slot cannot both have egress on one host (refused with a clear error).
 
-Every step is idempotent, found again by name; the whole overlay goes with ``ip netns del``.
+Every step is idempotent, found again by name; a namespace made by a failed ``ensure`` is removed
+again. The overlay goes with ``ip netns del``, after its vxlan0 is deleted (``_release_vni``).
 """
 
 from __future__ import annotations
@@ -162,11 +163,18 @@ class OverlayHost:
         with self.lock:
             todo: list[str] = []
             name = self.name(ov.vni)
-            if netns_add(name):
+            made = netns_add(name)
+            if made:
                 self._bump(ov.vni)
                 todo.append(f"create namespace {name}")
-            with self.kernel(ov.vni) as k:
-                todo += self._ensure_in(k, name, ov)
+            try:
+                with self.kernel(ov.vni) as k:
+                    todo += self._ensure_in(k, name, ov)
+            except BaseException:
+                if made:                        # a namespace made now and left half-made: gone again
+                    with contextlib.suppress(KernelError):
+                        self.teardown(ov.vni)
+                raise
             self._complete.add(ov.vni)
             return todo
 
@@ -248,7 +256,23 @@ class OverlayHost:
             if link is not None and str(link["alias"]).startswith(f"{naming.ALIAS_ROOT}overlay:"):
                 with contextlib.suppress(KernelError):
                     self.host.link_delete(outer, alias=str(link["alias"]))
+            self._release_vni(vni)
             return netns_delete(self.name(vni))
+
+    def _release_vni(self, vni: int) -> None:
+        """Delete the overlay's vxlan0 now, so its VNI and UDP socket are free when this returns.
+
+        ``ip netns del`` only unlinks the name: the namespace (and the vxlan0 in it, which keeps
+        the VNI claimed in the host namespace) is destroyed by the kernel's netns cleanup
+        workqueue later, or never while anything still holds it open. The same VNI made again
+        meanwhile (a network removed and re-created, on any host) got EEXIST from the kernel.
+        """
+        if not self.exists(vni):
+            return
+        with contextlib.suppress(KernelError), self.kernel(vni) as k:
+            link = k.link_get(VXLAN)
+            if link is not None:
+                k.link_delete(VXLAN, alias=str(link["alias"]))
 
     @staticmethod
     def _remove_host_rules(vni: int) -> None:

@@ -8,6 +8,7 @@ containers are named namespaces attached as the embedded runtime attaches them. 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from client.engine import Engine, PluginError
 from tests.conftest import require_root
-from tests.kernel.vxlan_hosts import Cluster, eventually, fdb, neigh, ping, sh
+from tests.kernel.vxlan_hosts import NETNS_DIR, Cluster, eventually, fdb, neigh, ping, sh
 from tests.runtime.conftest import require_tool
 
 
@@ -240,6 +241,57 @@ def test_bad_input_is_refused_naming_the_field(cluster: Cluster, opts: dict, sub
         e.create_network("bad", driver="vxlan", subnets=[subnet], options=options)
     assert not any(n.startswith("cnmkit-ov") for n in set(sh("ip", "netns", "list").stdout.split()) - before)
     assert all(n["Name"] != "bad" for n in e.list_networks())
+
+
+def vxlan_vni(netns: str, device: str = "vxlan0") -> int | None:
+    """The VNI of ``device`` in ``netns`` as ``ip -j -d link`` shows it (None: no such device)."""
+    got = sh("ip", "-n", netns, "-j", "-d", "link", "show", device, check=False)
+    return int(json.loads(got.stdout)[0]["linkinfo"]["info_data"]["id"]) if got.returncode == 0 else None
+
+
+def test_a_removed_overlay_frees_its_vni_at_once_even_while_its_namespace_is_held(cluster: Cluster) -> None:
+    """``ip netns del`` only unlinks a namespace's name; the kernel destroys it (and the vxlan0
+    in it, which holds the VNI in the host namespace) later, and never while something holds it
+    open. Holding it here makes that window last: the same VNI made again right after the
+    removal must still get a vxlan0 of its own (it got EEXIST, read as "already there", then
+    ENODEV configuring a vxlan0 that was not in the new namespace)."""
+    h1 = cluster.hosts[0]
+    h1.engine().create_network("held1", driver="vxlan", subnets=["10.77.0.0/24"], options={"vni": "7711"})
+    ns = h1.overlay_ns(7711)
+    pin = os.open(f"{NETNS_DIR}/{ns}", os.O_RDONLY)
+    try:
+        h1.engine().remove_network("held1")
+        assert ns not in sh("ip", "netns", "list").stdout
+        h1.engine().create_network("held2", driver="vxlan", subnets=["10.77.1.0/24"], options={"vni": "7711"})
+        assert vxlan_vni(ns) == 7711
+        a = h1.attach("held2", h1.container("hd"))
+        assert ping(h1, h1.containers[-1], a.gateway).returncode == 0
+        h1.engine().detach(a)
+        h1.engine().remove_network("held2")
+    finally:
+        os.close(pin)
+
+
+def test_a_vni_held_by_a_vxlan_device_not_ours_is_refused_naming_it(cluster: Cluster) -> None:
+    """The kernel's EEXIST for a VNI another VXLAN device of the host already uses on port 4789
+    is an error naming that device, and nothing is left half-made; once it is gone the VNI works."""
+    h1 = cluster.hosts[0]
+    foreign = "fx7712"
+    sh("ip", "-n", h1.netns, "link", "add", foreign, "type", "vxlan", "id", "7712", "dstport", "4789",
+       "local", h1.address)
+    try:
+        with pytest.raises(PluginError, match=re.escape(f"VNI 7712 on UDP port 4789 is already used by VXLAN "
+                                                        f"device {foreign}")):
+            h1.engine().create_network("stolen", driver="vxlan", subnets=["10.77.2.0/24"],
+                                       options={"vni": "7712"})
+        assert all(n["Name"] != "stolen" for n in h1.engine().list_networks())
+        # h1's agent may be making the namespace from the records it saw before the rollback.
+        eventually("no namespace left", lambda: h1.overlay_ns(7712) not in sh("ip", "netns", "list").stdout)
+    finally:
+        sh("ip", "-n", h1.netns, "link", "del", foreign)
+    h1.engine().create_network("stolen", driver="vxlan", subnets=["10.77.2.0/24"], options={"vni": "7712"})
+    assert vxlan_vni(h1.overlay_ns(7712)) == 7712
+    h1.engine().remove_network("stolen")
 
 
 def test_a_create_without_the_ipam_option_is_refused_saying_what_to_add(cluster: Cluster) -> None:
