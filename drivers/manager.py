@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -58,6 +59,7 @@ log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 CLAIM_ATTEMPTS = 200                      # rounds lost to other creates/publishes before giving up
+DROPPED_REMEMBERED = 4096                 # network ids deleted here, awaiting their watch event
 
 
 @runtime_checkable
@@ -95,6 +97,11 @@ class NetworkManager:
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Ids of networks whose records this daemon deleted itself (a DeleteNetwork, a create's
+        # rollback): its driver has already undone the kernel side, so the deletion watch
+        # (agent/netwatch.py) leaves them alone. Bounded: an id whose event never comes ages out.
+        self._dropped: dict[str, None] = {}
+        self._dropped_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -246,11 +253,24 @@ class NetworkManager:
                         label = other.name or other.network_id[:12]
                         raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
 
+    def dropped_here(self, network_id: str) -> bool:
+        """True (once per deletion) when this daemon deleted the network's record itself."""
+        with self._dropped_lock:
+            return self._dropped.pop(network_id, 0) is None
+
     def _drop_network_records(self, spec: NetworkSpec) -> None:
+        with self._dropped_lock:                 # before the delete: its watch event may come at once
+            self._dropped[spec.network_id] = None
+            if len(self._dropped) > DROPPED_REMEMBERED:
+                del self._dropped[next(iter(self._dropped))]
         ops: list[Put | Delete] = [Delete(records.network_key(spec.network_id))]
         if spec.name:
             ops.append(Delete(records.name_key(spec.name)))
-        self.store.txn([], ops)
+        try:
+            self.store.txn([], ops)
+        except BaseException:
+            self.dropped_here(spec.network_id)
+            raise
 
     async def delete_network(self, network_id: str) -> None:
         await self._run(network_id, self._delete_network, network_id)

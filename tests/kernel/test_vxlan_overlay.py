@@ -243,6 +243,16 @@ def test_bad_input_is_refused_naming_the_field(cluster: Cluster, opts: dict, sub
     assert all(n["Name"] != "bad" for n in e.list_networks())
 
 
+def test_an_overlay_removed_from_another_host_leaves_its_owner(cluster: Cluster) -> None:
+    """h2 removes h1's overlay network: h1's namespace goes on the watch event (no periodic
+    pass runs: the daemons have ``--reconcile-interval 0``)."""
+    h1, h2 = cluster.hosts
+    h1.engine().create_network("far", driver="vxlan", subnets=["10.77.3.0/24"], options={"vni": "7721"})
+    assert h1.overlay_ns(7721) in sh("ip", "netns", "list").stdout
+    h2.engine().remove_network("far")
+    eventually("h1's namespace gone", lambda: h1.overlay_ns(7721) not in sh("ip", "netns", "list").stdout)
+
+
 def vxlan_vni(netns: str, device: str = "vxlan0") -> int | None:
     """The VNI of ``device`` in ``netns`` as ``ip -j -d link`` shows it (None: no such device)."""
     got = sh("ip", "-n", netns, "-j", "-d", "link", "show", device, check=False)
