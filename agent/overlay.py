@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from drivers.errors import DriverError
@@ -116,8 +116,12 @@ class OverlayAgent:
     WATCHED = (records.NETWORKS, records.ENDPOINTS, records.HOSTS, records.OVERLAYS)
     IDLE = 1.0                                     # seconds without any event before the watch is resumed
 
-    def __init__(self, store: Store, driver: VxlanDriver, host_id: str, *, resync_interval: float = 60.0) -> None:
+    def __init__(self, store: Store, driver: VxlanDriver, host_id: str, *, resync_interval: float = 60.0,
+                 on_endpoints: Callable[[], None] | None = None) -> None:
         self.store = store
+        # Told when an overlay's endpoints may have changed (agent/peer_names.py: the runtime's
+        # hosts files); it must return at once, the event path waits for it.
+        self.on_endpoints = on_endpoints
         self.driver = driver
         self.host_id = host_id
         self.resync_interval = resync_interval
@@ -152,6 +156,7 @@ class OverlayAgent:
         while not self._stop.is_set():
             try:
                 rev = self.relist()
+                self._endpoints_changed()
                 self.sync(full=full, refresh=True)
                 full = False
                 rev = self.follow(rev, time.monotonic() + self.resync_interval)
@@ -222,6 +227,8 @@ class OverlayAgent:
                 return []                        # a Join's or Leave's sandbox change: no entry moves
             # A remote endpoint: its overlay's entries only. One of ours: its namespace may come or go.
             actions = self.sync(only={overlay_of(net.spec)}, namespaces=local)
+            if not local:
+                self._endpoints_changed()
         elif ev.key.startswith(records.HOSTS):
             actions = self.sync(namespaces=False)
         else:
@@ -229,6 +236,10 @@ class OverlayAgent:
         log.debug("overlay: event %s %s (rev %d) applied in %.1f ms", ev.type, ev.key, ev.revision,
                   (time.perf_counter() - t0) * 1000)
         return actions
+
+    def _endpoints_changed(self) -> None:
+        if self.on_endpoints is not None:
+            self.on_endpoints()
 
     def _host_of(self, ep: EndpointRecord) -> str:
         return ep.host if ep.host is not None else self.host_id

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from agent.hosts import DEFAULT_GRACE, DEFAULT_TTL, HostLiveness, default_advertise, default_host_id
 from agent.netwatch import NetworkDeletionWatch
+from agent.peer_names import RemotePeerNames
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
@@ -139,6 +140,8 @@ class Daemon:
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
         self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock,
                            host_id=self.host_id)
+        # The runtime keeps its containers under the daemon's state dir (the CLI's --state-dir).
+        self.peer_names = RemotePeerNames(self.store, config.state_dir)
         self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
                                   grace=config.host_grace, reclaim=self.ipam.reclaim_host,
                                   holders=self.ipam.hosts_holding)
@@ -205,8 +208,10 @@ class Daemon:
         liveness = asyncio.create_task(self.hosts.run())
         # -- end of host liveness
         # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
+        # and the runtime containers' hosts files, with other hosts' peers (agent/peer_names.py)
         overlay = self._overlay_agent()
         if overlay is not None:
+            self.peer_names.start()
             overlay.start()
         # -- end of overlay entries
         await self.start()
@@ -222,6 +227,7 @@ class Daemon:
             liveness.cancel()
             if overlay is not None:
                 await loop.run_in_executor(None, overlay.stop)
+                await loop.run_in_executor(None, self.peer_names.stop)
             await loop.run_in_executor(None, netwatch.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
@@ -252,7 +258,8 @@ class Daemon:
         if vxlan is None:
             return None
         interval = self.config.reconcile_interval or 60.0
-        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
+        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval,
+                            on_endpoints=self.peer_names.changed)
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.
