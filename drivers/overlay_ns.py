@@ -22,8 +22,8 @@ plan to itself:
   the gateway's MAC as source are dropped: each host's gateway serves its own containers.
 - Egress: the overlay namespace masquerades its subnets out of ``ovtr0``; the host namespace
   masquerades the transit address out of its own devices, as the bridge driver does for bridges.
-  Transit addresses come from 169.254.128.0/17, a /30 per VNI modulo 8192; two overlays whose
-  VNIs share a slot cannot both have egress on one host (refused with a clear error).
+  Transit addresses come from 169.254.128.0/17, a /30 per overlay with egress on the host: the
+  VNI modulo 8192 when that slot is free, else the first free one (``_transit_slot``).
 
 Every step is idempotent, found again by name; a namespace made by a failed ``ensure`` is removed
 again. The overlay goes with ``ip netns del``, after its vxlan0 is deleted (``_release_vni``).
@@ -68,10 +68,19 @@ def transit_host_link(vni: int) -> str:
     return f"ovt{vni}"
 
 
-def transit_addresses(vni: int) -> tuple[str, str]:
-    """(host end, overlay end) of the overlay's transit /30."""
-    base = int(TRANSIT_NET.network) + 4 * (vni % TRANSIT_SLOTS)
+def transit_addresses(slot: int) -> tuple[str, str]:
+    """(host end, overlay end) of transit /30 number ``slot`` in TRANSIT_NET."""
+    base = int(TRANSIT_NET.network) + 4 * slot
     return str(IPAddress(base + 1)), str(IPAddress(base + 2))
+
+
+def transit_slot_of(cidrs: list[str]) -> int | None:
+    """The transit slot a link's addresses hold (its address in TRANSIT_NET), or None."""
+    for cidr in cidrs:
+        addr = IPNetwork(cidr)
+        if addr.version == 4 and addr.ip in TRANSIT_NET:
+            return (int(addr.ip) - int(TRANSIT_NET.network)) // 4
+    return None
 
 
 def gateway_mac(overlay: str) -> str:
@@ -206,17 +215,38 @@ class OverlayHost:
         _ensure_rule(eb, "filter", "INPUT", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
         _ensure_rule(eb, "filter", "FORWARD", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
 
+    def _transit_slot(self, k: OverlayKernelOps, ov: OverlayRecord) -> int:
+        """The overlay's transit /30 on this host: the one its pair already holds, else a free one.
+
+        Free means held by no other overlay's transit link here (the kernel is the record: the
+        caller holds ``lock``, under which every pair of this host is made and removed). The
+        VNI's own slot (VNI modulo TRANSIT_SLOTS) is taken when free, so addresses stay what they
+        were; two VNIs equal modulo TRANSIT_SLOTS get two slots (they shared one, and the second
+        overlay was refused egress).
+        """
+        outer = transit_host_link(ov.vni)
+        for kernel, link in ((self.host, outer), (k, TRANSIT)):
+            if kernel.link_get(link) is not None:
+                held = transit_slot_of(kernel.addrs(link))
+                if held is not None:
+                    return held
+        used = {transit_slot_of(self.host.addrs(str(link["name"]))) for link in self.host.links()
+                if str(link["name"]).startswith("ovt") and link["name"] != outer
+                and str(link["alias"]).startswith(f"{naming.ALIAS_ROOT}overlay:")}
+        preferred = ov.vni % TRANSIT_SLOTS
+        if preferred not in used:
+            return preferred
+        free = next((slot for slot in range(TRANSIT_SLOTS) if slot not in used), None)
+        if free is None:
+            raise KernelError(f"overlay {ov.name}: all {TRANSIT_SLOTS} transit slots of {TRANSIT_NET} are used "
+                              f"on this host (one per overlay with egress)")
+        return free
+
     def _egress(self, k: OverlayKernelOps, name: str, ov: OverlayRecord, alias: str) -> list[str]:
         todo: list[str] = []
-        host_end, ns_end = transit_addresses(ov.vni)
+        host_end, ns_end = transit_addresses(self._transit_slot(k, ov))
         outer = transit_host_link(ov.vni)
         if k.link_get(TRANSIT) is None:
-            clash = [link["name"] for link in self.host.links()
-                     if str(link["name"]).startswith("ovt") and link["name"] != outer
-                     and f"{host_end}/30" in self.host.addrs(str(link["name"]))]
-            if clash:
-                raise KernelError(f"overlay {ov.name}: transit address {host_end} is used by {clash[0]} "
-                                  f"(VNIs equal modulo {TRANSIT_SLOTS}); choose another vni")
             todo.append(f"create transit {outer} <-> {TRANSIT} of overlay {ov.name}")
             with contextlib.suppress(KernelError):
                 self.host.link_delete(outer, alias=alias)       # a half-made pair's host end

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from client.engine import Engine, PluginError
-from tests.conftest import require_root
+from tests.conftest import ip_json, require_root
 from tests.overlay.harness import NETNS_DIR, Lab, eventually, ping_in, run
 from tests.overlay.oracle import fdb_in, neigh_in
 from tests.runtime.conftest import require_tool
@@ -222,6 +222,22 @@ def test_egress_masquerades_on_the_own_host_and_internal_has_no_way_out(cluster:
     s = h1.container("s1")
     h1.attach("sealed", s)
     assert ping_in(h1, s, "192.0.2.254").returncode != 0
+
+
+def test_two_vnis_equal_modulo_the_transit_slots_both_get_egress(cluster: Lab) -> None:
+    """VNIs 7603 and 7603 + 8192 wanted the same transit /30 (VNI modulo 8192) on a host, and the
+    second overlay was refused; each gets its own slot now, and both masquerade out."""
+    h1 = cluster.hosts[0]
+    vnis = (7603, 7603 + 8192)
+    for i, vni in enumerate(vnis):
+        h1.engine().create_network(f"slot{i}", driver="vxlan", subnets=[f"10.76.{2 + i}.0/24"],
+                                   options={"vni": str(vni)})
+    ends = [ip_json("addr", "show", f"ovt{vni}", netns=h1.netns)[0]["addr_info"][0]["local"] for vni in vnis]
+    assert len(set(ends)) == 2, ends
+    for i in range(2):
+        c = h1.container(f"sl{i}")
+        h1.attach(f"slot{i}", c)
+        assert ping_in(h1, c, "192.0.2.254").returncode == 0
 
 
 @pytest.mark.parametrize("opts,subnet,message", [
