@@ -405,9 +405,12 @@ def decode_host(data: bytes) -> dict[str, Any]:
 class OverlayRecord:
     """``overlays/<name>``: what every host's network of one VXLAN overlay must agree on.
 
-    Written once, by compare-and-swap, by the first create (of any host); every later create,
-    on any host, must match it field by field or is refused naming the field (drivers/vxlan.py).
-    ``subnets`` and ``gateways`` are CIDR strings in pool order (IPv4 first).
+    Written by compare-and-swap by the first create (of any host); every later create, on any
+    host, must match it field by field or is refused naming the field (drivers/vxlan.py).
+    ``subnets`` and ``gateways`` are CIDR strings in pool order (IPv4 first). ``networks`` (network
+    id -> its host) is the overlay's membership, changed by compare-and-swap with every create and
+    delete of one of its networks, so the delete that takes the last one is the one that removes
+    the record, however many run at once (None: a record from before membership was kept).
     """
 
     name: str
@@ -417,19 +420,25 @@ class OverlayRecord:
     gateways: tuple[str, ...]
     internal: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    networks: dict[str, str] | None = field(default=None, compare=False)
 
-    _KEYS = frozenset({"Name", "VNI", "MTU", "Subnets", "Gateways", "Internal"})
+    _KEYS = frozenset({"Name", "VNI", "MTU", "Subnets", "Gateways", "Internal", "Networks"})
 
     def to_dict(self) -> Record:
-        return {**self.extra, "Name": self.name, "VNI": self.vni, "MTU": self.mtu,
-                "Subnets": list(self.subnets), "Gateways": list(self.gateways), "Internal": self.internal}
+        rec = {**self.extra, "Name": self.name, "VNI": self.vni, "MTU": self.mtu,
+               "Subnets": list(self.subnets), "Gateways": list(self.gateways), "Internal": self.internal}
+        if self.networks is not None:
+            rec["Networks"] = dict(sorted(self.networks.items()))
+        return rec
 
     @classmethod
     def from_dict(cls, rec: Record) -> OverlayRecord:
+        members = rec.get("Networks")
         return cls(name=rec["Name"], vni=int(rec["VNI"]), mtu=int(rec["MTU"]),
                    subnets=tuple(rec.get("Subnets") or ()), gateways=tuple(rec.get("Gateways") or ()),
                    internal=bool(rec.get("Internal")),
-                   extra={k: v for k, v in rec.items() if k not in cls._KEYS})
+                   extra={k: v for k, v in rec.items() if k not in cls._KEYS},
+                   networks={str(k): str(v) for k, v in members.items()} if isinstance(members, dict) else None)
 
     def encode(self) -> bytes:
         return encode(self.to_dict())

@@ -11,13 +11,14 @@ import json
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from client.engine import Engine, PluginError
 from tests.conftest import ip_json, require_root
-from tests.overlay.harness import NETNS_DIR, Lab, eventually, ping_in, run
+from tests.overlay.harness import NETNS_DIR, Lab, OverlayHost, eventually, ping_in, run
 from tests.overlay.oracle import fdb_in, neigh_in
 from tests.runtime.conftest import require_tool
 
@@ -339,25 +340,65 @@ def test_a_create_without_the_ipam_option_is_refused_saying_what_to_add(cluster:
     assert not any("lost" in n for n in run("ip", "netns", "list").stdout.split())
 
 
+def dockerd_create(host: OverlayHost, network_id: str, overlay: str, subnet: str, vni: int) -> tuple[str, str]:
+    """What a dockerd sends for ``docker network create -d cnmkit-vxlan --ipam-driver cnmkit
+    --ipam-opt cnmkit.overlay=OVERLAY -o cnmkit.overlay=OVERLAY -o vni=VNI --subnet SUBNET``;
+    the pool id and gateway IPAM gave."""
+    ipam = host.engine().ipam
+    got = ipam.call("IpamDriver.RequestPool", {"AddressSpace": "cnmkit-local", "Pool": subnet, "SubPool": "",
+                                               "Options": {"cnmkit.overlay": overlay}, "V6": False})
+    gw = ipam.call("IpamDriver.RequestAddress", {"PoolID": got["PoolID"], "Address": "",
+                                                 "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    host.engine().driver("vxlan").call("NetworkDriver.CreateNetwork", {
+        "NetworkID": network_id,
+        "Options": {"com.docker.network.generic": {"cnmkit.overlay": overlay, "vni": str(vni)}},
+        "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": subnet, "Gateway": gw["Address"]}],
+        "IPv6Data": []})
+    return str(got["PoolID"]), str(gw["Address"])
+
+
+def test_concurrent_deletes_of_an_overlays_last_networks_on_two_hosts_take_it_away(cluster: Lab) -> None:
+    """Each host's DeleteNetwork of its network of one overlay, at once: the overlay record and
+    its VNI go with the last (each delete read the other's network record, so neither took
+    them, and the overlay stayed, with its subnet and VNI, forever); both namespaces go."""
+    hosts = cluster.hosts[:2]
+    ids = [f"{0x7810 + i:064x}" for i in range(2)]
+    pools = [dockerd_create(host, network_id, "pair", "10.78.2.0/24", 7810)[0]
+             for host, network_id in zip(hosts, ids, strict=True)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def delete(host: OverlayHost, network_id: str) -> None:
+        start.wait()
+        try:
+            host.engine().driver("vxlan").call("NetworkDriver.DeleteNetwork", {"NetworkID": network_id})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=delete, args=pair) for pair in zip(hosts, ids, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for host, pool in zip(hosts, pools, strict=True):
+        host.engine().ipam.call("IpamDriver.ReleasePool", {"PoolID": pool})
+    eventually("both namespaces gone", lambda: not {h.overlay_ns(7810) for h in hosts}
+               & set(run("ip", "netns", "list").stdout.split()))
+    # The overlay is gone: its name takes another subnet, and its VNI is free for another overlay.
+    hosts[0].engine().create_network("pair2", driver="vxlan", subnets=["10.78.3.0/24"],
+                                     options={"cnmkit.overlay": "pair"})
+    hosts[0].engine().create_network("pair3", driver="vxlan", subnets=["10.78.4.0/24"], options={"vni": "7810"})
+    for name in ("pair2", "pair3"):
+        hosts[0].engine().remove_network(name)
+
+
 def test_dockerd_style_create_on_each_host_shares_pool_and_gateway_and_refuses_mismatch(
         cluster: Lab) -> None:
     """What two dockerds send for ``docker network create -d cnmkit-vxlan --ipam-driver cnmkit
     --ipam-opt cnmkit.overlay=navy -o cnmkit.overlay=navy --subnet 10.78.0.0/24`` on each host."""
     h1, h2 = cluster.hosts
-    pools = []
-    for i, host in enumerate((h1, h2)):
-        ipam = host.engine().ipam
-        got = ipam.call("IpamDriver.RequestPool", {"AddressSpace": "cnmkit-local", "Pool": "10.78.0.0/24",
-                                                   "SubPool": "", "Options": {"cnmkit.overlay": "navy"},
-                                                   "V6": False})
-        gw = ipam.call("IpamDriver.RequestAddress", {"PoolID": got["PoolID"], "Address": "",
-                                                     "Options": {"RequestAddressType": "com.docker.network.gateway"}})
-        pools.append((got["PoolID"], gw["Address"]))
-        host.engine().driver("vxlan").call("NetworkDriver.CreateNetwork", {
-            "NetworkID": f"{i + 1:064x}",
-            "Options": {"com.docker.network.generic": {"cnmkit.overlay": "navy", "vni": "7801"}},
-            "IPv4Data": [{"AddressSpace": "cnmkit-local", "Pool": "10.78.0.0/24", "Gateway": gw["Address"]}],
-            "IPv6Data": []})
+    pools = [dockerd_create(host, f"{i + 1:064x}", "navy", "10.78.0.0/24", 7801) for i, host in enumerate((h1, h2))]
     assert pools[0] == pools[1] == ("cnmkit-overlay.navy/10.78.0.0/24", "10.78.0.1/24")
     # A third create naming the overlay with another subnet is refused, naming the field.
     ipam = h2.engine().ipam
