@@ -19,62 +19,43 @@ listing were deleted meanwhile and are handed over too. Overlay networks are ski
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Collection
 
+from agent.watching import Worker, follow
 from store import records
-from store.base import Compacted, Store, StoreError
+from store.base import Store
 from store.records import NetworkRecord
 
 log = logging.getLogger("cnmkit.netwatch")
 
 
-class NetworkDeletionWatch:
+class NetworkDeletionWatch(Worker):
     """Follows ``networks/`` and reports each of this host's networks deleted elsewhere."""
 
+    thread_name = "cnmkit-netwatch"
     IDLE = 1.0                                     # seconds without an event before the watch is resumed
 
     def __init__(self, store: Store, host_id: str, on_deleted: Callable[[str, NetworkRecord], None], *,
                  deleted_here: Callable[[str], bool] = lambda _id: False,
                  skip_drivers: Collection[str] = ()) -> None:
+        super().__init__()
         self.store = store
         self.host_id = host_id
         self.on_deleted = on_deleted
         self.deleted_here = deleted_here
         self.skip_drivers = frozenset(skip_drivers)
         self.mine: dict[str, NetworkRecord] = {}       # network id -> record, this host's only
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cnmkit-netwatch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def _run(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            try:
-                rev = self.relist(report=not first)
-                first = False
-                while not self._stop.is_set():
-                    for ev in self.store.watch(records.NETWORKS, rev + 1, timeout=self.IDLE):
-                        rev = ev.revision
-                        self.apply(ev.type, ev.key, ev.value)
-                        if self._stop.is_set():
-                            return
-            except Compacted:
-                continue
-            except (StoreError, RuntimeError, ValueError) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("watching networks: %s; listing again", exc)
-                self._stop.wait(1.0)
+        listed = [False]
+
+        def relist() -> int:                     # after the first listing, what went meanwhile is reported
+            rev = self.relist(report=listed[0])
+            listed[0] = True
+            return rev
+
+        follow(self.store, records.NETWORKS, self._stop, relist=relist,
+               on_event=lambda ev: self.apply(ev.type, ev.key, ev.value), what="networks", idle=self.IDLE)
 
     def relist(self, *, report: bool) -> int:
         """Read this host's network records; with ``report``, hand over those gone since. The revision."""

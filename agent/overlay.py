@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from agent.watching import Worker
 from drivers.errors import DriverError
 from drivers.vxlan import DRIVER_NAME, VxlanDriver, overlay_of
 from store import records
@@ -110,14 +111,16 @@ def diff_entries(current: Entries, desired: Entries) -> Diff:
                 neigh_add=set(desired.neigh - current.neigh), neigh_del=set(current.neigh - desired.neigh))
 
 
-class OverlayAgent:
+class OverlayAgent(Worker):
     """Follows the store and keeps this host's overlay namespaces and their entries right."""
 
+    thread_name = "cnmkit-overlay"
     WATCHED = (records.NETWORKS, records.ENDPOINTS, records.HOSTS, records.OVERLAYS)
     IDLE = 1.0                                     # seconds without any event before the watch is resumed
 
     def __init__(self, store: Store, driver: VxlanDriver, host_id: str, *, resync_interval: float = 60.0,
                  on_endpoints: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.store = store
         # Told when an overlay's endpoints may have changed (agent/peer_names.py: the runtime's
         # hosts files); it must return at once, the event path waits for it.
@@ -133,23 +136,11 @@ class OverlayAgent:
         # against this instead of dumping the kernel; a new epoch (namespace made again) or a
         # failed write forgets it, and the periodic resync re-reads the kernel.
         self.applied: dict[int, tuple[int, Entries]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.passes = 0                               # completed syncs: tests wait on ``synced``
         self.watches = 0                              # watch streams opened (tests: not one per event)
         self.synced = threading.Condition()
 
     # -- the thread ------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cnmkit-overlay", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def _run(self) -> None:
         full = True                                   # start and after an error: re-ensure namespaces too
