@@ -326,7 +326,13 @@ class OverlayAgent(Worker):
                 continue
             try:
                 if full or not host.ready(ov.vni):
-                    actions += host.ensure(ov)
+                    with host.lock:
+                        # A namespace to make anew: our view may lag a removal already done (the
+                        # overlay's networks and endpoints here gone since): decide on a fresh read,
+                        # as for a removal, or a lagging agent makes a namespace nobody wants.
+                        if not host.exists(ov.vni) and not self._wanted_now(ov.vni):
+                            continue
+                        actions += host.ensure(ov)
                 actions += self._sync_entries(name, ov, members.get(name, []), refresh=refresh)
             except DriverError as exc:
                 self.applied.pop(ov.vni, None)      # what is on the kernel now: read it next time
