@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -50,7 +51,7 @@ from plugin.quoting import shown, shown_key
 from store import records
 from store.base import KV, Cmp, Delete, Put, Store
 from store.records import Conflict as LostRaces
-from store.records import EndpointRecord, NetworkRecord, update_json
+from store.records import EndpointRecord, NetworkRecord, overlay_network_ids, update_json
 from store.settle import SettlingStore
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 CLAIM_ATTEMPTS = 200                      # rounds lost to other creates/publishes before giving up
+DROPPED_REMEMBERED = 4096                 # network ids deleted here, awaiting their watch event
 
 
 @runtime_checkable
@@ -99,6 +101,11 @@ class NetworkManager:
         # schedule work (agent/dockernames.py asks dockerd for the container's name) but never
         # wait, since dockerd is waiting for the reply.
         self.joined: list[Callable[[JoinRequest], None]] = []
+        # Ids of networks whose records this daemon deleted itself (a DeleteNetwork, a create's
+        # rollback): its driver has already undone the kernel side, so the deletion watch
+        # (agent/netwatch.py) leaves them alone. Bounded: an id whose event never comes ages out.
+        self._dropped: dict[str, None] = {}
+        self._dropped_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -250,11 +257,24 @@ class NetworkManager:
                         label = other.name or other.network_id[:12]
                         raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
 
+    def dropped_here(self, network_id: str) -> bool:
+        """True (once per deletion) when this daemon deleted the network's record itself."""
+        with self._dropped_lock:
+            return self._dropped.pop(network_id, 0) is None
+
     def _drop_network_records(self, spec: NetworkSpec) -> None:
+        with self._dropped_lock:                 # before the delete: its watch event may come at once
+            self._dropped[spec.network_id] = None
+            if len(self._dropped) > DROPPED_REMEMBERED:
+                del self._dropped[next(iter(self._dropped))]
         ops: list[Put | Delete] = [Delete(records.network_key(spec.network_id))]
         if spec.name:
             ops.append(Delete(records.name_key(spec.name)))
-        self.store.txn([], ops)
+        try:
+            self.store.txn([], ops)
+        except BaseException:
+            self.dropped_here(spec.network_id)
+            raise
 
     async def delete_network(self, network_id: str) -> None:
         await self._run(network_id, self._delete_network, network_id)
@@ -519,9 +539,7 @@ class NetworkManager:
         summary["EndpointList"] = self._endpoint_list(eps)
         name = rec.spec.options.get(OVERLAY_OPTION)
         if overlay and name:
-            siblings = [records.network_id_of(kv.key) for kv in self.store.list(records.NETWORKS)[0]
-                        if (other := NetworkRecord.decode(kv.value)).driver == rec.driver
-                        and other.spec.options.get(OVERLAY_OPTION) == name]
+            siblings = overlay_network_ids(self.store, network_id, rec)
             summary["OverlayEndpointList"] = [
                 ep for nid in siblings
                 for ep in self._endpoint_list(self.store.list(records.endpoints_prefix(nid))[0])]

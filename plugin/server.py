@@ -17,13 +17,16 @@ import random
 import signal
 import socket
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from agent.hosts import DEFAULT_GRACE, DEFAULT_TTL, HostLiveness, default_advertise, default_host_id
+from agent.netwatch import NetworkDeletionWatch
+from agent.peer_names import RemotePeerNames
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
@@ -35,6 +38,7 @@ from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
 from store.base import Store, StoreError, Unavailable
 from store.guard import GuardedStore, display_url
+from store.records import NetworkRecord
 from store.url import open_store
 
 if TYPE_CHECKING:
@@ -139,6 +143,8 @@ class Daemon:
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
         self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock,
                            host_id=self.host_id)
+        # The runtime keeps its containers under the daemon's state dir (the CLI's --state-dir).
+        self.peer_names = RemotePeerNames(self.store, config.state_dir)
         self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
                                   grace=config.host_grace, reclaim=self.ipam.reclaim_host,
                                   holders=self.ipam.hosts_holding)
@@ -216,15 +222,21 @@ class Daemon:
             periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
                                                                 cleanup=self.config.cleanup))
         # -- end of reconciling agent
+        # -- deletions of this host's networks by other hosts (agent/netwatch.py), acted on at once
+        netwatch = self._network_deletion_watch(loop)
+        netwatch.start()
+        # -- end of network deletions
         # -- host liveness (agent/hosts.py): our leased record, the watch of the others, reclaim
         await loop.run_in_executor(self.executor, self.hosts.register)
         self.hosts.start_watch()
         liveness = asyncio.create_task(self.hosts.run())
         # -- end of host liveness
         # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
+        # and the runtime containers' hosts files, with other hosts' peers (agent/peer_names.py)
         overlay = self._overlay_agent()
         dns = self._overlay_dns(overlay)
         if overlay is not None:
+            self.peer_names.start()
             overlay.start()
         # -- end of overlay entries
         await self.start()
@@ -245,8 +257,10 @@ class Daemon:
             liveness.cancel()
             if overlay is not None:
                 await loop.run_in_executor(None, overlay.stop)
+                await loop.run_in_executor(None, self.peer_names.stop)
             if dns is not None:
                 await loop.run_in_executor(None, dns.stop)
+            await loop.run_in_executor(None, netwatch.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -257,6 +271,17 @@ class Daemon:
                 pass
 
 
+    def _network_deletion_watch(self, loop: asyncio.AbstractEventLoop) -> NetworkDeletionWatch:
+        from drivers.vxlan import DRIVER_NAME as OVERLAY_DRIVER
+
+        def removed(network_id: str, rec: NetworkRecord) -> None:   # on the watch's thread
+            done = asyncio.run_coroutine_threadsafe(self.agent.remove_deleted(network_id, rec), loop)
+            done.add_done_callback(partial(_log_failed_removal, network_id))
+
+        # Overlay namespaces follow the records through the overlay agent's own watch.
+        return NetworkDeletionWatch(self.store, self.host_id, removed, deleted_here=self.manager.dropped_here,
+                                    skip_drivers=(OVERLAY_DRIVER,))
+
     def _overlay_agent(self) -> OverlayAgent | None:
         from agent.overlay import OverlayAgent  # imports netlink: only when serving
         from drivers.vxlan import VxlanDriver
@@ -265,7 +290,8 @@ class Daemon:
         if vxlan is None:
             return None
         interval = self.config.reconcile_interval or 60.0
-        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
+        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval,
+                            on_endpoints=self.peer_names.changed)
 
     def _overlay_dns(self, overlay: OverlayAgent | None) -> OverlayDNS | None:
         """DNS at each overlay's gateway, fed by the overlay agent's watch (agent/dns.py)."""
@@ -312,6 +338,12 @@ class Daemon:
         log.info("stopping before the store was reached: nothing was served")
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+
+
+def _log_failed_removal(network_id: str, done: Future[list[str]]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("network %s: removing it after its record was deleted: %s (the next reconcile pass "
+                    "retries)", network_id[:12], done.exception())
 
 
 def run_daemon(config: DaemonConfig) -> None:

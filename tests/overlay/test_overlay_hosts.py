@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.overlay import oracle
 from tests.overlay.dockerd import HostDockerd
-from tests.overlay.harness import Lab, OverlayHost, eventually
+from tests.overlay.harness import Lab, OverlayHost, eventually, run
 
 Names = Callable[[str], str]
 
@@ -100,6 +101,28 @@ def test_runtime_containers_on_two_hosts_reach_each_other_by_name_and_alias(lab:
     assert h1.ping(first, second.name)             # started before: learns ``second`` at exec
     h2.cli("rm", "-f", second.name)
     assert second.name not in h1.exec(first, "cat", "/etc/hosts", check=True).stdout
+
+
+def test_a_runtime_container_learns_other_hosts_peers_with_nothing_run_on_its_host(lab: Lab, names: Names) -> None:
+    """A on h1, then B on h2: A resolves B by name with no cnmkit call on h1 after A's start
+    (no run, exec or connect there: the test enters A's namespaces with nsenter); h1's daemon
+    rewrote A's hosts file on its store watch. B removed: A's hosts file loses it the same way."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    net = overlay(lab, names, "10.88.0.0/24", 8801)
+    a = box(h1, names, net)
+    pid = int(h1.json("inspect", a.name)[0]["State"]["init_pid"])
+
+    def in_a(*cmd: str) -> subprocess.CompletedProcess:
+        return run("nsenter", "-t", str(pid), "-m", "-n", *cmd, check=False)
+
+    assert in_a("getent", "hosts", a.name).stdout.split()[:1] == [a.ip]      # control: the oracle works
+    b = box(h2, names, net)
+    eventually("A resolves B", lambda: in_a("getent", "hosts", b.name).stdout.split()[:1] == [b.ip])
+    eventually("converged", converged(8801, [a, b], [h1, h2]))
+    assert in_a("ping", "-c", "1", "-W", "2", b.name).returncode == 0
+    h2.cli("rm", "-f", b.name)
+    eventually("B gone from A's hosts file", lambda: b.name not in in_a("cat", "/etc/hosts").stdout)
+    assert in_a("getent", "hosts", b.name).returncode != 0
 
 
 def test_two_overlays_with_one_subnet_on_the_same_hosts_stay_isolated(lab: Lab, names: Names) -> None:
