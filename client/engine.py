@@ -23,12 +23,12 @@ from typing import Any
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from client.transport import DaemonUnavailable, PluginError, PluginTransport
+from store.records import NAMES_OPTION
 
-__all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
+__all__ = ["NAMES_OPTION", "Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
 
 GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
 MTU_OPTION = "com.docker.network.driver.mtu"
-NAMES_OPTION = "cnmkit.names"            # CreateEndpoint option: the runtime container's name, hostname, aliases
 DEFAULT_MTU = 1500
 SPACE_OPTION = "cnmkit.space"            # ipam/service.py: the pool's own address space
 _SPACE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -121,10 +121,15 @@ class Engine:
     def list_networks(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
 
-    def inspect_network(self, ref: str, *, endpoints: bool = True) -> dict[str, Any]:
-        """The network; without ``endpoints`` its record only (no ``Endpoints``/``EndpointList``),
+    def inspect_network(self, ref: str, *, endpoints: bool = True, overlay: bool = False) -> dict[str, Any]:
+        """The network. ``overlay``: with ``OverlayEndpointList``, every host's endpoints of the
+        network's overlay. Without ``endpoints`` its record only (no ``Endpoints``/``EndpointList``),
         which costs the daemon no listing of the network's endpoints: what an attach needs."""
-        body: dict[str, Any] = {"Network": ref} if endpoints else {"Network": ref, "Endpoints": False}
+        body: dict[str, Any] = {"Network": ref}
+        if overlay:
+            body["Overlay"] = True
+        if not endpoints:
+            body["Endpoints"] = False
         return dict(self.ipam.call("Cnmkit.NetworkInspect", body)["Network"])
 
     def list_pools(self) -> list[dict[str, Any]]:

@@ -756,6 +756,13 @@ class OverlayKernel(Kernel):
         neighbour solicitations from its own neighbour table and drop the unanswered ones, so no
         ARP ever crosses the overlay: the store's entries are the only source of truth. Returns
         True when created now; an existing device is left alone (the caller checks it first).
+
+        The kernel answers EEXIST for two different things: ``name`` already taken in the target
+        namespace (our own device: False), or the VNI already used on ``port`` by *any* VXLAN
+        device whose socket lives in this namespace, wherever that device sits (one in an overlay
+        namespace that ``ip netns del`` unlinked but the kernel has not destroyed yet, or one that
+        is not cnmkit's). The second is a KernelError naming the clash: treated as "already
+        there", nothing would be made and the next step would fail with ENODEV.
         """
         spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_local": local,
                                 "vxlan_port": port, "vxlan_learning": 0, "vxlan_proxy": 1, "mtu": mtu}
@@ -769,11 +776,39 @@ class OverlayKernel(Kernel):
         try:
             self._call(f"create vxlan {name}", self._ipr().link, "add", **spec)
         except LinkExists:
-            return False
+            there = OverlayKernel(netns_path) if netns_path else self
+            try:
+                have = there._vxlans().get(name)
+            finally:
+                if there is not self:
+                    there.close()
+            if have is not None and have[0] == vni:
+                return False
+            if have is not None:
+                raise LinkExists(f"vxlan {name}: exists with VNI {have[0]}, not {vni}", errno.EEXIST) from None
+            raise KernelError(self._vni_clash(name, vni, port), errno.EEXIST) from None
         finally:
             if ns_fd is not None:
                 os.close(ns_fd)
         return True
+
+    def _vxlans(self) -> dict[str, tuple[int, int]]:
+        """name -> (VNI, UDP port) of every VXLAN device in this namespace."""
+        out = {}
+        for m in self._dump_links():
+            if m.get(("linkinfo", "kind")) == "vxlan":
+                data = ("linkinfo", "data")
+                out[str(m.get("ifname"))] = (int(m.get((*data, "vxlan_id")) or 0),
+                                             int(m.get((*data, "vxlan_port")) or 0))
+        return out
+
+    def _vni_clash(self, name: str, vni: int, port: int) -> str:
+        holder = next((n for n, (v, p) in sorted(self._vxlans().items()) if v == vni and p == port), None)
+        if holder is not None:
+            return (f"vxlan {name}: VNI {vni} on UDP port {port} is already used by VXLAN device "
+                    f"{holder} in this host's namespace")
+        return (f"vxlan {name}: VNI {vni} on UDP port {port} is already used by a VXLAN device of this "
+                f"host in another network namespace (not cnmkit's, or one still being destroyed)")
 
     def veth_add(self, name: str, peer: str, *, alias: str, mtu: int, peer_netns_path: str) -> None:
         """A plain veth pair (no master): ``name`` here, ``peer`` born in the netns at ``peer_netns_path``."""

@@ -77,8 +77,11 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    ref, endpoints = p.decode_network_inspect(await _body(request))
-    return reply({"Network": await request.app[MANAGER].inspect_network(ref, endpoints=endpoints)})
+    body = await _body(request)
+    ref, overlay = p.decode_network_ref(body), p.decode_overlay_flag(body)
+    endpoints = p.decode_endpoints_flag(body)
+    return reply({"Network": await request.app[MANAGER].inspect_network(ref, overlay=overlay,
+                                                                         endpoints=endpoints)})
 
 
 async def pool_list(request: web.Request) -> web.Response:

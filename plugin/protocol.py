@@ -231,11 +231,15 @@ def decode_network_ref(body: dict[str, Any]) -> str:
     return ref
 
 
-def decode_network_inspect(body: dict[str, Any]) -> tuple[str, bool]:
-    """Cnmkit.NetworkInspect: the network and ``Endpoints`` (default true; false: the network's
-    own record only, which is all an attach needs, and no listing of its endpoints)."""
-    endpoints = body.get("Endpoints", True)
-    return decode_network_ref(body), _bool(endpoints, "Endpoints")
+def decode_overlay_flag(body: dict[str, Any]) -> bool:
+    """Cnmkit.NetworkInspect's optional ``Overlay``: list the endpoints of the whole overlay too."""
+    return _bool(body.get("Overlay"), "Overlay")
+
+
+def decode_endpoints_flag(body: dict[str, Any]) -> bool:
+    """Cnmkit.NetworkInspect's optional ``Endpoints`` (default true; false: the network's own record
+    only, which is all an attach needs, and no listing of its endpoints)."""
+    return _bool(body.get("Endpoints", True), "Endpoints")
 
 
 def decode_network_id(body: dict[str, Any]) -> str:
