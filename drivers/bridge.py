@@ -238,8 +238,16 @@ class BridgeDriver:
         alias = naming.network_alias(spec.network_id)
         with contextlib.ExitStack() as undo:
             uplink = self._ensure_uplink(spec, cfg, undo)
-            created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
-                                                mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
+            try:
+                created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
+                                                    mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
+            except LinkExists:
+                # The name is held by a deleted network's doomed bridge the reaper has not taken
+                # yet (the same id again, or the same custom name): that one goes now.
+                if not self._drop_doomed_link(cfg.bridge):
+                    raise
+                created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
+                                                    mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
             if created:
                 undo.callback(self.kernel.link_delete, cfg.bridge, alias=alias)
                 undo.callback(self.firewall.remove_network, spec.network_id)
@@ -254,9 +262,20 @@ class BridgeDriver:
             undo.pop_all()
 
     def delete_network(self, spec: NetworkSpec) -> None:
+        """Rules go now; the bridge is taken down and marked doomed, and the reaper deletes it.
+
+        Deleting a bridge costs the kernel 30-40 ms of RCU grace periods that DeleteNetwork
+        need not wait for: down, the bridge routes and answers nothing, and its name is free
+        for the next create (``_drop_doomed_link``). A crash before the reaper leaves only the
+        marked bridge, which the reconciler deletes (``remove_doomed``). An uplink still
+        enslaved is released by the delete, or taken over by the next bridge that enslaves it.
+        """
         cfg = self._config(spec)
-        self.firewall.remove_network(spec.network_id)
-        self.kernel.link_delete(cfg.bridge, alias=naming.network_alias(spec.network_id))
+        nid = spec.network_id
+        self.firewall.remove_network(nid)
+        if self.kernel.link_doom(cfg.bridge, alias=naming.network_alias(nid), doomed_alias=naming.doomed_alias(nid),
+                                 down=True):
+            self.reaper.submit()
         self._release_uplink(spec, cfg)
 
     @staticmethod
@@ -295,7 +314,7 @@ class BridgeDriver:
         except LinkExists:
             # Our name is taken: by the doomed predecessor of an endpoint with this id (deleted a
             # moment ago, not yet reaped)? Then that one link goes now and the pair is made.
-            if not self._drop_doomed(eid):
+            if not self._drop_doomed_link(naming.host_veth_name(eid)):
                 raise
             make()
         if network.internal:
@@ -317,13 +336,13 @@ class BridgeDriver:
                                  doomed_alias=naming.doomed_alias(eid)):
             self.reaper.submit()
 
-    def _drop_doomed(self, endpoint_id: str) -> bool:
-        """Delete this endpoint's doomed host end now, if that is what holds its name."""
-        host = naming.host_veth_name(endpoint_id)
-        link = self.kernel.link_get(host)
-        if link is None or link["alias"] != naming.doomed_alias(endpoint_id):
+    def _drop_doomed_link(self, name: str) -> bool:
+        """Delete link ``name`` now if it carries a doomed mark (the reaper's, not yet deleted)."""
+        link = self.kernel.link_get(name)
+        if link is None or not link["alias"].startswith(naming.DOOMED_ALIAS_PREFIX):
             return False
-        self.kernel.link_delete(host, alias=naming.doomed_alias(endpoint_id))
+        with contextlib.suppress(LinkNotFound):          # the reaper was quicker: fine
+            self.kernel.link_delete(name, alias=link["alias"])
         return True
 
     def close(self) -> None:
@@ -371,6 +390,11 @@ class BridgeDriver:
         short = spec.network_id[:12]
         link = self.kernel.link_get(cfg.bridge)
         todo: list[str] = []
+        if link is not None and link["alias"].startswith(naming.DOOMED_ALIAS_PREFIX):
+            # Marked by a DeleteNetwork whose record removal never came (a crash in between):
+            # the mark wins, the record wants a bridge, so create_network makes a fresh one.
+            todo.append(f"delete doomed bridge {cfg.bridge}, network {short} is still on record")
+            link = None
         if link is None:
             gateways = ", ".join(str(p.gateway) for p in (*spec.ipv4, *spec.ipv6) if p.gateway) or "none"
             todo.append(f"create bridge {cfg.bridge} of network {short} (mtu {cfg.mtu}, gateways {gateways})")
@@ -469,7 +493,8 @@ class BridgeDriver:
             if not alias.startswith(naming.ALIAS_ROOT + "doomed:"):
                 continue
             owner = alias[len(naming.ALIAS_ROOT + "doomed:"):]
-            actions.append(f"delete link {name} (endpoint {owner[:12]} was deleted, its link marked doomed)")
+            what = "endpoint" if name.startswith(naming.HOST_VETH_PREFIX) else "network"
+            actions.append(f"delete link {name} ({what} {owner[:12]} was deleted, its link marked doomed)")
             if not dry_run:
                 with contextlib.suppress(LinkNotFound):     # the reaper was quicker: fine
                     self.kernel.link_delete(name, alias=alias)

@@ -504,11 +504,13 @@ class Kernel:
                 self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
             raise
 
-    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool:
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str, down: bool = False) -> bool:
         """Mark ``name`` (carrying ``alias``) for the reaper: alias ``doomed_alias``, group DOOMED_GROUP.
 
         One RTM_NEWLINK (~1 ms), against ~20 ms for the delete itself (drivers/reaper.py). True
         when the link is (now or already) marked, False when it is gone; another alias raises.
+        ``down`` also takes the link down in the same message: a doomed bridge then routes and
+        answers nothing (its connected and local routes go with IFF_UP) while it awaits the reaper.
         """
         try:
             msg = self._call(f"link {name}", self._ipr().link, "get", ifname=name)[0]
@@ -519,7 +521,7 @@ class Kernel:
             raise LinkExists(f"refusing to delete {name}: alias {have!r} is not {alias!r}", errno.EEXIST)
         try:
             self._call(f"mark {name} for deletion", self._ipr().link, "set", index=int(msg["index"]),
-                       ifalias=doomed_alias, group=DOOMED_GROUP)
+                       ifalias=doomed_alias, group=DOOMED_GROUP, **({"state": "down"} if down else {}))
         except LinkNotFound:
             return False
         return True
