@@ -7,7 +7,8 @@ hands it back in, and every kernel object is found again by its derived name and
     create_network   bridge (alias, MTU, stable MAC) -> gateway addresses -> up -> firewall
     join             veth pair: host end on the bridge, container end with MAC/MTU, in the host
                      netns for dockerd to move, or born in the sandbox when the runtime asks
-    leave            nothing: dockerd moves the link back after Leave (protocol pitfall 6.10)
+    leave            mark the host end doomed (as delete_endpoint): the pair goes while still in the
+                     sandbox, so dockerd has no link to move back before DeleteEndpoint
     delete_endpoint  mark the host end doomed; the reaper deletes it (and so the peer, wherever it
                      is) off the request's path, in batches (drivers/reaper.py)
 """
@@ -327,7 +328,16 @@ class BridgeDriver:
         check_sandbox(key, self.sandbox_dirs)
 
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
-        """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""
+        """Mark the host end doomed, as DeleteEndpoint does: the reaper deletes the pair soon.
+
+        dockerd's next step after Leave is to move the container end back to the host netns
+        (down, rename, netns change: kernel work it waits for) only for DeleteEndpoint to delete
+        it. A pair already deleted is skipped there (libnetwork logs the failed Remove at debug
+        level and goes on); one it still finds is moved as before and deleted with its host end.
+        Either way DeleteEndpoint finds the link marked or gone. A Join of the same endpoint
+        after Leave (libnetwork's sandbox refresh) makes a fresh pair (``_drop_doomed_link``).
+        """
+        self.delete_endpoint(network, endpoint)
 
     def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Mark the host end doomed and hand it to the reaper: the ~20 ms delete is not waited for."""
@@ -450,13 +460,14 @@ class BridgeDriver:
         host, alias = naming.host_veth_name(eid), naming.endpoint_alias(eid)
         link = self.kernel.link_get(host)
         todo: list[str] = []
+        dropped = 0                              # actions that delete rather than make
         if link is not None and link["alias"] == naming.doomed_alias(eid):
             # Marked by a DeleteEndpoint whose record removal never came (a crash in between):
             # the mark wins, the record decides below whether a fresh pair is needed.
             todo.append(f"delete doomed veth {host} of endpoint {eid[:12]}")
             if not dry_run:
                 self.kernel.link_delete(host, alias=link["alias"])
-            link = None
+            link, dropped = None, 1
         if link is None:
             if state.joined:
                 todo.append(f"create veth {host} of joined endpoint {eid[:12]} on bridge {cfg.bridge}")
@@ -467,7 +478,7 @@ class BridgeDriver:
             todo.append(f"adopt veth {host} of endpoint {eid[:12]} (our name, no alias: a join cut short)")
         elif link["master"] != cfg.bridge or not link["up"]:
             todo.append(f"attach veth {host} of endpoint {eid[:12]} to bridge {cfg.bridge} and set it up")
-        if todo and not dry_run:
+        if len(todo) > dropped and not dry_run:      # a left endpoint's doomed pair is not re-made
             self.kernel.ensure_veth(host, naming.container_veth_name(eid), alias=alias, mtu=cfg.mtu,
                                     peer_mac=state.spec.mac or None, master=cfg.bridge)
         if state.ports and not published:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -206,5 +206,35 @@ def test_reconciler_recreates_a_bridge_doomed_by_a_delete_whose_record_stayed(ho
         assert str(link.get("group")) != str(naming.DOOMED_GROUP)
         assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
         delete_network(engine, nid)
+    finally:
+        engine.close()
+
+
+def test_leave_dooms_the_pair_so_it_goes_while_still_in_the_sandbox(
+        host: HostDaemon, netns: str, netns_factory: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """dockerd moves the container end into its sandbox after Join and, after Leave, would move it
+    back only for DeleteEndpoint to delete it: Leave hands the pair to the reaper instead. Held
+    reaper, SIGKILL: the restart's reconcile deletes the pair, the end in the sandbox with it."""
+    sandbox = netns_factory("sb")
+    engine = Engine(str(host.plugins))
+    eid = "ef" * 32
+    try:
+        nid = engine.create_network("leave", subnets=["10.89.0.0/24"])
+        endpoint(engine, nid, eid, "10.89.0.10/24")
+        subprocess.run(["ip", "-n", netns, "link", "set", naming.container_veth_name(eid), "netns", sandbox],
+                       check=True)                       # what dockerd's prestart hook does
+        engine.driver("bridge").call("NetworkDriver.Leave", {"NetworkID": nid, "EndpointID": eid})
+        link = links(netns)[naming.host_veth_name(eid)]
+        assert link["ifalias"] == naming.doomed_alias(eid) and int(link["group"]) == naming.DOOMED_GROUP
+        assert naming.container_veth_name(eid) in links(sandbox)   # held: nothing deleted yet
+        assert host.stop(signal.SIGKILL) != 0
+        monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
+        host.start("--reconcile-interval", "0")
+        assert naming.host_veth_name(eid) not in links(netns)
+        assert naming.container_veth_name(eid) not in links(sandbox)
+        # The endpoint is still on record (no DeleteEndpoint came), left, so no pair is re-made;
+        # the DeleteEndpoint that follows finds nothing to do.
+        engine.driver("bridge").call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
+        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
     finally:
         engine.close()

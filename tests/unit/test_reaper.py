@@ -133,6 +133,35 @@ def test_converging_a_recorded_endpoint_whose_link_is_doomed_makes_it_afresh(
     assert driver.ensure_endpoints(spec(), [state], dry_run=False) == []
 
 
+def test_converging_a_left_endpoint_whose_link_is_doomed_only_deletes_it(
+        driver: BridgeDriver, kernel: FakeKernel) -> None:
+    """Leave marked the pair and the daemon died before DeleteEndpoint: not joined, nothing re-made."""
+    joined(driver)
+    driver.leave(spec(), ep())
+    assert kernel.link_get(HOST_END)["alias"] == naming.doomed_alias(EID)  # type: ignore[index]
+    state = EndpointState(spec=ep(), joined=False)
+    assert driver.ensure_endpoints(spec(), [state], dry_run=False) == [
+        f"delete doomed veth {HOST_END} of endpoint {EID[:12]}"]
+    assert kernel.link_get(HOST_END) is None
+    assert driver.ensure_endpoints(spec(), [state], dry_run=False) == []
+
+
+def test_delete_network_marks_the_bridge_down_and_a_new_create_takes_the_name(
+        driver: BridgeDriver, kernel: FakeKernel, reaper: HeldReaper) -> None:
+    bridge = naming.bridge_name(NID)
+    driver.create_network(spec())
+    driver.delete_network(spec())
+    link = kernel.link_get(bridge)
+    assert link is not None and link["alias"] == naming.doomed_alias(NID) and not link["up"]
+    assert reaper.submitted == 1
+    assert driver.ensure_network(spec(), dry_run=True)[0] == (
+        f"delete doomed bridge {bridge}, network {NID[:12]} is still on record")
+    driver.create_network(spec())                     # the same id again before the reaper ran
+    link = kernel.link_get(bridge)
+    assert link is not None and link["alias"] == naming.network_alias(NID)
+    assert driver.reconcile(lambda: ({NID}, set()), dry_run=True) == []
+
+
 class GatedKernel(FakeKernel):
     """reap_doomed blocks until released, and counts its calls: the reaper thread made observable."""
 
