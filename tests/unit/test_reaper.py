@@ -18,7 +18,7 @@ from drivers.base import EndpointSpec, EndpointState, IPAMData, JoinRequest, Net
 from drivers.bridge import BridgeDriver
 from drivers.errors import LinkExists
 from drivers.firewall import Firewall
-from drivers.reaper import BackgroundReaper
+from drivers.reaper import IDLE_WAIT, BackgroundReaper, InFlight
 from tests.fakekernel import FakeIptables, FakeKernel, FakeSysctl
 
 NID = "1" * 64
@@ -196,6 +196,42 @@ def test_marks_made_while_a_batch_runs_are_all_deleted_by_the_next_single_batch(
     reaper.close()
     assert kernel.calls == 3 and reaper.batches == 3   # 1, then all five at once, then the close
     assert [n for n in kernel.host if n.startswith("a")] == []
+
+
+def test_a_batch_waits_until_no_request_is_in_flight() -> None:
+    """The batch a request's mark starts waits for that request's answer (InFlight back to 0)."""
+    kernel = GatedKernel()
+    inflight = InFlight()
+    asked: list[float] = []
+
+    class Watched:                                     # InFlight without the give-up: no clock in the test
+        def wait_idle(self, timeout: float) -> bool:
+            asked.append(timeout)
+            return inflight.wait_idle(None)
+
+    reaper = BackgroundReaper(kernel, hold=False, idle=Watched())
+    inflight.enter()                                   # a request marks a link and submits
+    kernel.plant("a0", "veth", alias="x:0")
+    kernel.link_doom("a0", alias="x:0", doomed_alias="d:0")
+    reaper.submit()
+    inflight.enter()                                   # a second request overlaps it
+    inflight.leave()
+    assert kernel.calls == 0 and not kernel.entered.acquire(blocking=False)
+    inflight.leave()                                   # the last answer is out: the batch may go
+    assert kernel.entered.acquire(timeout=60)
+    kernel.release.release()
+    kernel.release.release()                           # for close()'s final batch
+    reaper.close()
+    assert asked == [IDLE_WAIT] and kernel.link_get("a0") is None
+
+
+def test_in_flight_gives_up_waiting_after_the_timeout() -> None:
+    inflight = InFlight()
+    assert inflight.wait_idle(0) is True
+    inflight.enter()
+    assert inflight.wait_idle(0) is False
+    inflight.leave()
+    assert inflight.wait_idle(0) is True
 
 
 def test_a_held_reaper_deletes_nothing_even_on_close() -> None:
