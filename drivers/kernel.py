@@ -519,6 +519,8 @@ class Kernel:
         have = msg.get("ifalias") or ""
         if have not in (alias, doomed_alias):
             raise LinkExists(f"refusing to delete {name}: alias {have!r} is not {alias!r}", errno.EEXIST)
+        if have == doomed_alias and msg.get("group") == DOOMED_GROUP and not (down and msg["flags"] & IFF_UP):
+            return True                          # marked already (Leave did, DeleteEndpoint comes after)
         try:
             self._call(f"mark {name} for deletion", self._ipr().link, "set", index=int(msg["index"]),
                        ifalias=doomed_alias, group=DOOMED_GROUP, **({"state": "down"} if down else {}))

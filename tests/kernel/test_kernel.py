@@ -320,3 +320,19 @@ def test_reap_doomed_leaves_a_stranger_that_shares_the_group(kernel: Kernel, net
         kernel.link_doom(f"cnv{n}", alias=f"cnmkit:ep:{n}", doomed_alias=f"cnmkit:doomed:{n}")
     kernel.reap_doomed()
     assert not {"cnva", "cnvb"} & {x["ifname"] for x in ip_json("link", "show", netns=netns)}
+
+
+def test_link_doom_marks_once_and_takes_a_bridge_down(kernel: Kernel, netns: str) -> None:
+    """Leave marks, DeleteEndpoint marks again: the second finds the mark and changes nothing;
+    ``down`` (DeleteNetwork's bridge) also clears IFF_UP, even on a link marked before."""
+    kernel.ensure_bridge("cnm-doom", alias="cnmkit:net:doom", mtu=1500)
+    kernel.set_up("cnm-doom")
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom")
+    (link,) = ip_json("link", "show", "cnm-doom", netns=netns)
+    assert link["ifalias"] == "cnmkit:doomed:doom" and "UP" in link["flags"]
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom", down=True)
+    (link,) = ip_json("link", "show", "cnm-doom", netns=netns)
+    assert "UP" not in link["flags"] and int(link["group"]) == naming.DOOMED_GROUP
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom", down=True)
+    kernel.reap_doomed()
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom") is False
