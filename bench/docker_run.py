@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,27 @@ def stop_cnmkit(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=60)
 
 
+def in_dockerd(lines: str, names: dict[str, str], variants: list[str]) -> dict[str, list[float]]:
+    """Per variant, dockerd's own time from a container's ``create`` to its ``destroy`` event (ms).
+
+    The same containers as the wall-clock figures, without the docker CLI's start-up and API
+    round trips, which on a loaded machine jitter by more than the difference being measured.
+    """
+    at: dict[str, dict[str, int]] = {}
+    for line in lines.splitlines():
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        name = ev.get("Actor", {}).get("Attributes", {}).get("name", "")
+        if name in names and ev.get("Action") in ("create", "destroy"):
+            at.setdefault(name, {})[ev["Action"]] = int(ev["timeNano"])
+    out: dict[str, list[float]] = {v: [] for v in variants}
+    for name, times in at.items():
+        if "create" in times and "destroy" in times:
+            out[names[name]].append((times["destroy"] - times["create"]) / 1e6)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     tag = f"cnmb-{os.getpid()}"
     own_dockerd: subprocess.Popen[bytes] | None = None
@@ -122,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     base: subprocess.Popen[bytes] | None = None
     linked: list[str] = []
     made: list[str] = []
+    dockerd_ms: dict[str, list[float]] = {}
     profile_file = os.path.join(state, "profile.jsonl")
     profile_rows: list[dict[str, float | str]] = []
     try:
@@ -173,13 +196,31 @@ def run(args: argparse.Namespace) -> int:
                 docker("network", "create", *create[variant], name)
         rng = random.Random(args.seed)
         runs: dict[str, list[float]] = {v: [] for v in nets}
+        names: dict[str, str] = {}
+        events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--filter", "event=create",
+                                   "--filter", "event=destroy", "--format", "{{json .}}"],
+                                  stdout=subprocess.PIPE, text=True, env=ENV)
+        lines: list[str] = []                          # read as they come: a full pipe would lose events
+        reader = threading.Thread(target=lambda: lines.extend(events.stdout or ()), daemon=True)
+        reader.start()
         for i in range(args.rounds + 1):               # round 0 is a warm-up
             order = list(nets)
             rng.shuffle(order)
-            for variant in order:
-                t = ms("run", "--rm", "--network", nets[variant], IMAGE, "sh", "-c", ":")
+            for k, variant in enumerate(order):
+                name = f"{tag}-r{i}-{k}"
+                t = ms("run", "--rm", "--name", name, "--network", nets[variant], IMAGE, "sh", "-c", ":")
                 if i:
                     runs[variant].append(t)
+                    names[name] = variant
+        docker("run", "--rm", "--name", f"{tag}-last", "--network", "none", IMAGE, "sh", "-c", ":")
+        deadline = time.monotonic() + 60               # every event of the rounds has been read
+        while not any(f"{tag}-last" in line and '"destroy"' in line for line in list(lines)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("dockerd's events stopped arriving")
+            time.sleep(0.05)
+        events.terminate()
+        events.wait()
+        dockerd_ms = in_dockerd("".join(lines), names, list(nets))
         info["loadavg_end"] = list(os.getloadavg())
     finally:
         for name in made:
@@ -213,6 +254,15 @@ def run(args: argparse.Namespace) -> int:
         add = med[variant] - med["none"]
         print(f"added over --network none: {variant} {add:.1f} ms, Docker's bridge {add_br:.1f} ms: "
               f"ratio {add / add_br:.2f} (target <= 0.85)")
+    dmed = {v: Summary.of(s).median for v, s in dockerd_ms.items()}
+    print("\nthe same containers inside dockerd (its create -> destroy events; no CLI start-up):")
+    print(markdown_table(["what", "ms min / median / max (N)", "over none"],
+                         [[v, Summary.of(s).text(), f"{dmed[v] - dmed['none']:+.1f}"]
+                          for v, s in dockerd_ms.items()]))
+    for variant in (v for v in dockerd_ms if v.startswith("cnmkit")):
+        add, base_add = dmed[variant] - dmed["none"], dmed["bridge"] - dmed["none"]
+        print(f"inside dockerd, added over none: {variant} {add:.1f} ms, Docker's bridge {base_add:.1f} ms: "
+              f"ratio {add / base_add:.2f}")
     for op in ("create", "rm"):
         b = Summary.of(net_ms["bridge"][op]).median
         for driver in (d for d in net_ms if d != "bridge"):
@@ -227,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
             table.append([call.lstrip("/"), str(len(mine)),
                           *(f"{Summary.of([float(r[c]) for r in mine]).median:.2f}" for c in cols)])
         print(markdown_table(["call", "N", *cols], table))
-    path = write_results("docker_run", {"machine": info, "runs_ms": runs, "network_ms": net_ms,
+    path = write_results("docker_run", {"machine": info, "runs_ms": runs, "dockerd_ms": dockerd_ms,
+                                        "network_ms": net_ms,
                                         "profile": profile_rows})
     print(f"results: {path}")
     return 0

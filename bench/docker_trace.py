@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         docker("network", "create", "-d", "bridge", "--subnet", "10.234.0.0/24", f"{tag}-br")
         events = subprocess.Popen(["docker", "events", "--format", "{{json .}}"], stdout=subprocess.PIPE,
                                   text=True, env=ENV)
+        lines: list[str] = []                          # read as they come: a full pipe would lose events
+        reader = threading.Thread(target=lambda: lines.extend(events.stdout or ()), daemon=True)
+        reader.start()
         variants = {"cnmkit-bridge": net, "bridge": f"{tag}-br", "none": "none"}
         for i in range(args.containers + 1):
             for variant, network in variants.items():
@@ -163,9 +166,15 @@ def run(args: argparse.Namespace) -> int:
                     windows.append((t0, time.perf_counter()))
                 if i:
                     cids[cid] = variant
-        time.sleep(0.5)
+        docker("run", "--rm", "--name", f"{tag}-last", "--network", "none", IMAGE, "sh", "-c", ":")
+        deadline = time.monotonic() + 60               # every event of the rounds has been read
+        while not any(f"{tag}-last" in line and '"destroy"' in line for line in list(lines)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("dockerd's events stopped arriving")
+            time.sleep(0.05)
         events.terminate()
-        event_lines = events.communicate()[0].splitlines()
+        events.wait()
+        event_lines = [line for line in lines if line.strip()]
     finally:
         docker("network", "rm", net, f"{tag}-br", check=False)
         stop.set()
