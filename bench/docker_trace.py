@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -87,8 +88,9 @@ async def _serve(listen: str, upstream: str, trace: Trace) -> asyncio.AbstractSe
             conn = trace.connections
         ur, uw = await asyncio.open_unix_connection(upstream)
         pending: list[Request] = []
-        await asyncio.gather(_pump_requests(conn, r, uw, trace, pending), _pump_replies(ur, w, pending),
-                             return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):      # the proxy stopping with dockerd connected
+            await asyncio.gather(_pump_requests(conn, r, uw, trace, pending), _pump_replies(ur, w, pending),
+                                 return_exceptions=True)
 
     return await asyncio.start_unix_server(handle, path=listen)
 
