@@ -115,16 +115,36 @@ def stop_cnmkit(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=60)
 
 
-def in_dockerd(lines: str, names: dict[str, str], variants: list[str]) -> dict[str, list[float]]:
+class Events:
+    """``docker events`` as JSON lines, read as they come (a full pipe would make dockerd drop some)."""
+
+    def __init__(self, *filters: str) -> None:
+        self.proc = subprocess.Popen(["docker", "events", *filters, "--format", "{{json .}}"],
+                                     stdout=subprocess.PIPE, text=True, env=ENV)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or ()), daemon=True).start()
+
+    def stop(self, marker: str) -> list[str]:
+        """Run one more container named ``marker``; once its destroy is read, every earlier event is."""
+        docker("run", "--rm", "--name", marker, "--network", "none", IMAGE, "sh", "-c", ":")
+        deadline = time.monotonic() + 60
+        while not any(marker in line and '"destroy"' in line for line in list(self.lines)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("dockerd's events stopped arriving")
+            time.sleep(0.05)
+        self.proc.terminate()
+        self.proc.wait()
+        return [line for line in self.lines if line.strip()]
+
+
+def in_dockerd(lines: list[str], names: dict[str, str], variants: list[str]) -> dict[str, list[float]]:
     """Per variant, dockerd's own time from a container's ``create`` to its ``destroy`` event (ms).
 
     The same containers as the wall-clock figures, without the docker CLI's start-up and API
     round trips, which on a loaded machine jitter by more than the difference being measured.
     """
     at: dict[str, dict[str, int]] = {}
-    for line in lines.splitlines():
-        if not line.strip():
-            continue
+    for line in lines:
         ev = json.loads(line)
         name = ev.get("Actor", {}).get("Attributes", {}).get("name", "")
         if name in names and ev.get("Action") in ("create", "destroy"):
@@ -197,12 +217,7 @@ def run(args: argparse.Namespace) -> int:
         rng = random.Random(args.seed)
         runs: dict[str, list[float]] = {v: [] for v in nets}
         names: dict[str, str] = {}
-        events = subprocess.Popen(["docker", "events", "--filter", "type=container", "--filter", "event=create",
-                                   "--filter", "event=destroy", "--format", "{{json .}}"],
-                                  stdout=subprocess.PIPE, text=True, env=ENV)
-        lines: list[str] = []                          # read as they come: a full pipe would lose events
-        reader = threading.Thread(target=lambda: lines.extend(events.stdout or ()), daemon=True)
-        reader.start()
+        events = Events("--filter", "type=container", "--filter", "event=create", "--filter", "event=destroy")
         for i in range(args.rounds + 1):               # round 0 is a warm-up
             order = list(nets)
             rng.shuffle(order)
@@ -212,15 +227,7 @@ def run(args: argparse.Namespace) -> int:
                 if i:
                     runs[variant].append(t)
                     names[name] = variant
-        docker("run", "--rm", "--name", f"{tag}-last", "--network", "none", IMAGE, "sh", "-c", ":")
-        deadline = time.monotonic() + 60               # every event of the rounds has been read
-        while not any(f"{tag}-last" in line and '"destroy"' in line for line in list(lines)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("dockerd's events stopped arriving")
-            time.sleep(0.05)
-        events.terminate()
-        events.wait()
-        dockerd_ms = in_dockerd("".join(lines), names, list(nets))
+        dockerd_ms = in_dockerd(events.stop(f"{tag}-last"), names, list(nets))
         info["loadavg_end"] = list(os.getloadavg())
     finally:
         for name in made:

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, markdown_table
-from bench.docker_run import ENV, IMAGE, LOCK, PLUGIN_DIR, docker, docker_up, ensure_image
+from bench.docker_run import IMAGE, LOCK, PLUGIN_DIR, Events, docker, docker_up, ensure_image
 
 
 @dataclass
@@ -151,11 +151,7 @@ def run(args: argparse.Namespace) -> int:
         ipam = [] if args.default_ipam else ["--ipam-driver", "cnmkit"]
         docker("network", "create", "-d", "cnmkit-bridge", *ipam, "--subnet", "10.233.0.0/24", net)
         docker("network", "create", "-d", "bridge", "--subnet", "10.234.0.0/24", f"{tag}-br")
-        events = subprocess.Popen(["docker", "events", "--format", "{{json .}}"], stdout=subprocess.PIPE,
-                                  text=True, env=ENV)
-        lines: list[str] = []                          # read as they come: a full pipe would lose events
-        reader = threading.Thread(target=lambda: lines.extend(events.stdout or ()), daemon=True)
-        reader.start()
+        events = Events()
         variants = {"cnmkit-bridge": net, "bridge": f"{tag}-br", "none": "none"}
         for i in range(args.containers + 1):
             for variant, network in variants.items():
@@ -168,15 +164,7 @@ def run(args: argparse.Namespace) -> int:
                     windows.append((t0, time.perf_counter()))
                 if i:
                     cids[cid] = variant
-        docker("run", "--rm", "--name", f"{tag}-last", "--network", "none", IMAGE, "sh", "-c", ":")
-        deadline = time.monotonic() + 60               # every event of the rounds has been read
-        while not any(f"{tag}-last" in line and '"destroy"' in line for line in list(lines)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("dockerd's events stopped arriving")
-            time.sleep(0.05)
-        events.terminate()
-        events.wait()
-        event_lines = [line for line in lines if line.strip()]
+        event_lines = events.stop(f"{tag}-last")
     finally:
         docker("network", "rm", net, f"{tag}-br", check=False)
         stop.set()

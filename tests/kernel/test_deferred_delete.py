@@ -35,6 +35,18 @@ def host(netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         daemon.stop(signal.SIGKILL)
 
 
+def restart_reaping(host: HostDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL "between the answer and the deletion", then a daemon whose reaper is not held;
+    its start-up pass runs before the sockets appear."""
+    assert host.stop(signal.SIGKILL) != 0
+    monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
+    host.start("--reconcile-interval", "0")
+
+
+def settled(host: HostDaemon) -> bool:
+    return host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+
+
 def links(netns: str) -> dict[str, dict]:
     return {link["ifname"]: link for link in ip_json("link", "show", netns=netns)}
 
@@ -76,9 +88,7 @@ def test_sigkill_before_the_deletion_leaves_marked_links_that_the_restart_remove
         assert [e["EndpointID"] for e in eps] == [keep]             # the records are gone already
         unrelated = {name for name in now if not name.startswith(("cnv", "cni"))}
 
-        assert host.stop(signal.SIGKILL) != 0
-        monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
-        host.start("--reconcile-interval", "0")       # the start-up pass runs before the sockets appear
+        restart_reaping(host, monkeypatch)
 
         after = links(netns)
         for eid in eids[:-1]:
@@ -88,7 +98,7 @@ def test_sigkill_before_the_deletion_leaves_marked_links_that_the_restart_remove
         log = (host.state.parent / "daemon.log").read_text()
         for eid in eids[:-1]:
             assert f"delete link {naming.host_veth_name(eid)} (endpoint {eid[:12]} was deleted" in log
-        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+        assert settled(host)
     finally:
         engine.close()
 
@@ -151,9 +161,7 @@ def test_deleted_network_bridge_is_marked_down_and_a_restart_removes_it(
         assert engine.driver("bridge").call("NetworkDriver.DeleteNetwork", {"NetworkID": gone}) is not None
         unrelated = {name for name in links(netns) if name != naming.bridge_name(gone)}
 
-        assert host.stop(signal.SIGKILL) != 0
-        monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
-        host.start("--reconcile-interval", "0")       # the start-up pass runs before the sockets appear
+        restart_reaping(host, monkeypatch)
 
         after = links(netns)
         assert naming.bridge_name(gone) not in after
@@ -161,7 +169,7 @@ def test_deleted_network_bridge_is_marked_down_and_a_restart_removes_it(
         assert after[naming.bridge_name(keep)]["ifalias"] == naming.network_alias(keep)
         log = (host.state.parent / "daemon.log").read_text()
         assert f"delete link {naming.bridge_name(gone)} (network {gone[:12]} was deleted" in log
-        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+        assert settled(host)
     finally:
         engine.close()
 
@@ -204,7 +212,7 @@ def test_reconciler_recreates_a_bridge_doomed_by_a_delete_whose_record_stayed(ho
         link = links(netns)[name]
         assert link["ifalias"] == naming.network_alias(nid) and "UP" in link["flags"]
         assert str(link.get("group")) != str(naming.DOOMED_GROUP)
-        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+        assert settled(host)
         delete_network(engine, nid)
     finally:
         engine.close()
@@ -227,14 +235,12 @@ def test_leave_dooms_the_pair_so_it_goes_while_still_in_the_sandbox(
         link = links(netns)[naming.host_veth_name(eid)]
         assert link["ifalias"] == naming.doomed_alias(eid) and int(link["group"]) == naming.DOOMED_GROUP
         assert naming.container_veth_name(eid) in links(sandbox)   # held: nothing deleted yet
-        assert host.stop(signal.SIGKILL) != 0
-        monkeypatch.delenv("CNMKIT_TEST_HOLD_REAPER")
-        host.start("--reconcile-interval", "0")
+        restart_reaping(host, monkeypatch)
         assert naming.host_veth_name(eid) not in links(netns)
         assert naming.container_veth_name(eid) not in links(sandbox)
         # The endpoint is still on record (no DeleteEndpoint came), left, so no pair is re-made;
         # the DeleteEndpoint that follows finds nothing to do.
         engine.driver("bridge").call("NetworkDriver.DeleteEndpoint", {"NetworkID": nid, "EndpointID": eid})
-        assert host.cli("reconcile").stdout.strip() == "nothing to do: the kernel matches the store"
+        assert settled(host)
     finally:
         engine.close()
