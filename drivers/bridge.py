@@ -274,9 +274,9 @@ class BridgeDriver:
         cfg = self._config(spec)
         nid = spec.network_id
         self.firewall.remove_network(nid)
-        if self.kernel.link_doom(cfg.bridge, alias=naming.network_alias(nid), doomed_alias=naming.doomed_alias(nid),
-                                 down=True):
-            self.reaper.submit()
+        doomed = naming.doomed_alias(nid)
+        if self.kernel.link_doom(cfg.bridge, alias=naming.network_alias(nid), doomed_alias=doomed, down=True):
+            self.reaper.submit(cfg.bridge, doomed)
         self._release_uplink(spec, cfg)
 
     @staticmethod
@@ -342,9 +342,9 @@ class BridgeDriver:
     def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Mark the host end doomed and hand it to the reaper: the ~20 ms delete is not waited for."""
         eid = endpoint.endpoint_id
-        if self.kernel.link_doom(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid),
-                                 doomed_alias=naming.doomed_alias(eid)):
-            self.reaper.submit()
+        host, doomed = naming.host_veth_name(eid), naming.doomed_alias(eid)
+        if self.kernel.link_doom(host, alias=naming.endpoint_alias(eid), doomed_alias=doomed):
+            self.reaper.submit(host, doomed)
 
     def _drop_doomed_link(self, name: str) -> bool:
         """Delete link ``name`` now if it carries a doomed mark (the reaper's, not yet deleted)."""

@@ -50,6 +50,7 @@ class DoomOps(Protocol):
 
     def link_doom(self, name: str, *, alias: str, doomed_alias: str, down: bool = False) -> bool: ...
     def reap_doomed(self) -> None: ...
+    def link_delete(self, name: str, *, alias: str) -> bool: ...
 
 
 class Idle(Protocol):
@@ -90,8 +91,8 @@ class InFlight:
 class Reaper(Protocol):
     """What the bridge driver hands marked links to."""
 
-    def submit(self) -> None:
-        """A link was just marked: delete it (now or soon)."""
+    def submit(self, name: str = "", doomed_alias: str = "") -> None:
+        """A link (``name``, carrying ``doomed_alias``, when given) was just marked: delete it (now or soon)."""
 
     def close(self) -> None:
         """Delete whatever is still marked, then stop."""
@@ -103,7 +104,7 @@ class InlineReaper:
     def __init__(self, kernel: DoomOps) -> None:
         self.kernel = kernel
 
-    def submit(self) -> None:
+    def submit(self, name: str = "", doomed_alias: str = "") -> None:
         self.kernel.reap_doomed()
 
     def close(self) -> None:
@@ -116,6 +117,15 @@ class BackgroundReaper:
     ``submit`` only sets a flag and wakes the thread: the requests that mark links while a batch
     is being deleted are all taken by the next one. The thread uses its own netlink socket
     (drivers/kernel.py keeps one per thread).
+
+    One named link, alone, is deleted at once by name (one get, one delete: no dump of every
+    link), without waiting for the request to be answered: after Leave that delete races
+    dockerd's move of the container end back to the host netns (~13 ms it then need not spend),
+    and it must start before dockerd reads the answer to win. Measured through dockerd (issue
+    11 item 2): Leave's answer to DeleteEndpoint 16.5 ms with the batch waiting for no request
+    in flight, 3.6 ms starting at once. Several links, or unnamed ones, go as one group batch,
+    which waits for a moment with no request in flight (``InFlight``): its dump competes with
+    the request for the GIL.
     """
 
     def __init__(self, kernel: DoomOps, *, hold: bool | None = None, idle: Idle | None = None) -> None:
@@ -124,14 +134,19 @@ class BackgroundReaper:
         self.idle = idle                         # the daemon's InFlight: a batch waits for no request
         self._cond = threading.Condition()
         self._pending = False
+        self._named: list[tuple[str, str]] = []  # (name, doomed alias) submitted since the last pass
         self._stopping = False
         self.batches = 0                         # how many group deletes ran (tests, bench)
         self._thread = threading.Thread(target=self._run, name="cnmkit-reaper", daemon=True)
         self._thread.start()
 
-    def submit(self) -> None:
+    def submit(self, name: str = "", doomed_alias: str = "") -> None:
         with self._cond:
             self._pending = True
+            if name and doomed_alias:
+                self._named.append((name, doomed_alias))
+            else:
+                self._named.append(("", ""))     # unnamed: the group batch
             self._cond.notify()
 
     def close(self) -> None:
@@ -149,13 +164,29 @@ class BackgroundReaper:
                     if self._stopping:
                         return
                     self._pending = False
+                    self._named.clear()
                     continue
                 stopping, self._pending = self._stopping, False
+                named, self._named = self._named, []
+            if len(named) == 1 and named[0][0] and not stopping:
+                self._delete_one(*named[0])
+                continue
             if self.idle is not None and not stopping:
                 self.idle.wait_idle(IDLE_WAIT)   # the marking request's answer goes out first
             self._reap()
             if stopping:
                 return
+
+    def _delete_one(self, name: str, doomed_alias: str) -> None:
+        """The one link just marked, by name: gone, or not carrying the mark (a new endpoint of the
+        same id took the name back), is fine; a failure leaves it marked for a group batch."""
+        try:
+            self.kernel.link_delete(name, alias=doomed_alias)
+        except DriverError:
+            self.submit()                        # LinkExists (no longer doomed) or a kernel error
+        except Exception:
+            with contextlib.suppress(Exception):
+                log.exception("doomed-link reaper")
 
     def _reap(self) -> None:
         try:

@@ -34,7 +34,7 @@ class HeldReaper:
         self.kernel = kernel
         self.submitted = 0
 
-    def submit(self) -> None:
+    def submit(self, name: str = "", doomed_alias: str = "") -> None:
         self.submitted += 1
 
     def close(self) -> None:
@@ -223,6 +223,48 @@ def test_a_batch_waits_until_no_request_is_in_flight() -> None:
     kernel.release.release()                           # for close()'s final batch
     reaper.close()
     assert asked == [IDLE_WAIT] and kernel.link_get("a0") is None
+
+
+def test_one_named_link_is_deleted_at_once_by_name_without_a_batch_or_waiting() -> None:
+    """After Leave the delete must start before dockerd reads the answer: no dump, no InFlight wait."""
+    deleted = threading.Event()
+    asked: list[float] = []
+
+    class Counting(FakeKernel):
+        reaps = 0
+
+        def reap_doomed(self) -> None:
+            Counting.reaps += 1
+            super().reap_doomed()
+
+        def link_delete(self, name: str, *, alias: str) -> bool:
+            gone = super().link_delete(name, alias=alias)
+            deleted.set()
+            return gone
+
+    class Busy:                                        # a request is always in flight
+        def wait_idle(self, timeout: float) -> bool:
+            asked.append(timeout)
+            return False
+
+    kernel = Counting()
+    reaper = BackgroundReaper(kernel, hold=False, idle=Busy())
+    kernel.plant("a0", "veth", alias="x:0")
+    kernel.link_doom("a0", alias="x:0", doomed_alias="d:0")
+    reaper.submit("a0", "d:0")
+    assert deleted.wait(timeout=60)
+    assert kernel.link_get("a0") is None and Counting.reaps == 0 and asked == []
+    reaper.close()
+
+
+def test_a_named_link_that_lost_its_mark_is_left_alone() -> None:
+    """The same endpoint id joined again before the reaper ran: the name is no longer doomed."""
+    kernel = FakeKernel()
+    reaper = BackgroundReaper(kernel, hold=False)
+    kernel.plant("a0", "veth", alias="x:0")
+    reaper.submit("a0", "d:0")                        # its mark is "x:0" now, not "d:0"
+    reaper.close()
+    assert kernel.link_get("a0") is not None
 
 
 def test_in_flight_gives_up_waiting_after_the_timeout() -> None:
