@@ -40,7 +40,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from runtime import ns
-from runtime.process import INIT_ARGV0, InitSpec, _default_signals, _setup_mounts, exit_code, run_init, start_time
+from runtime.process import (
+    INIT_ARGV0,
+    InitSpec,
+    _default_signals,
+    _setup_mounts,
+    exit_code,
+    private_table,
+    run_init,
+    start_time,
+)
 
 _TINI = ("tini-static", "tini", "docker-init")
 
@@ -187,7 +196,7 @@ def _supervise(launches: Sequence[Launch], report_w: int, on_exit: Callable[[str
                     ns.setns(own_pid_ns, ns.CLONE_NEWPID)  # and the one after gets its own again
             if child == 0:                                # pragma: no cover - the init, before exec
                 os.close(err_r)
-                _init_child(launch, err_w, report_w, tini, netns_fds.get(launch.cid, -1))
+                _init_child(launch, err_w, report_w, tini, netns_fds.get(launch.cid, -1), home_mnt is not None)
             os.close(err_w)
             pending.append((launch, child, err_r))
     finally:
@@ -261,14 +270,11 @@ def _stage_mounts(launches: Sequence[Launch]) -> int | None:
         os.close(home)
         return None
     try:
-        ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)     # nothing below leaks to the host
-        hidden = {os.path.realpath(p) for launch in launches for p in launch.spec.hide_mounts}
-        for prefix in hidden:
-            if os.path.isdir(prefix):
-                with contextlib.suppress(OSError):
-                    ns.umount2(prefix, ns.MNT_DETACH)
+        private_table(p for launch in launches for p in launch.spec.hide_mounts)
     except OSError:
-        pass                                        # the inits trim what is left, as before
+        ns.setns(home, ns.CLONE_NEWNS)              # each init trims its own copy, as before
+        os.close(home)
+        return None
     return home
 
 
@@ -290,19 +296,25 @@ def _command_pid(init_pid: int) -> int:
     return 0
 
 
-def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None, netns_fd: int = -1) -> None:
+def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None, netns_fd: int = -1,
+                staged: bool = False) -> None:
     """PID 1 of the new PID namespace, until it execs tini. Never returns.
 
     Writes ``err MESSAGE`` on ``err_w`` on failure; a successful exec closes it (CLOEXEC) with
-    nothing written.
+    nothing written. ``staged``: the mount table it copies is already private and trimmed.
+
+    Every fd this process has is close-on-exec (the caller's were closed when the supervisor
+    started; what the supervisor opened since is CLOEXEC), so the exec leaves tini 0-2 alone
+    without closing hundreds of fds one by one here (the other inits' pipes and netns fds: O(n)
+    per node). Without tini this process stays PID 1 and closes them itself.
     """
     try:
         os.close(report_w)
         spec = launch.spec
         tini_fd = os.open(tini, os.O_RDONLY | os.O_CLOEXEC) if tini else -1
-        _close_inherited((err_w, tini_fd, netns_fd))
         stdio = _open_stdio(launch.log_path)
         if tini_fd < 0:
+            _close_inherited((err_w, *(stdio or ())))
             _redirect(stdio)
             run_init(spec, err_w)                     # stays PID 1 itself (no tini here)
         if netns_fd >= 0:
@@ -312,7 +324,7 @@ def _init_child(launch: Launch, err_w: int, report_w: int, tini: str | None, net
             ns.setns_path(spec.netns, ns.CLONE_NEWNET)
         ns.unshare(ns.CLONE_NEWNS | ns.CLONE_NEWUTS)
         ns.sethostname(spec.hostname)
-        _setup_mounts(spec)
+        _setup_mounts(spec, staged)
         _redirect(stdio)
         _default_signals()
         os.chdir("/")
