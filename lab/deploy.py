@@ -437,12 +437,10 @@ class LabService:
             # netns cleanup worker, after stop_many returns: they go first, as one group delete,
             # so nothing of the lab is left when destroy reports done (and a redeploy does not
             # meet an old port's name).
-            live = {link["name"] for link in links.host_links()} if ports else set()
-            gone = [name for name in ports if name in live]
-            errors = links.remove_links(record["name"], [(name, None, "") for name in gone])
+            errors = links.remove_links(record["name"], [(name, None, "") for name in ports])
             failed = next((x for x in errors if x is not None), None)
             if failed is not None:
-                raise LabError(f"remove link {gone[errors.index(failed)]}: {failed}")
+                raise LabError(f"remove link {ports[errors.index(failed)]}: {failed}")
             batch.stop_many(self.svc, present, timeout=0.0)     # as `rm -f` did
         except (PluginError, DaemonUnavailable, ContainerError, KernelError, OSError) as exc:
             raise LabError(f"remove nodes: {exc}") from None
