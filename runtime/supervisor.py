@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -100,16 +102,47 @@ class Supervisor:
         return exit_code(status)
 
 
+@dataclass(frozen=True)
+class ExitHook:
+    """``on_exit`` by name: ``module.factory(*args)`` builds the real callback on the first exit.
+
+    Picklable and light, so a supervisor in a fresh interpreter (``spawn``, ``FRESH_FROM``) gets
+    it without importing the runtime's heavy modules before it has forked its inits.
+    """
+
+    module: str
+    factory: str
+    args: tuple[str, ...]
+
+    def __call__(self, cid: str, code: int) -> None:
+        built = _HOOKS.get(self)
+        if built is None:
+            built = _HOOKS[self] = getattr(importlib.import_module(self.module), self.factory)(*self.args)
+        built(cid, code)
+
+
+_HOOKS: dict[ExitHook, Callable[[str, int], None]] = {}
+# From this many containers on, a detached batch's supervisor is a fresh interpreter (~30 ms, once)
+# instead of a fork of the caller: every fork of a 40 MB lab deployer, and every init's exec
+# out of it, costs ~1.5 ms more than out of a 14 MB interpreter that imported only this module.
+FRESH_FROM = 24
+_BOOT = ("import os, sys; sys.path[:0] = sys.argv[3].split(os.pathsep); "
+         "from runtime import supervisor; supervisor.fresh_main(int(sys.argv[1]), int(sys.argv[2]))")
+
+
 def spawn(launches: Sequence[Launch], on_exit: Callable[[str, int], None], *,
           supervisor_log: str | None) -> tuple[Supervisor, list[Started]]:
     """Fork the supervisor, which starts every launch; return once each has reported.
 
-    ``on_exit(cid, code)`` runs in the supervisor after a container's init has been reaped.
-    ``supervisor_log`` is where the supervisor's own stdio goes (None: keep the caller's, for a
-    foreground run whose caller waits for it anyway). Fork with no other thread of ours running.
+    ``on_exit(cid, code)`` runs in the supervisor after a container's init has been reaped (an
+    ``ExitHook`` when the supervisor may be a fresh interpreter). ``supervisor_log`` is where the
+    supervisor's own stdio goes (None: keep the caller's, for a foreground run whose caller waits
+    for it anyway). Fork with no other thread of ours running.
     """
     r, w = os.pipe()
     detached = supervisor_log is not None
+    fresh = _fresh_args(launches, on_exit, supervisor_log, w) if detached and len(launches) >= FRESH_FROM and \
+        isinstance(on_exit, ExitHook) else None
     pid = os.fork()
     if pid == 0:                                      # pragma: no cover - runs in the child
         code = 70
@@ -119,11 +152,16 @@ def spawn(launches: Sequence[Launch], on_exit: Callable[[str, int], None], *,
             # init (or the nearest subreaper), so a long-lived caller (a lab deployer) collects no
             # zombie supervisors. A foreground run keeps it as its child to wait for its code.
             if not detached or os.fork() == 0:
+                if fresh is not None:
+                    with contextlib.suppress(OSError):         # no interpreter to exec: supervise here
+                        os.execv(fresh[0], fresh)
                 code = _supervise(launches, w, on_exit, supervisor_log)
             else:
                 code = 0
         finally:
             os._exit(code)
+    if fresh is not None:
+        os.close(int(fresh[-3]))
     os.close(w)
     with os.fdopen(r, "rb") as fh:
         data = fh.read()
@@ -137,6 +175,25 @@ def spawn(launches: Sequence[Launch], on_exit: Callable[[str, int], None], *,
     out = [Started(launch.cid, **reports[launch.cid]) if launch.cid in reports else
            Started(launch.cid, error="the container's supervisor exited before starting it") for launch in launches]
     return Supervisor(sup_pid, start_time(sup_pid) or 0), out
+
+
+def _fresh_args(launches: Sequence[Launch], on_exit: Callable[[str, int], None], supervisor_log: str | None,
+                report_w: int) -> list[str]:
+    """The argv of a fresh supervisor: what it needs is pickled into a memfd it inherits (a pipe
+    would fill up before the exec that empties it), with ``report_w`` kept open across the exec."""
+    data = os.memfd_create("cnmkit-launches", 0)
+    os.write(data, pickle.dumps((list(launches), on_exit, supervisor_log)))
+    os.lseek(data, 0, os.SEEK_SET)
+    os.set_inheritable(report_w, True)
+    return [sys.executable, "-I", "-S", "-c", _BOOT, str(data), str(report_w), os.pathsep.join(sys.path)]
+
+
+def fresh_main(data: int, report_w: int) -> None:                  # pragma: no cover - a fresh process
+    """Entry point of a fresh supervisor (``_BOOT``): read the batch, supervise it, exit."""
+    with os.fdopen(data, "rb") as fh:
+        launches, on_exit, supervisor_log = pickle.load(fh)
+    os.set_inheritable(report_w, False)
+    os._exit(_supervise(launches, report_w, on_exit, supervisor_log))
 
 
 # -- inside the supervisor --------------------------------------------------------------------
