@@ -230,3 +230,43 @@ def kernel_error(what: str, code: int) -> KernelError:
     if code == errno.EEXIST:
         return LinkExists(message, code)
     return KernelError(message, code)
+
+
+@dataclass(frozen=True)
+class Veth:
+    """One pair for ``make_veths``: ``name`` in the netns at ``netns`` (a path), ``peer`` in
+    ``peer_netns``'s; ``master`` an ifindex in ``name``'s namespace (0: none)."""
+
+    name: str
+    peer: str
+    netns: str
+    peer_netns: str
+    mtu: int | None = None
+    master: int = 0
+
+
+def make_veths(nl: LinkBatch, pairs: Sequence[Veth]) -> list[KernelError | None]:
+    """Every pair in one batch of requests, each namespace opened once; per pair None or the
+    error (a failed pair leaves nothing: the kernel makes both ends or neither)."""
+    out: list[KernelError | None] = [None] * len(pairs)
+    fds: dict[str, int] = {}
+    requests, sent = [], []
+    try:
+        for index, pair in enumerate(pairs):
+            try:
+                for path in (pair.netns, pair.peer_netns):
+                    if path not in fds:
+                        fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                out[index] = KernelError(f"netns {exc.filename}: {exc.strerror}", exc.errno)
+                continue
+            requests.append(veth(pair.name, pair.peer, netns_fd=fds[pair.netns], peer_netns_fd=fds[pair.peer_netns],
+                                 mtu=pair.mtu, master=pair.master))
+            sent.append(index)
+        for index, code in zip(sent, nl.run(requests), strict=True):
+            if code:
+                out[index] = kernel_error(f"create veth {pairs[index].name}", code)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -160,15 +159,6 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
 
     errors: list[BaseException | None] = [None] * len(new)
     alias = alias_for(lab)
-    fds: dict[str, int] = {}
-
-    def fd(path: str) -> int:
-        if path not in fds:
-            try:
-                fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise KernelError(f"netns {path}: {exc.strerror}", exc.errno) from exc
-        return fds[path]
 
     def ends(link: NewLink) -> tuple[tuple[dict[str, Any], str | None], tuple[dict[str, Any], str | None]]:
         """(main, peer): the main end is a bridge port when there is one."""
@@ -177,45 +167,38 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
             main, peer = peer, main
         return main, peer
 
-    try:
-        with rtbatch.LinkBatch() as nl:
-            masters = {link.name: link.index for link in nl.dump() if link.kind == "bridge"}
+    with rtbatch.LinkBatch() as nl:
+        masters = {link.name: link.index for link in nl.dump() if link.kind == "bridge"}
 
-            def master_of(end: dict[str, Any]) -> int:
-                if end["kind"] != "bridge":
-                    return 0
-                if end["node"] not in masters:
-                    raise LinkNotFound(f"bridge {end['node']}: no such bridge", errno.ENODEV)
-                return masters[end["node"]]
+        def master_of(end: dict[str, Any]) -> int:
+            if end["kind"] != "bridge":
+                return 0
+            if end["node"] not in masters:
+                raise LinkNotFound(f"bridge {end['node']}: no such bridge", errno.ENODEV)
+            return masters[end["node"]]
 
-            requests, sent = [], []
-            for index, link in enumerate(new):
-                main, peer = ends(link)
-                try:
-                    requests.append(rtbatch.veth(main[0]["ifname"], peer[0]["ifname"],
-                                                 netns_fd=fd(main[1] or HOST_NETNS),
-                                                 peer_netns_fd=fd(peer[1] or HOST_NETNS), mtu=link.mtu,
-                                                 master=master_of(main[0])))
-                    sent.append(index)
-                except KernelError as exc:
-                    errors[index] = exc
-            for index, code in zip(sent, nl.run(requests), strict=True):
-                if code:
-                    errors[index] = rtbatch.kernel_error(f"create veth {ends(new[index])[0][0]['ifname']}", code)
-            # Two bridge ports: the peer's master, the mark and up, in one request each.
-            second = [i for i in sent if errors[i] is None and ends(new[i])[1][1] is None]
-            for index, code in zip(second, nl.run([rtbatch.set_link(name=ends(new[i])[1][0]["ifname"],
-                                                                    master=master_of(ends(new[i])[1][0]),
-                                                                    alias=alias, up=True) for i in second]),
-                                   strict=True):
-                if code:
-                    peer_name = ends(new[index])[1][0]["ifname"]
-                    errors[index] = rtbatch.kernel_error(f"link {peer_name}", code)
-                    with contextlib.suppress(KernelError, OSError):     # unmarked: the set failed whole
-                        remove_link(lab, peer_name, None, "")
-    finally:
-        for opened in fds.values():
-            os.close(opened)
+        pairs, sent = [], []
+        for index, link in enumerate(new):
+            main, peer = ends(link)
+            try:
+                pairs.append(rtbatch.Veth(main[0]["ifname"], peer[0]["ifname"], main[1] or HOST_NETNS,
+                                          peer[1] or HOST_NETNS, link.mtu, master_of(main[0])))
+                sent.append(index)
+            except KernelError as exc:
+                errors[index] = exc
+        for index, error in zip(sent, rtbatch.make_veths(nl, pairs), strict=True):
+            errors[index] = error
+        # Two bridge ports: the peer's master, the mark and up, in one request each.
+        second = [i for i in sent if errors[i] is None and ends(new[i])[1][1] is None]
+        for index, code in zip(second, nl.run([rtbatch.set_link(name=ends(new[i])[1][0]["ifname"],
+                                                                master=master_of(ends(new[i])[1][0]),
+                                                                alias=alias, up=True) for i in second]),
+                               strict=True):
+            if code:
+                peer_name = ends(new[index])[1][0]["ifname"]
+                errors[index] = rtbatch.kernel_error(f"link {peer_name}", code)
+                with contextlib.suppress(KernelError, OSError):     # unmarked: the set failed whole
+                    remove_link(lab, peer_name, None, "")
     by_netns: dict[str, list[tuple[int, str, Sequence[str]]]] = {}
     for index, link in enumerate(new):
         if errors[index] is None:

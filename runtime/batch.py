@@ -409,14 +409,15 @@ def _init_spec(svc: ContainerService, config: ContainerConfig, state: ContainerS
 
 
 def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> list[BaseException]:
-    """Create every veth pair from one host-side handle (ends born in their namespaces), then bring
-    up and address the ends of each node from inside it with ioctls: no netlink socket per
-    namespace (a pyroute2 handle costs more than the link itself)."""
-    from drivers.kernel import Kernel
+    """Create every veth pair in one batch of requests (ends born in their namespaces;
+    drivers/rtbatch.py), then bring up and address the ends of each node from inside it with
+    ioctls: no netlink socket per namespace (a pyroute2 handle costs more than the link itself)."""
+    from drivers import rtbatch
 
-    with Kernel() as k:                  # from this thread only (lab/links.py, _ONE_THREAD: why)
-        errors = _parallel(lambda link: k.veth_link(link.a_ifname, link.b_ifname, netns_path=netns[link.a],
-                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, 1)
+    with rtbatch.LinkBatch() as nl:
+        made = rtbatch.make_veths(nl, [rtbatch.Veth(link.a_ifname, link.b_ifname, netns[link.a], netns[link.b],
+                                                    link.mtu) for link in links])
+    errors: list[BaseException] = [error for error in made if error is not None]
     if errors:
         return errors
     ends: dict[str, list[tuple[str, Sequence[str]]]] = {}
