@@ -223,10 +223,8 @@ def configure_fast(path: str, att: dict[str, Any], ifname: str, install_default:
     """
     if att.get("address_v6") or att.get("gateway_v6") or att.get("static_routes") or not att.get("address"):
         return sandbox.configure(path, att, ifname, install_default)
-    from drivers.kernel import entered_netns
-
     iface = ipaddress.IPv4Interface(att["address"])
-    with entered_netns(path), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with ns.entered(path), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         src, dst = att["src_name"].encode(), ifname.encode()
         fcntl.ioctl(sock, _SIOCSIFNAME, struct.pack("16s16s8x", src, dst))
         if att.get("mac"):
@@ -430,9 +428,7 @@ def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> l
 def configure_ends(path: str | None, ends: Sequence[tuple[str, Sequence[str]]]) -> None:
     """Inside the netns at ``path`` (this thread only, and back; None: where this thread is):
     address (CIDRs) and up each interface, with ioctls: no netlink socket per namespace."""
-    from drivers.kernel import entered_netns
-
-    with entered_netns(path) if path else contextlib.nullcontext():
+    with ns.entered(path) if path else contextlib.nullcontext():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for ifname, addresses in ends:
                 for address in addresses:
