@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.errors import KernelError, LinkExists, LinkNotFound
+from drivers.errors import KernelError, for_errno
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -224,12 +224,7 @@ def _parse_link(payload: bytes) -> Link:
 
 def kernel_error(what: str, code: int) -> KernelError:
     """A failed request's errno as drivers/kernel.py reports it (LinkNotFound, LinkExists, ...)."""
-    message = f"{what}: {os.strerror(code)}"
-    if code in (errno.ENODEV, errno.ENOENT):
-        return LinkNotFound(message, code)
-    if code == errno.EEXIST:
-        return LinkExists(message, code)
-    return KernelError(message, code)
+    return for_errno(f"{what}: {os.strerror(code)}", code)
 
 
 @dataclass(frozen=True)
