@@ -46,17 +46,24 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from drivers.errors import DriverError
 from drivers.vxlan import DRIVER_NAME, VxlanDriver, overlay_of
 from store import records
-from store.base import Compacted, Event, Store, StoreError
+from store.base import KV, Compacted, Event, Store, StoreError
 from store.records import EndpointRecord, NetworkRecord, OverlayRecord, decode_host
 
 log = logging.getLogger("cnmkit.overlay")
 
 ZERO_MAC = "00:00:00:00:00:00"
 Pair = tuple[str, str]
+
+
+class StoreListener(Protocol):
+    def reset(self, kvs: list[KV]) -> None: ...
+
+    def event(self, ev: Event) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ class OverlayAgent:
         self.passes = 0                               # completed syncs: tests wait on ``synced``
         self.watches = 0                              # watch streams opened (tests: not one per event)
         self.synced = threading.Condition()
+        # Given every record listed and every event, on this thread, after the agent's own work:
+        # one watch serves them too (agent/dns.py's names). They must only hand over, never wait.
+        self.listeners: list[StoreListener] = []
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -176,6 +186,8 @@ class OverlayAgent:
             for ev in self.store.watch("", rev + 1, timeout=self.IDLE):
                 rev = ev.revision
                 self.on_event(ev)
+                for listener in self.listeners:
+                    listener.event(ev)
                 if self._stop.is_set() or time.monotonic() >= due:
                     break
         return rev
@@ -188,6 +200,8 @@ class OverlayAgent:
         self.networks, self.endpoints, self.vteps, self.overlays = {}, {}, {}, {}
         for kv in kvs:
             self._put(kv.key, kv.value)
+        for listener in self.listeners:
+            listener.reset(kvs)
         return rev
 
     def apply_event(self, ev: Event) -> bool:

@@ -607,6 +607,10 @@ class Kernel:
 
     def route_add(self, dst: str = "default", *, gateway: str | None = None, oif: str | None = None) -> None:
         """Add a route: ``route_add(gateway="10.0.0.1")`` is the default route via 10.0.0.1."""
+        self._route("add", dst, gateway, oif)
+
+    def _route(self, verb: str, dst: str, gateway: str | None, oif: str | None) -> None:
+        """``ip route VERB DST [via GATEWAY] [dev OIF]``, the family taken from the gateway or DST."""
         spec: dict[str, Any] = {"dst": dst}
         family = _family(gateway or dst)
         if family:
@@ -615,7 +619,7 @@ class Kernel:
             spec["gateway"] = gateway
         if oif:
             spec["oif"] = self._index(oif)
-        self._call(f"route {dst}", self._ipr().route, "add", **spec)
+        self._call(f"route {dst}", self._ipr().route, verb, **spec)
 
 
 def stray_queue(ipr: Any) -> asyncio.Queue[bytes] | None:
@@ -813,12 +817,4 @@ class OverlayKernel(Kernel):
             self._call(f"neigh del {ip}", self._ipr().neigh, "del", ifindex=index, dst=ip, family=family)
 
     def route_replace(self, dst: str, *, gateway: str | None = None, oif: str | None = None) -> None:
-        spec: dict[str, Any] = {"dst": dst}
-        family = _family(gateway or dst)
-        if family:
-            spec["family"] = family
-        if gateway:
-            spec["gateway"] = gateway
-        if oif:
-            spec["oif"] = self._index(oif)
-        self._call(f"route {dst}", self._ipr().route, "replace", **spec)
+        self._route("replace", dst, gateway, oif)

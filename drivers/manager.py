@@ -44,11 +44,11 @@ from drivers.base import (
     PortRequest,
 )
 from drivers.errors import Conflict, DriverError, NotFound
-from ipam.pools import GLOBAL_ADDRESS_SPACE
+from ipam.pools import GLOBAL_ADDRESS_SPACE, OVERLAY_OPTION
 from plugin import profile
 from plugin.quoting import shown, shown_key
 from store import records
-from store.base import Cmp, Delete, Put, Store
+from store.base import KV, Cmp, Delete, Put, Store
 from store.records import Conflict as LostRaces
 from store.records import EndpointRecord, NetworkRecord, update_json
 from store.settle import SettlingStore
@@ -95,6 +95,10 @@ class NetworkManager:
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Told of every successful Join, on the event loop, after the reply is decided: they may
+        # schedule work (agent/dockernames.py asks dockerd for the container's name) but never
+        # wait, since dockerd is waiting for the reply.
+        self.joined: list[Callable[[JoinRequest], None]] = []
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -304,7 +308,13 @@ class NetworkManager:
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
 
     async def join(self, request: JoinRequest) -> JoinResult:
-        return await self._run(request.network_id, self._join, request)
+        result = await self._run(request.network_id, self._join, request)
+        for hook in self.joined:
+            try:
+                hook(request)
+            except Exception:                    # the Join succeeded: a hook's bug must not undo that
+                log.exception("join hook %r failed", hook)
+        return result
 
     def _join(self, request: JoinRequest) -> JoinResult:
         network, driver = self._network(request.network_id)
@@ -474,22 +484,53 @@ class NetworkManager:
                 "IPv4": spec["IPv4"], "IPv6": spec["IPv6"],
                 "Options": spec["Options"], "Endpoints": endpoints}
 
-    async def inspect_network(self, ref: str) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
+    async def record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        """Put a container's names (``records.NAMES_OPTION``) on its endpoint record; False if the
+        endpoint is gone. For names learnt after the Join (agent/dockernames.py)."""
+        return await self._run(network_id, self._record_names, network_id, endpoint_id, names)
 
-    def _inspect_network(self, ref: str) -> dict[str, Any]:
-        """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
+    def _record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        found = False
+
+        def named(rec: EndpointRecord) -> EndpointRecord:
+            nonlocal found
+            found = True
+            return replace(rec, spec=replace(rec.spec, options={**rec.spec.options, records.NAMES_OPTION: names}))
+
+        self._update_endpoint(network_id, endpoint_id, named)
+        return found
+
+    async def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref, overlay)
+
+    def _inspect_network(self, ref: str, overlay: bool = False) -> dict[str, Any]:
+        """One network and its endpoints: reads only that network's keys (every runtime attach asks).
+
+        ``overlay``: also ``OverlayEndpointList``, the endpoints of every network record of the same
+        overlay (``cnmkit.overlay``): each dockerd mints its own id for one overlay, so the overlay's
+        containers on other hosts sit under other ids. Asked for names (runtime hosts files) only.
+        """
         network_id = self.resolve(ref)
         rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
-        summary["EndpointList"] = [
-            {**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
-            for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)
-        ]
+        summary["EndpointList"] = self._endpoint_list(eps)
+        name = rec.spec.options.get(OVERLAY_OPTION)
+        if overlay and name:
+            siblings = [records.network_id_of(kv.key) for kv in self.store.list(records.NETWORKS)[0]
+                        if (other := NetworkRecord.decode(kv.value)).driver == rec.driver
+                        and other.spec.options.get(OVERLAY_OPTION) == name]
+            summary["OverlayEndpointList"] = [
+                ep for nid in siblings
+                for ep in self._endpoint_list(self.store.list(records.endpoints_prefix(nid))[0])]
         return summary
+
+    @staticmethod
+    def _endpoint_list(eps: list[KV]) -> list[dict[str, Any]]:
+        return [{**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
+                for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)]
 
     def resolve(self, ref: str) -> str:
         """A network by name, full id, or unique id prefix (as docker's CLI accepts)."""

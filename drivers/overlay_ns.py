@@ -34,6 +34,7 @@ import contextlib
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
@@ -94,6 +95,14 @@ def _ensure_rule(prefix: tuple[str, ...], table: str, chain: str, rule: tuple[st
         _must(*prefix, "-t", table, "-A", chain, *rule)
 
 
+class NamespaceWatcher(Protocol):
+    """Told when a namespace is complete, and before one goes (agent/dns.py keeps sockets there)."""
+
+    def made(self, ov: OverlayRecord) -> None: ...      # must not block: ensure holds the lock
+
+    def removing(self, vni: int) -> None: ...           # returns once nothing of the watcher's pins it
+
+
 class OverlayHost:
     """This host's side of every overlay: make, find, sync and remove the per-overlay namespaces."""
 
@@ -106,6 +115,7 @@ class OverlayHost:
         self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
         self._epochs: dict[int, int] = {}      # VNI -> bumped whenever its vxlan0 may be new or gone
         self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
+        self.watchers: list[NamespaceWatcher] = []
 
     # -- finding ---------------------------------------------------------------------------------
 
@@ -168,6 +178,8 @@ class OverlayHost:
             with self.kernel(ov.vni) as k:
                 todo += self._ensure_in(k, name, ov)
             self._complete.add(ov.vni)
+            for watcher in self.watchers:
+                watcher.made(ov)
             return todo
 
     def _ensure_in(self, k: OverlayKernelOps, name: str, ov: OverlayRecord) -> list[str]:
@@ -237,6 +249,8 @@ class OverlayHost:
     def teardown(self, vni: int) -> bool:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
         with self.lock:
+            for watcher in self.watchers:
+                watcher.removing(vni)
             self._complete.discard(vni)
             self._bump(vni)
             self._remove_host_rules(vni)

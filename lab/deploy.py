@@ -32,7 +32,7 @@ from typing import Any
 
 from client.engine import DaemonUnavailable, PluginError
 from drivers.errors import KernelError
-from lab import links, plan
+from lab import links, plan, preflight
 from lab.plan import CREATE, EXEC, REMOVE, Action, Item
 from lab.records import LabStore, Record
 from lab.spec import Lab
@@ -71,6 +71,9 @@ class LabService:
             self._refresh(record)
             wanted = plan.items(lab)
             actions = plan.plan(wanted, record)
+            refused = preflight.problem(actions)
+            if refused is not None:
+                raise LabError(refused)                     # before the first step and the record
             record["file"] = os.path.abspath(lab.path)
             for key, item in wanted.items():                # labels and such: no step needed
                 if key in record["items"]:

@@ -33,11 +33,13 @@ from ipam.service import IpamService
 from plugin import profile
 from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
-from store.base import Store, Unavailable
+from store.base import Store, StoreError, Unavailable
 from store.guard import GuardedStore, display_url
 from store.url import open_store
 
 if TYPE_CHECKING:
+    from agent.dns import OverlayDNS
+    from agent.dockernames import NameLearner
     from agent.overlay import OverlayAgent
 
 log = logging.getLogger("cnmkit.daemon")
@@ -79,6 +81,9 @@ class DaemonConfig:
     advertise: str = ""                     # empty: the address of the default route's device
     host_ttl: int = DEFAULT_TTL             # seconds of the lease on hosts/<host-id>
     host_grace: float = DEFAULT_GRACE       # seconds a gone host keeps its addresses
+    docker_socket: str = ""                 # dockerd's API, for its overlay containers' names ("": off;
+                                            # the CLI's default is /var/run/docker.sock)
+    overlay_dns: bool = True                # answer DNS at each overlay's gateway (agent/dns.py)
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -121,16 +126,14 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
-        self.drivers = drivers if drivers is not None else build_drivers(
-            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
-                                                       host_id=self.host_id, vlan_range=config.vlan_range))
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
                         "hosts exchange traffic)")
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
-                                                       host_id=self.host_id, advertise=advertise))
+                                                       host_id=self.host_id, advertise=advertise,
+                                                       vlan_range=config.vlan_range))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
@@ -139,6 +142,7 @@ class Daemon:
         self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
                                   grace=config.host_grace, reclaim=self.ipam.reclaim_host,
                                   holders=self.ipam.hosts_holding)
+        self.names = self._name_learner()
         self._runners: list[web.AppRunner] = []
         self.socket_paths: list[str] = []
 
@@ -158,6 +162,24 @@ class Daemon:
             self.socket_paths.append(path)
             log.info("serving %s", path)
 
+    def _name_learner(self) -> NameLearner | None:
+        """dockerd's overlay containers get their names from its API after Join (agent/dockernames.py)."""
+        if "cnmkit-vxlan" not in self.manager.drivers:
+            return None
+        path = self.config.docker_socket
+        if not path:
+            log.info("docker names: off (no --docker-socket): other hosts cannot resolve dockerd's containers")
+            return None
+        from agent.dockernames import NameLearner, UnixDockerAPI
+
+        log.info("docker names: asking %s for the names of dockerd's overlay containers%s", path,
+                 "" if os.path.exists(path) else " (not there yet: from when it answers)")
+        learner = NameLearner(UnixDockerAPI(path), self.store, self.manager.record_names,
+                              run=lambda fn, *args: asyncio.get_running_loop().run_in_executor(
+                                  self.executor, fn, *args))
+        self.manager.joined.append(learner.joined)
+        return learner
+
     async def stop(self) -> None:
         for path in self.socket_paths:
             try:
@@ -167,6 +189,8 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self.names is not None:
+            await self.names.close()
         self.executor.shutdown(wait=True)
         for driver in self.drivers:
             close = getattr(driver, "close", None)   # the bridge's reaper deletes what is marked
@@ -199,10 +223,16 @@ class Daemon:
         # -- end of host liveness
         # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
         overlay = self._overlay_agent()
+        dns = self._overlay_dns(overlay)
         if overlay is not None:
             overlay.start()
         # -- end of overlay entries
         await self.start()
+        if self.names is not None:
+            try:
+                await self.names.sweep(self.host_id)
+            except StoreError as exc:             # names are worth a line, not a failed start
+                log.warning("docker names: start-up look-up skipped: %s", exc)
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -215,6 +245,8 @@ class Daemon:
             liveness.cancel()
             if overlay is not None:
                 await loop.run_in_executor(None, overlay.stop)
+            if dns is not None:
+                await loop.run_in_executor(None, dns.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -234,6 +266,17 @@ class Daemon:
             return None
         interval = self.config.reconcile_interval or 60.0
         return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
+
+    def _overlay_dns(self, overlay: OverlayAgent | None) -> OverlayDNS | None:
+        """DNS at each overlay's gateway, fed by the overlay agent's watch (agent/dns.py)."""
+        if overlay is None or not self.config.overlay_dns:
+            return None
+        from agent.dns import OverlayDNS
+
+        dns = OverlayDNS(overlay.driver.host, self.host_id)
+        overlay.listeners.append(dns)
+        dns.start()
+        return dns
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.

@@ -595,7 +595,8 @@ class ContainerService:
     def _remote_members(self, members: dict[str, hosts.Member]) -> dict[str, hosts.Member]:
         """Containers of other hosts on this host's multi-host networks, from the shared store.
 
-        Each endpoint record carries the names its runtime gave it (engine NAMES_OPTION); those of
+        Each endpoint record carries the names its runtime gave it, or that the daemon learnt from
+        dockerd (engine NAMES_OPTION, agent/dockernames.py); those of
         endpoints not attached here become peers in the hosts files. Without the daemon (or with a
         bad record) there are none: a hosts file is never worth failing a container operation.
         """
@@ -604,12 +605,13 @@ class ContainerService:
         remote: dict[str, hosts.Member] = {}
         for network_id in sorted(networks):
             try:
-                net = self.engine.inspect_network(network_id)
+                net = self.engine.inspect_network(network_id, overlay=True)
             except (PluginError, DaemonUnavailable, OSError):
                 continue
             if net.get("Driver") != MULTI_HOST_DRIVER:
                 continue
-            for ep in net.get("EndpointList") or []:
+            # The overlay's: dockerd's containers on other hosts are under their own engines' network ids.
+            for ep in net.get("OverlayEndpointList", net.get("EndpointList")) or []:
                 given = str((ep.get("Options") or {}).get(NAMES_OPTION, "")).split(",")
                 if ep.get("EndpointID") in ours or not given[0]:
                     continue

@@ -171,6 +171,10 @@ SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the 
 PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
 OVERLAYS = "overlays/"
 VNI_CLAIMS = "claims/vni/"                # + VNI: the overlay holding it, created with the overlay
+# An endpoint's ``Spec.Options`` key holding its container's names, "name,hostname,alias...": given
+# by the runtime at CreateEndpoint, learnt from dockerd after Join (agent/dockernames.py). Other
+# hosts of an overlay resolve the container by them (runtime hosts files, agent/dns.py).
+NAMES_OPTION = "cnmkit.names"
 
 
 def network_key(network_id: str) -> str:

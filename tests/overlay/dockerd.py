@@ -40,7 +40,7 @@ class HostDockerd:
         # Short paths: containerd's and the shims' unix sockets live under the exec root (108 bytes).
         self.exec_root = Path(tempfile.mkdtemp(prefix=f"cnmd{host.name}-"))
         self.data_root = host.tmp / "docker-data"
-        self.sock = self.exec_root / "docker.sock"
+        self.sock = Path(host.docker_socket)          # where the host's cnmkit daemon asks for names
         self.log_path = host.tmp / "dockerd.log"
         self.proc: subprocess.Popen | None = None
         self.image = IMAGE

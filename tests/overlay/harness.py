@@ -89,6 +89,11 @@ class OverlayHost:
         self.plugin_dir, self.state_dir, self.run_dir = self.tmp / "plugins", self.tmp / "state", self.tmp / "run"
 
     @property
+    def docker_socket(self) -> str:
+        """Where this host's dockerd (tests/overlay/dockerd.py), when one runs, serves its API."""
+        return str(self.tmp / "docker.sock")
+
+    @property
     def host_id(self) -> str:
         """The id in the store: the host's netns name, unique to this test process (the overlay
         namespaces the driver makes carry it, so two runs on one machine never share one)."""
@@ -110,7 +115,8 @@ class OverlayHost:
     def daemon_args(self) -> list[str]:
         args = ["daemon", "--store", self.store_url, "--host-id", self.host_id, "--advertise", self.address,
                 "--host-ttl", str(self.ttl), "--reconcile-interval", "0",
-                "--sandbox-dir", str(self.run_dir / "netns"), "--sandbox-dir", "/run/netns"]
+                "--sandbox-dir", str(self.run_dir / "netns"), "--sandbox-dir", "/run/netns",
+                "--docker-socket", str(self.docker_socket)]
         for driver in DRIVERS:
             args += ["--driver", driver]
         return args
