@@ -23,7 +23,7 @@ from drivers.errors import KernelError, LinkExists, LinkNotFound
 
 if TYPE_CHECKING:
     from drivers import rtbatch
-    from drivers.kernel_api import LabKernelOps
+    from drivers.kernel_api import LabKernelOps, LinkInfo
 
 HOST_NETNS = "/proc/thread-self/ns/net"            # the calling thread's: where the CLI runs
 # pyroute2 requests are made from the calling thread only: a handle used from pool threads gets
@@ -297,6 +297,15 @@ def _reap_doomed(nl: rtbatch.LinkBatch) -> None:
     failed = next((code for code in nl.run(requests) if code and code != errno.ENODEV), 0)
     if failed:
         raise rtbatch.kernel_error("delete doomed links", failed)
+
+
+def host_links() -> list[LinkInfo]:
+    """The links of the host's namespace (one dump)."""
+    k = kernel(None)
+    try:
+        return k.links()
+    finally:
+        k.close()
 
 
 def _doomed(lab: str, ifname: str) -> str:
