@@ -189,7 +189,16 @@ def _fresh_args(launches: Sequence[Launch], on_exit: Callable[[str, int], None],
     os.write(data, pickle.dumps((list(launches), on_exit, supervisor_log)))
     os.lseek(data, 0, os.SEEK_SET)
     os.set_inheritable(report_w, True)
-    return [sys.executable, "-I", "-S", "-c", _BOOT, str(data), str(report_w), os.pathsep.join(sys.path)]
+    return [sys.executable, "-I", "-S", "-c", _BOOT, str(data), str(report_w), os.pathsep.join(boot_path())]
+
+
+def boot_path() -> list[str]:
+    """sys.path for a fresh supervisor: the caller's, behind the directory this package is in.
+
+    ``-S`` skips site, so an editable install's import hook (a .pth file) is not there to find
+    the project: the directory holding ``runtime/`` is named first instead."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [root, *(p for p in sys.path if p != root)]
 
 
 def fresh_main(data: int, report_w: int) -> None:                  # pragma: no cover - a fresh process
