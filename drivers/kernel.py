@@ -34,7 +34,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
     NetlinkError,
 )
 
-from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
+from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound, for_errno
 from drivers.kernel_api import LinkInfo
 from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
 
@@ -657,12 +657,7 @@ def _link_info(msg: Any, master_name: str | None) -> LinkInfo:
 
 
 def _translate(what: str, code: int | None, text: str) -> KernelError:
-    message = f"{what}: {text}"
-    if code in (errno.ENODEV, errno.ENOENT):
-        return LinkNotFound(message, code)
-    if code == errno.EEXIST:
-        return LinkExists(message, code)
-    return KernelError(message, code)
+    return for_errno(f"{what}: {text}", code)
 
 
 # -- overlays (drivers/vxlan.py): named namespaces, VXLAN devices, static FDB and neighbour entries --
