@@ -40,7 +40,8 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
-from store.base import Cmp, Compacted, LeaseNotFound, Store, StoreError
+from agent.watching import follow
+from store.base import Cmp, LeaseNotFound, Store, StoreError
 from store.records import HOSTS, HostRecord, decode_host, encode_host, host_id_of, host_key
 
 log = logging.getLogger("cnmkit.hosts")
@@ -184,23 +185,13 @@ class HostLiveness:
 
     def _watch(self) -> None:
         """List ``hosts/`` then follow it from the next revision; relist after compaction or an error."""
-        while not self._stop.is_set():
-            try:
-                kvs, rev = self.store.list(HOSTS)
-                self._set_live({host_id_of(kv.key): decode_host(kv.value) for kv in kvs})
-                while not self._stop.is_set():
-                    for ev in self.store.watch(HOSTS, rev + 1, timeout=1.0):
-                        rev = ev.revision
-                        self._event(ev.type, host_id_of(ev.key), ev.value)
-                        if self._stop.is_set():
-                            return
-            except Compacted:
-                continue
-            except (StoreError, RuntimeError, ValueError) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("watching hosts: %s; listing again", exc)
-                self._stop.wait(1.0)
+        def relist() -> int:
+            kvs, rev = self.store.list(HOSTS)
+            self._set_live({host_id_of(kv.key): decode_host(kv.value) for kv in kvs})
+            return rev
+
+        follow(self.store, HOSTS, self._stop, relist=relist,
+               on_event=lambda ev: self._event(ev.type, host_id_of(ev.key), ev.value), what="hosts")
 
     def _set_live(self, live: dict[str, dict[str, Any]]) -> None:
         now = time.monotonic()

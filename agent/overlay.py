@@ -44,19 +44,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from agent.watching import Worker
 from drivers.errors import DriverError
 from drivers.vxlan import DRIVER_NAME, VxlanDriver, overlay_of
 from store import records
-from store.base import Compacted, Event, Store, StoreError
+from store.base import KV, Compacted, Event, Store, StoreError
 from store.records import EndpointRecord, NetworkRecord, OverlayRecord, decode_host
 
 log = logging.getLogger("cnmkit.overlay")
 
 ZERO_MAC = "00:00:00:00:00:00"
 Pair = tuple[str, str]
+
+
+class StoreListener(Protocol):
+    def reset(self, kvs: list[KV]) -> None: ...
+
+    def event(self, ev: Event) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,20 @@ def diff_entries(current: Entries, desired: Entries) -> Diff:
                 neigh_add=set(desired.neigh - current.neigh), neigh_del=set(current.neigh - desired.neigh))
 
 
-class OverlayAgent:
+class OverlayAgent(Worker):
     """Follows the store and keeps this host's overlay namespaces and their entries right."""
 
+    thread_name = "cnmkit-overlay"
     WATCHED = (records.NETWORKS, records.ENDPOINTS, records.HOSTS, records.OVERLAYS)
     IDLE = 1.0                                     # seconds without any event before the watch is resumed
 
-    def __init__(self, store: Store, driver: VxlanDriver, host_id: str, *, resync_interval: float = 60.0) -> None:
+    def __init__(self, store: Store, driver: VxlanDriver, host_id: str, *, resync_interval: float = 60.0,
+                 on_endpoints: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.store = store
+        # Told when an overlay's endpoints may have changed (agent/peer_names.py: the runtime's
+        # hosts files); it must return at once, the event path waits for it.
+        self.on_endpoints = on_endpoints
         self.driver = driver
         self.host_id = host_id
         self.resync_interval = resync_interval
@@ -129,29 +143,21 @@ class OverlayAgent:
         # against this instead of dumping the kernel; a new epoch (namespace made again) or a
         # failed write forgets it, and the periodic resync re-reads the kernel.
         self.applied: dict[int, tuple[int, Entries]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.passes = 0                               # completed syncs: tests wait on ``synced``
         self.watches = 0                              # watch streams opened (tests: not one per event)
         self.synced = threading.Condition()
+        # Given every record listed and every event, on this thread, after the agent's own work:
+        # one watch serves them too (agent/dns.py's names). They must only hand over, never wait.
+        self.listeners: list[StoreListener] = []
 
     # -- the thread ------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cnmkit-overlay", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def _run(self) -> None:
         full = True                                   # start and after an error: re-ensure namespaces too
         while not self._stop.is_set():
             try:
                 rev = self.relist()
+                self._endpoints_changed()
                 self.sync(full=full, refresh=True)
                 full = False
                 rev = self.follow(rev, time.monotonic() + self.resync_interval)
@@ -176,6 +182,8 @@ class OverlayAgent:
             for ev in self.store.watch("", rev + 1, timeout=self.IDLE):
                 rev = ev.revision
                 self.on_event(ev)
+                for listener in self.listeners:
+                    listener.event(ev)
                 if self._stop.is_set() or time.monotonic() >= due:
                     break
         return rev
@@ -188,6 +196,8 @@ class OverlayAgent:
         self.networks, self.endpoints, self.vteps, self.overlays = {}, {}, {}, {}
         for kv in kvs:
             self._put(kv.key, kv.value)
+        for listener in self.listeners:
+            listener.reset(kvs)
         return rev
 
     def apply_event(self, ev: Event) -> bool:
@@ -219,9 +229,13 @@ class OverlayAgent:
                 return []
             local = any(rec is not None and self._host_of(rec) == self.host_id for rec in (before, after))
             if not local and before is not None and after is not None and self._remote(before) == self._remote(after):
+                if _names(before) != _names(after):
+                    self._endpoints_changed()    # names learnt after the Join (agent/dockernames.py)
                 return []                        # a Join's or Leave's sandbox change: no entry moves
             # A remote endpoint: its overlay's entries only. One of ours: its namespace may come or go.
             actions = self.sync(only={overlay_of(net.spec)}, namespaces=local)
+            if not local:
+                self._endpoints_changed()
         elif ev.key.startswith(records.HOSTS):
             actions = self.sync(namespaces=False)
         else:
@@ -229,6 +243,10 @@ class OverlayAgent:
         log.debug("overlay: event %s %s (rev %d) applied in %.1f ms", ev.type, ev.key, ev.revision,
                   (time.perf_counter() - t0) * 1000)
         return actions
+
+    def _endpoints_changed(self) -> None:
+        if self.on_endpoints is not None:
+            self.on_endpoints()
 
     def _host_of(self, ep: EndpointRecord) -> str:
         return ep.host if ep.host is not None else self.host_id
@@ -324,7 +342,13 @@ class OverlayAgent:
                 continue
             try:
                 if full or not host.ready(ov.vni):
-                    actions += host.ensure(ov)
+                    with host.lock:
+                        # A namespace to make anew: our view may lag a removal already done (the
+                        # overlay's networks and endpoints here gone since): decide on a fresh read,
+                        # as for a removal, or a lagging agent makes a namespace nobody wants.
+                        if not host.exists(ov.vni) and not self._wanted_now(ov.vni):
+                            continue
+                        actions += host.ensure(ov)
                 actions += self._sync_entries(name, ov, members.get(name, []), refresh=refresh)
             except DriverError as exc:
                 self.applied.pop(ov.vni, None)      # what is on the kernel now: read it next time
@@ -358,3 +382,8 @@ class OverlayAgent:
         self.applied[ov.vni] = (epoch, desired)
         return [f"overlay {name}: +{len(diff.fdb_add)}/-{len(diff.fdb_del)} fdb, "
                 f"+{len(diff.neigh_add)}/-{len(diff.neigh_del)} neigh"]
+
+
+def _names(ep: EndpointRecord) -> object:
+    """The container names an endpoint carries, which other hosts' hosts files list."""
+    return ep.spec.options.get(records.NAMES_OPTION)

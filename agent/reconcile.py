@@ -181,6 +181,29 @@ class Agent:
             self._log(action, dry_run)
         return actions
 
+    async def remove_deleted(self, network_id: str, rec: NetworkRecord) -> list[str]:
+        """A network of this host whose record went (another host's ``network rm``): its kernel
+        objects go now, under the network's lock, not at the next periodic pass.
+
+        Called by the deletion watch (agent/netwatch.py). The record is read again under the
+        lock: one made again meanwhile (a retried create with the same id) is left alone.
+        """
+        async with self._lock(network_id):
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._remove_deleted, network_id, rec)
+
+    def _remove_deleted(self, network_id: str, rec: NetworkRecord) -> list[str]:
+        driver = self.drivers.get(rec.driver)
+        if driver is None or self.store.get(records.network_key(network_id)) is not None:
+            return []
+        try:
+            driver.delete_network(rec.spec)
+            action = f"removed network {network_id[:12]} ({rec.driver}): its record was deleted"
+        except DriverError as exc:
+            action = f"error: network {network_id[:12]}: its record was deleted, removing it failed: {exc}"
+        self._log(action, False)
+        return [action]
+
     # -- store reads ------------------------------------------------------------------------------
 
     def _network_ids(self) -> list[str]:

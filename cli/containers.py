@@ -13,40 +13,16 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cli.output import emit_json, fail, line, table, warn
-from client.engine import DaemonUnavailable, PluginError, ensure_daemon
+from cli.guard import guarded
+from cli.output import emit_json, line, table, warn
+from client.engine import ensure_daemon
 
 if TYPE_CHECKING:
     from runtime.containers import ContainerService
 
 
-def _service(args: argparse.Namespace) -> ContainerService:
-    # Imported here: the runtime pulls in pyroute2 (~120 ms), which `cnmkit network ls` never needs.
-    from runtime.containers import ContainerService
-
-    return ContainerService(args.state_dir, args.plugin_dir, getattr(args, "run_dir", None))
-
-
-def _guarded(fn: Callable[[argparse.Namespace, ContainerService], int | None]
-             ) -> Callable[[argparse.Namespace], None]:
-    """Turn the runtime's and the client's errors into ``cnmkit: <message>`` and exit 1."""
-
-    def wrapper(args: argparse.Namespace) -> None:
-        from runtime.containers import ContainerError
-
-        svc = _service(args)
-        try:
-            code = fn(args, svc)
-        except (ContainerError, PluginError, DaemonUnavailable) as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            raise SystemExit(130) from None
-        finally:
-            svc.close()
-        if code:
-            raise SystemExit(code)
-
-    return wrapper
+def _itself(svc: ContainerService) -> ContainerService:
+    return svc
 
 
 def _command(values: list[str]) -> list[str]:
@@ -56,7 +32,7 @@ def _command(values: list[str]) -> list[str]:
 def _add(sub: argparse._SubParsersAction, name: str, help_: str,
          fn: Callable[[argparse.Namespace, ContainerService], int | None]) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_)         # --run-dir and the other global options: cli/main.py
-    p.set_defaults(func=_guarded(fn), needs_engine=False)
+    p.set_defaults(func=guarded(fn, _itself), needs_engine=False)
     return p
 
 

@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+from cli.guard import guarded
 from cli.output import emit_json, fail, line, safe, table, warn
-from client.engine import DaemonUnavailable, PluginError
 
 if TYPE_CHECKING:
     from lab.deploy import LabService
     from lab.spec import Lab
+    from runtime.containers import ContainerService
 
 FEW_NODES = 3                                   # a bar for labs of more nodes than this, on a terminal
 
@@ -44,28 +45,21 @@ class Progress:
             self.stream.flush()
 
 
-def _guarded(fn: Callable[[argparse.Namespace, LabService], int | None]) -> Callable[[argparse.Namespace], None]:
-    def wrapper(args: argparse.Namespace) -> None:
-        from drivers.errors import KernelError
-        from lab.deploy import LabError, LabService
-        from lab.graph import GraphError
-        from lab.spec import SpecError
-        from runtime.containers import ContainerError, ContainerService
+def _labs(svc: ContainerService) -> LabService:
+    from lab.deploy import LabService
 
-        svc = ContainerService(args.state_dir, args.plugin_dir, getattr(args, "run_dir", None))
-        try:
-            code = fn(args, LabService(svc))
-        except (LabError, SpecError, GraphError, ContainerError, PluginError, DaemonUnavailable, KernelError,
-                ValueError, OSError) as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            raise SystemExit(130) from None
-        finally:
-            svc.close()
-        if code:
-            raise SystemExit(code)
+    return LabService(svc)
 
-    return wrapper
+
+def _lab_errors() -> tuple[type[Exception], ...]:
+    """What a lab verb foresees beyond the runtime's errors (cli/guard.py): a bad file, a failed
+    step, the graph, the kernel, an unreadable path."""
+    from drivers.errors import KernelError
+    from lab.deploy import LabError
+    from lab.graph import GraphError
+    from lab.spec import SpecError
+
+    return LabError, SpecError, GraphError, KernelError, ValueError, OSError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def add(name: str, help_: str, fn: Callable[[argparse.Namespace, LabService], int | None]
             ) -> argparse.ArgumentParser:
         p = verbs.add_parser(name, help=help_)
-        p.set_defaults(func=_guarded(fn), needs_engine=False)
+        p.set_defaults(func=guarded(fn, _labs, _lab_errors), needs_engine=False)
         return p
 
     deploy = add("deploy", "bring a lab up, or converge a running one to the file", cmd_deploy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from cli import doctor, network
+from cli.guard import one_line_errors
 from cli.output import emit_json, fail, line, table
 from client.engine import Engine
 from client.transport import DaemonUnavailable, PluginError
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--host-grace", type=_seconds, default=600.0, metavar="SECONDS",
                         help="how long a gone host keeps its addresses before another reclaims them "
                              "(default 600)")
+    daemon.add_argument("--docker-socket", default="/var/run/docker.sock", metavar="PATH",
+                        help="dockerd's API, asked for the names of its containers on overlays after their "
+                             "Join, so other hosts resolve them (default /var/run/docker.sock; '' turns it off)")
+    daemon.add_argument("--no-overlay-dns", action="store_true",
+                        help="do not answer DNS at each overlay's gateway address (names of the overlay's "
+                             "containers on every host, for `docker run --dns <gateway>`)")
     daemon.set_defaults(func=cmd_daemon, needs_engine=False)
 
     host = sub.add_parser("host", help="hosts sharing the store")
@@ -164,7 +172,8 @@ def cmd_daemon(args: argparse.Namespace) -> None:
                           sandbox_dirs=args.sandbox_dirs or default_sandbox_dirs(),
                           cleanup=not args.no_cleanup, reconcile_interval=args.reconcile_interval,
                           host_id=args.host_id, advertise=args.advertise, host_ttl=args.host_ttl,
-                          host_grace=args.host_grace)
+                          host_grace=args.host_grace, docker_socket=args.docker_socket,
+                          overlay_dns=not args.no_overlay_dns)
     try:
         from agent.hosts import check_advertise, check_host_id
 
@@ -243,14 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
         return
     engine = Engine(args.plugin_dir)
-    try:
+    with contextlib.closing(engine), one_line_errors(DaemonUnavailable, PluginError):
         args.func(args, engine)
-    except (DaemonUnavailable, PluginError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    finally:
-        engine.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -53,25 +52,9 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     return verbs
 
 
-SPACE_OPTION = "cnmkit.space"          # ipam/service.py: the pool's own address space
-_SPACE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def vlan_space(options: dict[str, str], name: str) -> str:
-    """The address space of a VLAN network's pools: one per VLAN segment, so two VLANs may carry
-    the same subnet on one host (IPAM refuses overlaps only within a space). ``vlan.eth1.100``
-    when the VID is given, else one of the network's own (its VID is chosen later, by the driver).
-    """
-    parent, vid = options.get("parent", ""), options.get("vlan", "")
-    label = f"{parent}.{vid}" if parent and vid else f"net.{name}"
-    return ("vlan." + _SPACE_UNSAFE.sub("-", label))[:128]
-
-
 def cmd_create(args: argparse.Namespace, engine: Engine) -> None:
     options = _kv_list(args.opt, "opt")
-    ipam_options = _kv_list(args.ipam_opt, "ipam-opt")
-    if args.driver in ("vlan", "cnmkit-vlan") and SPACE_OPTION not in ipam_options:
-        ipam_options[SPACE_OPTION] = vlan_space(options, args.name)
+    ipam_options = _kv_list(args.ipam_opt, "ipam-opt")    # a VLAN's own space: Engine.create_network
     network_id = engine.create_network(
         args.name, driver=args.driver, subnets=args.subnet, gateways=args.gateway, ip_ranges=args.ip_range,
         aux_addresses=_kv_list(args.aux_address, "aux-address"), ipv6=args.ipv6, internal=args.internal,

@@ -10,6 +10,7 @@ half-way is unwound call by call, leaving no address or endpoint behind.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -22,13 +23,25 @@ from typing import Any
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from client.transport import DaemonUnavailable, PluginError, PluginTransport
+from store.records import NAMES_OPTION
 
-__all__ = ["Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
+__all__ = ["NAMES_OPTION", "Attachment", "DaemonUnavailable", "Engine", "PluginError", "ensure_daemon"]
 
 GATEWAY_OPTION = {"RequestAddressType": "com.docker.network.gateway"}
 MTU_OPTION = "com.docker.network.driver.mtu"
-NAMES_OPTION = "cnmkit.names"            # CreateEndpoint option: the runtime container's name, hostname, aliases
 DEFAULT_MTU = 1500
+SPACE_OPTION = "cnmkit.space"            # ipam/service.py: the pool's own address space
+_SPACE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def vlan_space(options: dict[str, str], name: str) -> str:
+    """The address space of a VLAN network's pools: one per VLAN segment, so two VLANs may carry
+    the same subnet on one host (IPAM refuses overlaps only within a space). ``vlan.eth1.100``
+    when the VID is given, else one of the network's own (its VID is chosen later, by the driver).
+    """
+    parent, vid = options.get("parent", ""), options.get("vlan", "")
+    label = f"{parent}.{vid}" if parent and vid else f"net.{name}"
+    return ("vlan." + _SPACE_UNSAFE.sub("-", label))[:128]
 
 
 @dataclass
@@ -108,8 +121,10 @@ class Engine:
     def list_networks(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.NetworkList", {})["Networks"])
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
-        return dict(self.ipam.call("Cnmkit.NetworkInspect", {"Network": ref})["Network"])
+    def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        """``overlay``: with ``OverlayEndpointList``, every host's endpoints of the network's overlay."""
+        body: dict[str, Any] = {"Network": ref, "Overlay": True} if overlay else {"Network": ref}
+        return dict(self.ipam.call("Cnmkit.NetworkInspect", body)["Network"])
 
     def list_pools(self) -> list[dict[str, Any]]:
         return list(self.ipam.call("Cnmkit.PoolList", {})["Pools"])
@@ -164,6 +179,9 @@ class Engine:
             # space (drivers/vxlan.py): the network is created once and used from every host.
             overlay = options.setdefault("cnmkit.overlay", name)
             ipam_options.setdefault("cnmkit.overlay", overlay)
+        elif driver in ("vlan", "cnmkit-vlan"):
+            # Every caller (CLI, lab) gets the same per-segment space: two VLANs, one subnet.
+            ipam_options.setdefault(SPACE_OPTION, vlan_space(options, name))
         transport = self.driver(driver)
         transport.call("Plugin.Activate")
         spaces = self.ipam.call("IpamDriver.GetDefaultAddressSpaces")

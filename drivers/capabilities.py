@@ -112,10 +112,20 @@ def probe_links(probes: Sequence[LinkProbe] = LINK_PROBES, run: Runner = _run) -
     return out
 
 
+NO_8021Q = ("this kernel has no 802.1Q VLAN support (the 8021q module, CONFIG_VLAN_8021Q): VLAN networks "
+            "cannot be made on this host; load it (modprobe 8021q) or use a kernel that has it (cnmkit doctor)")
+
+
+def probe_8021q(run: Runner = _run) -> bool | None:
+    """Whether this kernel makes 802.1Q sub-interfaces (tried in a throwaway namespace); None
+    when it could not be tried. The VLAN driver and a lab deploy refuse only on False."""
+    [cap] = probe_links([p for p in LINK_PROBES if p.name == "8021q"], run)
+    return cap.available
+
+
 def has_8021q(run: Runner = _run) -> bool:
     """True when this kernel makes 802.1Q sub-interfaces (tried in a throwaway namespace)."""
-    [cap] = probe_links([p for p in LINK_PROBES if p.name == "8021q"], run)
-    return cap.available is True
+    return probe_8021q(run) is True
 
 
 def _read(path: str) -> str | None:

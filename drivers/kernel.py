@@ -34,7 +34,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
     NetlinkError,
 )
 
-from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
+from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound, for_errno
 from drivers.kernel_api import LinkInfo
 from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
 
@@ -611,6 +611,10 @@ class Kernel:
 
     def route_add(self, dst: str = "default", *, gateway: str | None = None, oif: str | None = None) -> None:
         """Add a route: ``route_add(gateway="10.0.0.1")`` is the default route via 10.0.0.1."""
+        self._route("add", dst, gateway, oif)
+
+    def _route(self, verb: str, dst: str, gateway: str | None, oif: str | None) -> None:
+        """``ip route VERB DST [via GATEWAY] [dev OIF]``, the family taken from the gateway or DST."""
         spec: dict[str, Any] = {"dst": dst}
         family = _family(gateway or dst)
         if family:
@@ -619,7 +623,7 @@ class Kernel:
             spec["gateway"] = gateway
         if oif:
             spec["oif"] = self._index(oif)
-        self._call(f"route {dst}", self._ipr().route, "add", **spec)
+        self._call(f"route {dst}", self._ipr().route, verb, **spec)
 
 
 def stray_queue(ipr: Any) -> asyncio.Queue[bytes] | None:
@@ -657,12 +661,7 @@ def _link_info(msg: Any, master_name: str | None) -> LinkInfo:
 
 
 def _translate(what: str, code: int | None, text: str) -> KernelError:
-    message = f"{what}: {text}"
-    if code in (errno.ENODEV, errno.ENOENT):
-        return LinkNotFound(message, code)
-    if code == errno.EEXIST:
-        return LinkExists(message, code)
-    return KernelError(message, code)
+    return for_errno(f"{what}: {text}", code)
 
 
 # -- overlays (drivers/vxlan.py): named namespaces, VXLAN devices, static FDB and neighbour entries --
@@ -739,6 +738,13 @@ class OverlayKernel(Kernel):
         neighbour solicitations from its own neighbour table and drop the unanswered ones, so no
         ARP ever crosses the overlay: the store's entries are the only source of truth. Returns
         True when created now; an existing device is left alone (the caller checks it first).
+
+        The kernel answers EEXIST for two different things: ``name`` already taken in the target
+        namespace (our own device: False), or the VNI already used on ``port`` by *any* VXLAN
+        device whose socket lives in this namespace, wherever that device sits (one in an overlay
+        namespace that ``ip netns del`` unlinked but the kernel has not destroyed yet, or one that
+        is not cnmkit's). The second is a KernelError naming the clash: treated as "already
+        there", nothing would be made and the next step would fail with ENODEV.
         """
         spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_local": local,
                                 "vxlan_port": port, "vxlan_learning": 0, "vxlan_proxy": 1, "mtu": mtu}
@@ -752,11 +758,39 @@ class OverlayKernel(Kernel):
         try:
             self._call(f"create vxlan {name}", self._ipr().link, "add", **spec)
         except LinkExists:
-            return False
+            there = OverlayKernel(netns_path) if netns_path else self
+            try:
+                have = there._vxlans().get(name)
+            finally:
+                if there is not self:
+                    there.close()
+            if have is not None and have[0] == vni:
+                return False
+            if have is not None:
+                raise LinkExists(f"vxlan {name}: exists with VNI {have[0]}, not {vni}", errno.EEXIST) from None
+            raise KernelError(self._vni_clash(name, vni, port), errno.EEXIST) from None
         finally:
             if ns_fd is not None:
                 os.close(ns_fd)
         return True
+
+    def _vxlans(self) -> dict[str, tuple[int, int]]:
+        """name -> (VNI, UDP port) of every VXLAN device in this namespace."""
+        out = {}
+        for m in self._dump_links():
+            if m.get(("linkinfo", "kind")) == "vxlan":
+                data = ("linkinfo", "data")
+                out[str(m.get("ifname"))] = (int(m.get((*data, "vxlan_id")) or 0),
+                                             int(m.get((*data, "vxlan_port")) or 0))
+        return out
+
+    def _vni_clash(self, name: str, vni: int, port: int) -> str:
+        holder = next((n for n, (v, p) in sorted(self._vxlans().items()) if v == vni and p == port), None)
+        if holder is not None:
+            return (f"vxlan {name}: VNI {vni} on UDP port {port} is already used by VXLAN device "
+                    f"{holder} in this host's namespace")
+        return (f"vxlan {name}: VNI {vni} on UDP port {port} is already used by a VXLAN device of this "
+                f"host in another network namespace (not cnmkit's, or one still being destroyed)")
 
     def veth_add(self, name: str, peer: str, *, alias: str, mtu: int, peer_netns_path: str) -> None:
         """A plain veth pair (no master): ``name`` here, ``peer`` born in the netns at ``peer_netns_path``."""
@@ -822,12 +856,4 @@ class OverlayKernel(Kernel):
             self._call(f"neigh del {ip}", self._ipr().neigh, "del", ifindex=index, dst=ip, family=family)
 
     def route_replace(self, dst: str, *, gateway: str | None = None, oif: str | None = None) -> None:
-        spec: dict[str, Any] = {"dst": dst}
-        family = _family(gateway or dst)
-        if family:
-            spec["family"] = family
-        if gateway:
-            spec["gateway"] = gateway
-        if oif:
-            spec["oif"] = self._index(oif)
-        self._call(f"route {dst}", self._ipr().route, "replace", **spec)
+        self._route("replace", dst, gateway, oif)

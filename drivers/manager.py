@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -44,13 +45,13 @@ from drivers.base import (
     PortRequest,
 )
 from drivers.errors import Conflict, DriverError, NotFound
-from ipam.pools import GLOBAL_ADDRESS_SPACE
+from ipam.pools import GLOBAL_ADDRESS_SPACE, OVERLAY_OPTION
 from plugin import profile
 from plugin.quoting import shown, shown_key
 from store import records
-from store.base import Cmp, Delete, Put, Store
+from store.base import KV, Cmp, Delete, Put, Store
 from store.records import Conflict as LostRaces
-from store.records import EndpointRecord, NetworkRecord, update_json
+from store.records import EndpointRecord, NetworkRecord, overlay_network_ids, update_json
 from store.settle import SettlingStore
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ log = logging.getLogger("cnmkit.manager")
 
 EPHEMERAL_PORTS = (49153, 60999)          # where -P ports come from, as with Docker's own bridge
 CLAIM_ATTEMPTS = 200                      # rounds lost to other creates/publishes before giving up
+DROPPED_REMEMBERED = 4096                 # network ids deleted here, awaiting their watch event
 
 
 @runtime_checkable
@@ -95,6 +97,15 @@ class NetworkManager:
         # last of them leaves, so ids from bad input or deleted networks leave nothing behind,
         # deterministically (a weak table depended on when the garbage collector ran).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Told of every successful Join, on the event loop, after the reply is decided: they may
+        # schedule work (agent/dockernames.py asks dockerd for the container's name) but never
+        # wait, since dockerd is waiting for the reply.
+        self.joined: list[Callable[[JoinRequest], None]] = []
+        # Ids of networks whose records this daemon deleted itself (a DeleteNetwork, a create's
+        # rollback): its driver has already undone the kernel side, so the deletion watch
+        # (agent/netwatch.py) leaves them alone. Bounded: an id whose event never comes ages out.
+        self._dropped: dict[str, None] = {}
+        self._dropped_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -246,11 +257,24 @@ class NetworkManager:
                         label = other.name or other.network_id[:12]
                         raise Conflict(f"subnet {pool} overlaps {theirs} of network {label}")
 
+    def dropped_here(self, network_id: str) -> bool:
+        """True (once per deletion) when this daemon deleted the network's record itself."""
+        with self._dropped_lock:
+            return self._dropped.pop(network_id, 0) is None
+
     def _drop_network_records(self, spec: NetworkSpec) -> None:
+        with self._dropped_lock:                 # before the delete: its watch event may come at once
+            self._dropped[spec.network_id] = None
+            if len(self._dropped) > DROPPED_REMEMBERED:
+                del self._dropped[next(iter(self._dropped))]
         ops: list[Put | Delete] = [Delete(records.network_key(spec.network_id))]
         if spec.name:
             ops.append(Delete(records.name_key(spec.name)))
-        self.store.txn([], ops)
+        try:
+            self.store.txn([], ops)
+        except BaseException:
+            self.dropped_here(spec.network_id)
+            raise
 
     async def delete_network(self, network_id: str) -> None:
         await self._run(network_id, self._delete_network, network_id)
@@ -304,7 +328,13 @@ class NetworkManager:
         self.store.delete(records.endpoint_key(network_id, endpoint_id))
 
     async def join(self, request: JoinRequest) -> JoinResult:
-        return await self._run(request.network_id, self._join, request)
+        result = await self._run(request.network_id, self._join, request)
+        for hook in self.joined:
+            try:
+                hook(request)
+            except Exception:                    # the Join succeeded: a hook's bug must not undo that
+                log.exception("join hook %r failed", hook)
+        return result
 
     def _join(self, request: JoinRequest) -> JoinResult:
         network, driver = self._network(request.network_id)
@@ -474,22 +504,51 @@ class NetworkManager:
                 "IPv4": spec["IPv4"], "IPv6": spec["IPv6"],
                 "Options": spec["Options"], "Endpoints": endpoints}
 
-    async def inspect_network(self, ref: str) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref)
+    async def record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        """Put a container's names (``records.NAMES_OPTION``) on its endpoint record; False if the
+        endpoint is gone. For names learnt after the Join (agent/dockernames.py)."""
+        return await self._run(network_id, self._record_names, network_id, endpoint_id, names)
 
-    def _inspect_network(self, ref: str) -> dict[str, Any]:
-        """One network and its endpoints: reads only that network's keys (every runtime attach asks)."""
+    def _record_names(self, network_id: str, endpoint_id: str, names: str) -> bool:
+        found = False
+
+        def named(rec: EndpointRecord) -> EndpointRecord:
+            nonlocal found
+            found = True
+            return replace(rec, spec=replace(rec.spec, options={**rec.spec.options, records.NAMES_OPTION: names}))
+
+        self._update_endpoint(network_id, endpoint_id, named)
+        return found
+
+    async def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._inspect_network, ref, overlay)
+
+    def _inspect_network(self, ref: str, overlay: bool = False) -> dict[str, Any]:
+        """One network and its endpoints: reads only that network's keys (every runtime attach asks).
+
+        ``overlay``: also ``OverlayEndpointList``, the endpoints of every network record of the same
+        overlay (``cnmkit.overlay``): each dockerd mints its own id for one overlay, so the overlay's
+        containers on other hosts sit under other ids. Asked for names (runtime hosts files) only.
+        """
         network_id = self.resolve(ref)
         rec = self._read_network(network_id)
         if rec is None:
             raise NotFound(f"network {shown(ref)} not found")
         eps, _ = self.store.list(records.endpoints_prefix(network_id))
         summary = self._summary(rec, len(eps))
-        summary["EndpointList"] = [
-            {**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
-            for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)
-        ]
+        summary["EndpointList"] = self._endpoint_list(eps)
+        name = rec.spec.options.get(OVERLAY_OPTION)
+        if overlay and name:
+            siblings = overlay_network_ids(self.store, network_id, rec)
+            summary["OverlayEndpointList"] = [
+                ep for nid in siblings
+                for ep in self._endpoint_list(self.store.list(records.endpoints_prefix(nid))[0])]
         return summary
+
+    @staticmethod
+    def _endpoint_list(eps: list[KV]) -> list[dict[str, Any]]:
+        return [{**shown_ep["Spec"], "Sandbox": shown_ep["Sandbox"], "Ports": shown_ep.get("Ports", [])}
+                for shown_ep in (EndpointRecord.decode(kv.value).to_dict() for kv in eps)]
 
     def resolve(self, ref: str) -> str:
         """A network by name, full id, or unique id prefix (as docker's CLI accepts)."""

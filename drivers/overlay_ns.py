@@ -22,10 +22,11 @@ plan to itself:
   the gateway's MAC as source are dropped: each host's gateway serves its own containers.
 - Egress: the overlay namespace masquerades its subnets out of ``ovtr0``; the host namespace
   masquerades the transit address out of its own devices, as the bridge driver does for bridges.
-  Transit addresses come from 169.254.128.0/17, a /30 per VNI modulo 8192; two overlays whose
-  VNIs share a slot cannot both have egress on one host (refused with a clear error).
+  Transit addresses come from 169.254.128.0/17, a /30 per overlay with egress on the host: the
+  VNI modulo 8192 when that slot is free, else the first free one (``_transit_slot``).
 
-Every step is idempotent, found again by name; the whole overlay goes with ``ip netns del``.
+Every step is idempotent, found again by name; a namespace made by a failed ``ensure`` is removed
+again. The overlay goes with ``ip netns del``, after its vxlan0 is deleted (``_release_vni``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import contextlib
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from netaddr import IPAddress, IPNetwork
 
@@ -67,10 +69,19 @@ def transit_host_link(vni: int) -> str:
     return f"ovt{vni}"
 
 
-def transit_addresses(vni: int) -> tuple[str, str]:
-    """(host end, overlay end) of the overlay's transit /30."""
-    base = int(TRANSIT_NET.network) + 4 * (vni % TRANSIT_SLOTS)
+def transit_addresses(slot: int) -> tuple[str, str]:
+    """(host end, overlay end) of transit /30 number ``slot`` in TRANSIT_NET."""
+    base = int(TRANSIT_NET.network) + 4 * slot
     return str(IPAddress(base + 1)), str(IPAddress(base + 2))
+
+
+def transit_slot_of(cidrs: list[str]) -> int | None:
+    """The transit slot a link's addresses hold (its address in TRANSIT_NET), or None."""
+    for cidr in cidrs:
+        addr = IPNetwork(cidr)
+        if addr.version == 4 and addr.ip in TRANSIT_NET:
+            return (int(addr.ip) - int(TRANSIT_NET.network)) // 4
+    return None
 
 
 def gateway_mac(overlay: str) -> str:
@@ -94,6 +105,14 @@ def _ensure_rule(prefix: tuple[str, ...], table: str, chain: str, rule: tuple[st
         _must(*prefix, "-t", table, "-A", chain, *rule)
 
 
+class NamespaceWatcher(Protocol):
+    """Told when a namespace is complete, and before one goes (agent/dns.py keeps sockets there)."""
+
+    def made(self, ov: OverlayRecord) -> None: ...      # must not block: ensure holds the lock
+
+    def removing(self, vni: int) -> None: ...           # returns once nothing of the watcher's pins it
+
+
 class OverlayHost:
     """This host's side of every overlay: make, find, sync and remove the per-overlay namespaces."""
 
@@ -106,6 +125,7 @@ class OverlayHost:
         self._complete: set[int] = set()      # VNIs whose ensure() ran to the end in this process
         self._epochs: dict[int, int] = {}      # VNI -> bumped whenever its vxlan0 may be new or gone
         self.lock = threading.RLock()           # one overlay's make/remove at a time, per daemon
+        self.watchers: list[NamespaceWatcher] = []
 
     # -- finding ---------------------------------------------------------------------------------
 
@@ -162,12 +182,21 @@ class OverlayHost:
         with self.lock:
             todo: list[str] = []
             name = self.name(ov.vni)
-            if netns_add(name):
+            made = netns_add(name)
+            if made:
                 self._bump(ov.vni)
                 todo.append(f"create namespace {name}")
-            with self.kernel(ov.vni) as k:
-                todo += self._ensure_in(k, name, ov)
+            try:
+                with self.kernel(ov.vni) as k:
+                    todo += self._ensure_in(k, name, ov)
+            except BaseException:
+                if made:                        # a namespace made now and left half-made: gone again
+                    with contextlib.suppress(KernelError):
+                        self.teardown(ov.vni)
+                raise
             self._complete.add(ov.vni)
+            for watcher in self.watchers:
+                watcher.made(ov)
             return todo
 
     def _ensure_in(self, k: OverlayKernelOps, name: str, ov: OverlayRecord) -> list[str]:
@@ -198,17 +227,38 @@ class OverlayHost:
         _ensure_rule(eb, "filter", "INPUT", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
         _ensure_rule(eb, "filter", "FORWARD", ("-i", VXLAN, "-s", mac, "-j", "DROP"))
 
+    def _transit_slot(self, k: OverlayKernelOps, ov: OverlayRecord) -> int:
+        """The overlay's transit /30 on this host: the one its pair already holds, else a free one.
+
+        Free means held by no other overlay's transit link here (the kernel is the record: the
+        caller holds ``lock``, under which every pair of this host is made and removed). The
+        VNI's own slot (VNI modulo TRANSIT_SLOTS) is taken when free, so addresses stay what they
+        were; two VNIs equal modulo TRANSIT_SLOTS get two slots (they shared one, and the second
+        overlay was refused egress).
+        """
+        outer = transit_host_link(ov.vni)
+        for kernel, link in ((self.host, outer), (k, TRANSIT)):
+            if kernel.link_get(link) is not None:
+                held = transit_slot_of(kernel.addrs(link))
+                if held is not None:
+                    return held
+        used = {transit_slot_of(self.host.addrs(str(link["name"]))) for link in self.host.links()
+                if str(link["name"]).startswith("ovt") and link["name"] != outer
+                and str(link["alias"]).startswith(f"{naming.ALIAS_ROOT}overlay:")}
+        preferred = ov.vni % TRANSIT_SLOTS
+        if preferred not in used:
+            return preferred
+        free = next((slot for slot in range(TRANSIT_SLOTS) if slot not in used), None)
+        if free is None:
+            raise KernelError(f"overlay {ov.name}: all {TRANSIT_SLOTS} transit slots of {TRANSIT_NET} are used "
+                              f"on this host (one per overlay with egress)")
+        return free
+
     def _egress(self, k: OverlayKernelOps, name: str, ov: OverlayRecord, alias: str) -> list[str]:
         todo: list[str] = []
-        host_end, ns_end = transit_addresses(ov.vni)
+        host_end, ns_end = transit_addresses(self._transit_slot(k, ov))
         outer = transit_host_link(ov.vni)
         if k.link_get(TRANSIT) is None:
-            clash = [link["name"] for link in self.host.links()
-                     if str(link["name"]).startswith("ovt") and link["name"] != outer
-                     and f"{host_end}/30" in self.host.addrs(str(link["name"]))]
-            if clash:
-                raise KernelError(f"overlay {ov.name}: transit address {host_end} is used by {clash[0]} "
-                                  f"(VNIs equal modulo {TRANSIT_SLOTS}); choose another vni")
             todo.append(f"create transit {outer} <-> {TRANSIT} of overlay {ov.name}")
             with contextlib.suppress(KernelError):
                 self.host.link_delete(outer, alias=alias)       # a half-made pair's host end
@@ -237,6 +287,8 @@ class OverlayHost:
     def teardown(self, vni: int) -> bool:
         """Remove the overlay's namespace (and with it every link in it) and its host-side rules."""
         with self.lock:
+            for watcher in self.watchers:
+                watcher.removing(vni)
             self._complete.discard(vni)
             self._bump(vni)
             self._remove_host_rules(vni)
@@ -248,7 +300,23 @@ class OverlayHost:
             if link is not None and str(link["alias"]).startswith(f"{naming.ALIAS_ROOT}overlay:"):
                 with contextlib.suppress(KernelError):
                     self.host.link_delete(outer, alias=str(link["alias"]))
+            self._release_vni(vni)
             return netns_delete(self.name(vni))
+
+    def _release_vni(self, vni: int) -> None:
+        """Delete the overlay's vxlan0 now, so its VNI and UDP socket are free when this returns.
+
+        ``ip netns del`` only unlinks the name: the namespace (and the vxlan0 in it, which keeps
+        the VNI claimed in the host namespace) is destroyed by the kernel's netns cleanup
+        workqueue later, or never while anything still holds it open. The same VNI made again
+        meanwhile (a network removed and re-created, on any host) got EEXIST from the kernel.
+        """
+        if not self.exists(vni):
+            return
+        with contextlib.suppress(KernelError), self.kernel(vni) as k:
+            link = k.link_get(VXLAN)
+            if link is not None:
+                k.link_delete(VXLAN, alias=str(link["alias"]))
 
     @staticmethod
     def _remove_host_rules(vni: int) -> None:

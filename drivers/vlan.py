@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from drivers import naming
+from drivers import capabilities, naming
 from drivers.base import (
     EndpointSpec,
     EndpointState,
@@ -51,6 +51,7 @@ from drivers.bridge import (
     _parse_bool,
     _parse_mtu,
 )
+from drivers.capabilities import NO_8021Q
 from drivers.errors import Conflict, DriverError, InvalidOption, KernelFeatureMissing
 from drivers.firewall import NetworkRules
 from drivers.kernel_api import VlanKernelOps
@@ -66,15 +67,6 @@ OPT_HOST_GATEWAY = "host_gateway"
 OWN_OPTIONS = (OPT_PARENT, OPT_VLAN, OPT_VLAN_RANGE, OPT_MODE, OPT_HOST_GATEWAY)
 DEFAULT_VID_RANGE = (2, 4094)     # VID 1 is the default/native VLAN of most switches
 _RANGE = re.compile(r"(\d{1,4})-(\d{1,4})")
-
-
-def _probe_8021q() -> bool | None:
-    """drivers/capabilities.py's probe (what ``cnmkit doctor`` shows): a VLAN made in a throwaway
-    namespace; None when it could not be tried."""
-    from drivers.capabilities import LINK_PROBES, probe_links
-
-    [cap] = probe_links([p for p in LINK_PROBES if p.name == "8021q"])
-    return cap.available
 
 
 def parse_vid(option: str, value: object) -> int:
@@ -154,7 +146,8 @@ class VlanDriver(BridgeDriver):
         self.vkernel = kernel
         self.claims = VlanClaims(store, host_id)
         self.vid_range = vid_range
-        self._probe_8021q = probe_8021q or _probe_8021q
+        # drivers/capabilities.py's probe (what ``cnmkit doctor`` shows): a VLAN in a throwaway netns.
+        self._probe_8021q = probe_8021q or capabilities.probe_8021q
         self._has_8021q = False                 # only a yes is kept: a module may be loaded later
 
     def _require_8021q(self) -> None:
@@ -167,9 +160,7 @@ class VlanDriver(BridgeDriver):
             return
         found = self._probe_8021q()
         if found is False:
-            raise KernelFeatureMissing("8021q", "this kernel has no 802.1Q VLAN support (the 8021q module, "
-                                       "CONFIG_VLAN_8021Q): VLAN networks cannot be made on this host; load "
-                                       "it (modprobe 8021q) or use a kernel that has it (cnmkit doctor)")
+            raise KernelFeatureMissing("8021q", NO_8021Q)
         self._has_8021q = found is True
 
     # -- options ----------------------------------------------------------------------------

@@ -31,10 +31,11 @@ Remote endpoints' FDB and neighbour entries: agent/overlay.py, from the store.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from netaddr import IPNetwork
@@ -49,7 +50,7 @@ from drivers.base import (
     NetworkSpec,
 )
 from drivers.bridge import DEFAULT_SANDBOX_DIRS, OPT_MTU, OPT_NAME, check_sandbox, endpoint_mac
-from drivers.errors import Conflict, DriverError, InvalidOption, NotFound
+from drivers.errors import Conflict, DriverError, InvalidOption, KernelError, NotFound
 from drivers.kernel_api import OverlayKernelOps
 from drivers.overlay_ns import BRIDGE, OverlayHost
 from ipam.pools import OVERLAY_NAME_RE, OVERLAY_OPTION
@@ -65,6 +66,7 @@ VNI_AUTO_FIRST = 4096
 VXLAN_OVERHEAD = 50                      # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 DRIVER_NAME = "cnmkit-vxlan"
 _ATTEMPTS = 100
+log = logging.getLogger("cnmkit.vxlan")
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,9 @@ class VxlanDriver:
         # Where a non-direct Join leaves the container end: the daemon's own namespace, as dockerd expects.
         self.home_netns = f"/proc/{os.getpid()}/ns/net"
         self._lock = threading.RLock()
-        # Overlay records are written once (compare-and-swap on an absent key) and only ever
-        # deleted, never changed: Join and EndpointOperInfo read them from here, saving a store
-        # round trip each on the attach path. The overlay agent forgets one on any event for it.
+        # Overlay records change only in their membership once written (what Join and
+        # EndpointOperInfo need never changes): they read them from here, saving a store round
+        # trip each on the attach path. The overlay agent forgets one on any event for it.
         self._overlays: dict[str, OverlayRecord] = {}
 
     # -- networks ---------------------------------------------------------------------------
@@ -161,12 +163,11 @@ class VxlanDriver:
                 # Tunnelled packets to the other VTEPs would be routed into the overlay itself.
                 raise InvalidOption("subnet", f"{data.pool.cidr} overlaps the underlay's own {clash.cidr} "
                                     f"(the network the tunnel runs over)")
-        ov, created = self._register(spec, cfg, mtu)
+        ov = self._register(spec, cfg, mtu)
         try:
             self.host.ensure(ov)
         except BaseException:
-            if created:
-                self._unregister(ov)
+            self._leave(spec)
             self.host.teardown(ov.vni)
             raise
 
@@ -180,8 +181,9 @@ class VxlanDriver:
                                     f"add --ipam-driver cnmkit --ipam-opt cnmkit.overlay={overlay} so every "
                                     "host shares the overlay's pool")
 
-    def _register(self, spec: NetworkSpec, cfg: VxlanConfig, underlay: int) -> tuple[OverlayRecord, bool]:
-        """The overlay record: written by the first create (any host), matched by every later one."""
+    def _register(self, spec: NetworkSpec, cfg: VxlanConfig, underlay: int) -> OverlayRecord:
+        """The overlay record: written by the first create (any host), matched by every later one,
+        which adds its network to the membership (compare-and-swap)."""
         limit = underlay - VXLAN_OVERHEAD
         if cfg.mtu > limit:
             raise InvalidOption(OPT_MTU, f"{cfg.mtu} is larger than this host's underlay allows "
@@ -195,15 +197,21 @@ class VxlanDriver:
             if kv is not None:
                 ov = OverlayRecord.decode(kv.value)
                 self._match(ov, cfg, subnets, gateways, spec.internal, limit)
-                return ov, False
+                members = self._members(ov)
+                if members.get(spec.network_id) == self.host_id:
+                    return ov                            # a re-ensure (restart, retry): nothing to add
+                joined = replace(ov, networks={**members, spec.network_id: self.host_id})
+                if self.store.txn([Cmp(key, kv.mod_rev)], [Put(key, joined.encode())]).succeeded:
+                    return joined
+                continue                                 # another create or delete of the overlay won
             vni = cfg.vni or self._free_vni()
             ov = OverlayRecord(name=cfg.overlay, vni=vni, mtu=cfg.mtu or limit, subnets=subnets,
-                               gateways=gateways, internal=spec.internal)
+                               gateways=gateways, internal=spec.internal, networks={spec.network_id: self.host_id})
             claim = records.vni_claim_key(vni)
             result = self.store.txn([Cmp(key, 0), Cmp(claim, 0)],
                                     [Put(key, ov.encode()), Put(claim, cfg.overlay.encode())])
             if result.succeeded:
-                return ov, True
+                return ov
             for failed, held in result.failed:
                 if failed == claim and held is not None and cfg.vni:
                     raise Conflict(f"vni: {vni} is already used by overlay {shown(held.value.decode())}")
@@ -237,14 +245,39 @@ class VxlanDriver:
             raise Conflict("vni: every VNI of the automatic range is taken")
         return vni
 
-    def _unregister(self, ov: OverlayRecord) -> None:
-        self.forget_overlay(ov.name)
-        claim = records.vni_claim_key(ov.vni)
-        ops: list[Put | Delete] = [Delete(records.overlay_key(ov.name))]
-        kv = self.store.get(claim)
-        if kv is not None and kv.value.decode() == ov.name:
-            ops.append(Delete(claim))
-        self.store.txn([], ops)
+    def _members(self, ov: OverlayRecord) -> dict[str, str]:
+        """network id -> host of the overlay's networks: its record's membership, or (a record from
+        before membership was kept) the network records of the overlay now."""
+        if ov.networks is not None:
+            return dict(ov.networks)
+        return {rec.spec.network_id: rec.host or "" for rec in
+                (NetworkRecord.decode(kv.value) for kv in self.store.list(records.NETWORKS)[0])
+                if rec.driver == DRIVER_NAME and overlay_of(rec.spec) == ov.name}
+
+    def _leave(self, spec: NetworkSpec) -> tuple[OverlayRecord, bool] | None:
+        """Take the network out of its overlay's membership, and the record (with its VNI claim)
+        away with the last network, in one compare-and-swap: of two deletes at once, on one host
+        or two, exactly the one that leaves nothing removes it. Answers the overlay and whether
+        another network of this host is still in it (None: no record)."""
+        name = VxlanConfig.parse(spec).overlay
+        key = records.overlay_key(name)
+        for _ in range(_ATTEMPTS):
+            kv = self.store.get(key)
+            if kv is None:
+                return None
+            ov = OverlayRecord.decode(kv.value)
+            members = self._members(ov)
+            members.pop(spec.network_id, None)
+            ops: list[Put | Delete] = [Put(key, replace(ov, networks=members).encode())]
+            if not members:
+                ops = [Delete(key)]
+                claim = self.store.get(records.vni_claim_key(ov.vni))
+                if claim is not None and claim.value.decode() == name:
+                    ops.append(Delete(claim.key))
+            if self.store.txn([Cmp(key, kv.mod_rev)], ops).succeeded:
+                self.forget_overlay(name)
+                return ov, any(host in (self.host_id, "") for host in members.values())
+        raise Conflict(f"{OVERLAY_OPTION}: overlay {shown(name)}: other creates and deletes kept winning, try again")
 
     def overlay(self, name: str, *, cached: bool = False) -> OverlayRecord | None:
         """The overlay's record; ``cached``: from memory when this process has read it before."""
@@ -269,19 +302,14 @@ class VxlanDriver:
         return ov
 
     def delete_network(self, spec: NetworkSpec) -> None:
-        """This host's namespace goes unless another of its networks maps to the overlay; the overlay
-        record and its VNI claim go with the last network of the overlay on any host."""
-        name = VxlanConfig.parse(spec).overlay
-        ov = self.overlay(name)
-        others = [rec for rec in (NetworkRecord.decode(kv.value) for kv in self.store.list(records.NETWORKS)[0])
-                  if rec.driver == DRIVER_NAME and overlay_of(rec.spec) == name
-                  and rec.spec.network_id != spec.network_id]
-        if ov is None:
-            return
-        if not any(rec.owned_by(self.host_id) for rec in others):
-            self.host.teardown(ov.vni)
-        if not others:
-            self._unregister(ov)
+        """This host's namespace goes unless another of its networks is in the overlay; the overlay
+        record and its VNI claim go with the last network of the overlay on any host (``_leave``)."""
+        left = self._leave(spec)
+        if left is not None and not left[1]:
+            try:
+                self.host.teardown(left[0].vni)
+            except KernelError as exc:       # the record is settled: the overlay agent's next pass retries
+                log.warning("overlay %s: removing this host's namespace failed: %s", left[0].name, exc)
 
     # -- endpoints --------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Each node is a small table: its name (and kind), then one row per interface with its
 addresses. Multi-access networks (management included) are ellipses with their subnets; an
 edge goes from an interface's row to its network, or, for a point-to-point link, from one
-interface's row to the other's, so no label has to float near a crowded edge end.
+interface's row to the other's, so no label has to float near a crowded edge end. A VLAN
+network also names its VLAN and has a dashed edge to its trunk (a lab bridge, or a row of the
+host's box).
 Addresses are the file's static ones, and when the lab is deployed, what the kernel holds.
 
 Escaping: names are checked at parse time, but nothing reaches the DOT text unescaped anyway.
@@ -87,7 +89,8 @@ def to_dot(lab: Lab, live: dict[str, Any] | None = None) -> str:
         boxes[node.name] = _Box(node.name, node.image or "", "#e8f0e8")
     for br in lab.bridges():
         boxes[br.name] = _Box(br.name, "bridge", "#f3ecd8")
-    if any(HOST in (link.a.node, link.b.node) for link in lab.links):
+    if any(HOST in (link.a.node, link.b.node) for link in lab.links) or any(
+            n.parent is not None and n.parent not in boxes for n in lab.networks.values()):
         boxes[HOST] = _Box(HOST, "host namespace", "#eeeeee")
 
     def shown(node: str, ifname: str, static: list[str | None]) -> list[str]:
@@ -103,6 +106,7 @@ def to_dot(lab: Lab, live: dict[str, Any] | None = None) -> str:
             label = [net, *(subnets.get(net) or _wanted_subnets(lab, net))]
             nets[net] = label + (["(management)"] if net == lab.mgmt.network else [])
             edges.append(f"  {quote('node:' + node.name)}:{port} -- {quote('net:' + net)};")
+    edges += _trunks(lab, boxes, nets)
     for link in lab.links:
         ends = []
         for end in (link.a, link.b):
@@ -123,6 +127,23 @@ def to_dot(lab: Lab, live: dict[str, Any] | None = None) -> str:
     lines += edges
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _trunks(lab: Lab, boxes: dict[str, _Box], nets: dict[str, list[str]]) -> list[str]:
+    """A VLAN network's tie to its trunk: a dashed edge to the lab bridge, or to the host
+    interface, that carries its tagged frames, labelled with the VLAN (ellipse too)."""
+    edges = []
+    for net in lab.networks.values():
+        full = names.network_name(lab.name, net.name)
+        if net.parent is None or full not in nets:
+            continue
+        vid = net.options.get("vlan") or f"from {net.options.get('vlan_range') or 'the default range'}"
+        nets[full].append(f"VLAN {vid} on {net.parent}")
+        tag = f"802.1Q {vid}"
+        end = quote("node:" + net.parent) if net.parent in boxes else \
+            f"{quote('node:' + HOST)}:{boxes[HOST].port(net.parent, [])}"
+        edges.append(f"  {quote('net:' + full)} -- {end} [style=dashed, label={quote(tag)}];")
+    return edges
 
 
 def _wanted_subnets(lab: Lab, net: str) -> list[str]:

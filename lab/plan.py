@@ -2,15 +2,17 @@
 
 The lab becomes *items* (networks, bridges, nodes, links), each with a digest of exactly the
 settings that cannot change without re-making it, and the keys of the items it stands on (a node
-on its networks, a link on its two nodes). Comparing with the record:
+on its networks, a link on its two nodes, a VLAN network on the lab bridge that is its trunk).
+Comparing with the record:
 
 - an item recorded but no longer wanted, or whose digest changed, is removed;
 - a wanted item not recorded, or changed, is created; so is every item standing on one that is
   re-made (a restarted node has a new namespace, and its links died with the old one);
 - everything else is left alone: a redeploy after an edit touches only what changed.
 
-Order: removals first (links, nodes, bridges, networks), then creations (networks, bridges,
-nodes, links), then each new node's ``exec`` commands, which may configure its links.
+Order: removals first (links, nodes, networks, bridges), then creations (bridges, networks,
+nodes, links), then each new node's ``exec`` commands, which may configure its links. Bridges
+come before networks because a VLAN network's sub-interface hangs off its trunk bridge.
 Labels are recorded but not digested: changing one re-makes nothing.
 """
 
@@ -26,7 +28,7 @@ from lab import names
 from lab.records import Record
 from lab.spec import HOST, Endpoint, Lab, Node
 
-ORDER = ("network", "bridge", "node", "link")
+ORDER = ("bridge", "network", "node", "link")
 CREATE, REMOVE, EXEC = "create", "remove", "exec"
 
 
@@ -80,11 +82,15 @@ def items(lab: Lab) -> dict[str, Item]:
                                                  "subnets": lab.mgmt.subnets, "gateways": [], "internal": False,
                                                  "options": options, "mgmt": True})
         out[item.key] = item
+    bridges = {br.name for br in lab.bridges()}
     for net in lab.networks.values():
         full = names.network_name(lab.name, net.name)
-        item = Item("network", full, {"name": full, "driver": net.driver, "subnets": net.subnets,
-                                      "gateways": net.gateways, "internal": net.internal, "options": net.options,
-                                      "mgmt": False}, extra={"lab_name": net.name})
+        trunk = [f"bridge:{net.parent}"] if net.parent in bridges else []
+        spec = {"name": full, "driver": net.driver, "subnets": net.subnets, "gateways": net.gateways,
+                "internal": net.internal, "options": net.options, "mgmt": False}
+        if net.parent is not None:              # a trunk that stops being the lab's bridge re-makes it
+            spec["trunk"] = trunk[0] if trunk else "host"
+        item = Item("network", full, spec, deps=trunk, extra={"lab_name": net.name})
         out[item.key] = item
     for br in lab.bridges():
         item = Item("bridge", br.name, {"name": br.name}, extra={"labels": br.labels})

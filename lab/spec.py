@@ -11,7 +11,9 @@ its group or the defaults (``linux`` when none says).
 
 cnmkit's keys, all under ``cnmkit:`` so that a containerlab file stays one:
 - top level: ``networks`` (name -> driver bridge|vlan|vxlan, subnet, gateway, internal, options)
-  and ``images`` (image -> rootfs directory or tarball, relative to the file);
+  and ``images`` (image -> rootfs directory or tarball, relative to the file); a ``vlan``
+  network needs ``options.parent``, its trunk: a ``kind: bridge`` node of the lab (made before
+  the networks) or an interface the host already has, never a link end (made after them);
 - node: ``networks`` (names, or name -> {ip, ip6}): the node joins them on eth1, eth2, ...
   after the management network's eth0, in the order given;
 - link: ``addresses``: one entry per endpoint, an address with its prefix, or a list of them.
@@ -35,6 +37,7 @@ from lab.yamlload import Path, YamlError, load
 
 KINDS = ("linux", "bridge")
 DRIVERS = ("bridge", "vlan", "vxlan")
+VLAN_PARENT = "parent"                            # drivers/vlan.py's option: the trunk
 DEFAULT_CMD = ("sleep", "infinity")
 HOST = "host"                                     # containerlab's endpoint node for the host netns
 MAX_NODES = 1000
@@ -130,6 +133,11 @@ class Network:
     gateways: list[str] = field(default_factory=list)
     internal: bool = False
     options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str | None:
+        """A VLAN network's trunk interface (in the host's namespace); None for other drivers."""
+        return self.options.get(VLAN_PARENT) if self.driver == "vlan" else None
 
 
 @dataclass
@@ -236,11 +244,7 @@ class _Parser:
         return out
 
     def text_list(self, value: Any, p: Path) -> list[str]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.error(p, f"expected a list, got {_kind(value)}")
-        return [self.text(v, (*p, i)) for i, v in enumerate(value)]
+        return [self.text(v, (*p, i)) for i, v in enumerate(self.list_of(value, p))]
 
     def string_map(self, value: Any, p: Path, *, keys: re.Pattern[str] | None = None) -> dict[str, str]:
         out = {}
@@ -322,6 +326,7 @@ class _Parser:
         for index, link in enumerate(self.list_of(topo.get("links"), ("topology", "links"))):
             lab.links.append(self.link(lab, link, ("topology", "links", index)))
         self.check_interfaces(lab)
+        self.check_parents(lab)
         lab.warnings = self._warnings()
         return lab
 
@@ -373,6 +378,11 @@ class _Parser:
                 raise self.error((*p, "internal"), "expected true or false")
             net.internal = d["internal"]
         net.options = self.string_map(d.get("options"), (*p, "options"))
+        if net.driver == "vlan":
+            if not net.options.get(VLAN_PARENT):
+                raise self.error((*p, "options"), "driver vlan needs options.parent: the trunk, a kind: bridge "
+                                 "node of this lab or an interface of the host")
+            self.ifname(net.options[VLAN_PARENT], (*p, "options", VLAN_PARENT))
         return net
 
     # -- nodes ----------------------------------------------------------------------------------
@@ -600,6 +610,24 @@ class _Parser:
                                      f"interface {end} is already taken by {taken[key]} (networks take eth0, "
                                      "eth1, ... in order; name link interfaces after them)")
                 taken[key] = f"link {link.key}"
+
+    def check_parents(self, lab: Lab) -> None:
+        """A VLAN's trunk is in the host's namespace and exists before the networks are made: a
+        lab bridge or a host interface, not a node, not a link end (links come after networks)."""
+        for net in lab.networks.values():
+            parent = net.parent
+            if parent is None:
+                continue
+            p: Path = ("cnmkit", "networks", net.name, "options", VLAN_PARENT)
+            if parent in lab.nodes and lab.nodes[parent].kind != "bridge":
+                raise self.error(p, f"{parent} is a {lab.nodes[parent].kind} node; the trunk is an interface "
+                                 "of the host's namespace: a kind: bridge node or a host interface")
+            for link in lab.links:
+                for end in (link.a, link.b):
+                    if end.ifname == parent and (end.node == HOST or lab.nodes[end.node].kind == "bridge"):
+                        raise self.error(p, f"{parent} is the end {end} of link {link.key}, made after the "
+                                         "networks; make the trunk a kind: bridge node and link the far side "
+                                         "to it")
 
 
 def _kind(value: Any) -> str:

@@ -77,8 +77,9 @@ async def network_list(request: web.Request) -> web.Response:
 
 
 async def network_inspect(request: web.Request) -> web.Response:
-    ref = p.decode_network_ref(await _body(request))
-    return reply({"Network": await request.app[MANAGER].inspect_network(ref)})
+    body = await _body(request)
+    ref, overlay = p.decode_network_ref(body), p.decode_overlay_flag(body)
+    return reply({"Network": await request.app[MANAGER].inspect_network(ref, overlay=overlay)})
 
 
 async def pool_list(request: web.Request) -> web.Response:

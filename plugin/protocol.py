@@ -231,6 +231,11 @@ def decode_network_ref(body: dict[str, Any]) -> str:
     return ref
 
 
+def decode_overlay_flag(body: dict[str, Any]) -> bool:
+    """Cnmkit.NetworkInspect's optional ``Overlay``: list the endpoints of the whole overlay too."""
+    return _bool(body.get("Overlay"), "Overlay")
+
+
 def decode_network_id(body: dict[str, Any]) -> str:
     return _id(body, "NetworkID")
 

@@ -17,13 +17,16 @@ import random
 import signal
 import socket
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from agent.hosts import DEFAULT_GRACE, DEFAULT_TTL, HostLiveness, default_advertise, default_host_id
+from agent.netwatch import NetworkDeletionWatch
+from agent.peer_names import RemotePeerNames
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
@@ -34,11 +37,14 @@ from ipam.service import IpamService
 from plugin import profile
 from plugin.app import build_ipam_app, build_network_app
 from plugin.listener import BoundedSockSite
-from store.base import Store, Unavailable
+from store.base import Store, StoreError, Unavailable
 from store.guard import GuardedStore, display_url
+from store.records import NetworkRecord
 from store.url import open_store
 
 if TYPE_CHECKING:
+    from agent.dns import OverlayDNS
+    from agent.dockernames import NameLearner
     from agent.overlay import OverlayAgent
 
 log = logging.getLogger("cnmkit.daemon")
@@ -80,6 +86,9 @@ class DaemonConfig:
     advertise: str = ""                     # empty: the address of the default route's device
     host_ttl: int = DEFAULT_TTL             # seconds of the lease on hosts/<host-id>
     host_grace: float = DEFAULT_GRACE       # seconds a gone host keeps its addresses
+    docker_socket: str = ""                 # dockerd's API, for its overlay containers' names ("": off;
+                                            # the CLI's default is /var/run/docker.sock)
+    overlay_dns: bool = True                # answer DNS at each overlay's gateway (agent/dns.py)
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{os.path.join(os.path.abspath(self.state_dir), 'state.db')}"
@@ -122,11 +131,7 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
-        self.inflight = InFlight()              # requests being served: the reaper waits for none
-        self.drivers = drivers if drivers is not None else build_drivers(
-            config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
-                                                       host_id=self.host_id, vlan_range=config.vlan_range,
-                                                       idle=self.inflight))
+        self.inflight = InFlight()              # requests being served: the reaper's batches wait for none
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
@@ -134,15 +139,18 @@ class Daemon:
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
                                                        host_id=self.host_id, advertise=advertise,
-                                                       idle=self.inflight))
+                                                       vlan_range=config.vlan_range, idle=self.inflight))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
         self.agent = Agent(self.store, self.manager.drivers, self.executor, self.manager.network_lock,
                            host_id=self.host_id)
+        # The runtime keeps its containers under the daemon's state dir (the CLI's --state-dir).
+        self.peer_names = RemotePeerNames(self.store, config.state_dir)
         self.hosts = HostLiveness(self.store, self.host_id, advertise, ttl=config.host_ttl,
                                   grace=config.host_grace, reclaim=self.ipam.reclaim_host,
                                   holders=self.ipam.hosts_holding)
+        self.names = self._name_learner()
         self._runners: list[web.AppRunner] = []
         self.socket_paths: list[str] = []
 
@@ -163,6 +171,24 @@ class Daemon:
             self.socket_paths.append(path)
             log.info("serving %s", path)
 
+    def _name_learner(self) -> NameLearner | None:
+        """dockerd's overlay containers get their names from its API after Join (agent/dockernames.py)."""
+        if "cnmkit-vxlan" not in self.manager.drivers:
+            return None
+        path = self.config.docker_socket
+        if not path:
+            log.info("docker names: off (no --docker-socket): other hosts cannot resolve dockerd's containers")
+            return None
+        from agent.dockernames import NameLearner, UnixDockerAPI
+
+        log.info("docker names: asking %s for the names of dockerd's overlay containers%s", path,
+                 "" if os.path.exists(path) else " (not there yet: from when it answers)")
+        learner = NameLearner(UnixDockerAPI(path), self.store, self.manager.record_names,
+                              run=lambda fn, *args: asyncio.get_running_loop().run_in_executor(
+                                  self.executor, fn, *args))
+        self.manager.joined.append(learner.joined)
+        return learner
+
     async def stop(self) -> None:
         for path in self.socket_paths:
             try:
@@ -172,6 +198,8 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self.names is not None:
+            await self.names.close()
         self.executor.shutdown(wait=True)
         for driver in self.drivers:
             close = getattr(driver, "close", None)   # the bridge's reaper deletes what is marked
@@ -197,17 +225,29 @@ class Daemon:
             periodic = asyncio.create_task(self.agent.run_every(self.config.reconcile_interval,
                                                                 cleanup=self.config.cleanup))
         # -- end of reconciling agent
+        # -- deletions of this host's networks by other hosts (agent/netwatch.py), acted on at once
+        netwatch = self._network_deletion_watch(loop)
+        netwatch.start()
+        # -- end of network deletions
         # -- host liveness (agent/hosts.py): our leased record, the watch of the others, reclaim
         await loop.run_in_executor(self.executor, self.hosts.register)
         self.hosts.start_watch()
         liveness = asyncio.create_task(self.hosts.run())
         # -- end of host liveness
         # -- overlay entries (agent/overlay.py): FDB and neighbour entries of remote endpoints
+        # and the runtime containers' hosts files, with other hosts' peers (agent/peer_names.py)
         overlay = self._overlay_agent()
+        dns = self._overlay_dns(overlay)
         if overlay is not None:
+            self.peer_names.start()
             overlay.start()
         # -- end of overlay entries
         await self.start()
+        if self.names is not None:
+            try:
+                await self.names.sweep(self.host_id)
+            except StoreError as exc:             # names are worth a line, not a failed start
+                log.warning("docker names: start-up look-up skipped: %s", exc)
         pid_path = os.path.join(self.config.state_dir, "daemon.pid")
         with open(pid_path, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -220,6 +260,10 @@ class Daemon:
             liveness.cancel()
             if overlay is not None:
                 await loop.run_in_executor(None, overlay.stop)
+                await loop.run_in_executor(None, self.peer_names.stop)
+            if dns is not None:
+                await loop.run_in_executor(None, dns.stop)
+            await loop.run_in_executor(None, netwatch.stop)
             self.hosts.stop_watch()
             await loop.run_in_executor(None, self.hosts.deregister)
             await self.stop()
@@ -230,6 +274,17 @@ class Daemon:
                 pass
 
 
+    def _network_deletion_watch(self, loop: asyncio.AbstractEventLoop) -> NetworkDeletionWatch:
+        from drivers.vxlan import DRIVER_NAME as OVERLAY_DRIVER
+
+        def removed(network_id: str, rec: NetworkRecord) -> None:   # on the watch's thread
+            done = asyncio.run_coroutine_threadsafe(self.agent.remove_deleted(network_id, rec), loop)
+            done.add_done_callback(partial(_log_failed_removal, network_id))
+
+        # Overlay namespaces follow the records through the overlay agent's own watch.
+        return NetworkDeletionWatch(self.store, self.host_id, removed, deleted_here=self.manager.dropped_here,
+                                    skip_drivers=(OVERLAY_DRIVER,))
+
     def _overlay_agent(self) -> OverlayAgent | None:
         from agent.overlay import OverlayAgent  # imports netlink: only when serving
         from drivers.vxlan import VxlanDriver
@@ -238,7 +293,19 @@ class Daemon:
         if vxlan is None:
             return None
         interval = self.config.reconcile_interval or 60.0
-        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval)
+        return OverlayAgent(self.store, vxlan, self.host_id, resync_interval=interval,
+                            on_endpoints=self.peer_names.changed)
+
+    def _overlay_dns(self, overlay: OverlayAgent | None) -> OverlayDNS | None:
+        """DNS at each overlay's gateway, fed by the overlay agent's watch (agent/dns.py)."""
+        if overlay is None or not self.config.overlay_dns:
+            return None
+        from agent.dns import OverlayDNS
+
+        dns = OverlayDNS(overlay.driver.host, self.host_id)
+        overlay.listeners.append(dns)
+        dns.start()
+        return dns
 
     async def _reconcile_when_reachable(self, stop: asyncio.Event) -> bool:
         """The start-up pass, retried while the store is unreachable; False if stopped meanwhile.
@@ -274,6 +341,12 @@ class Daemon:
         log.info("stopping before the store was reached: nothing was served")
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+
+
+def _log_failed_removal(network_id: str, done: Future[list[str]]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("network %s: removing it after its record was deleted: %s (the next reconcile pass "
+                    "retries)", network_id[:12], done.exception())
 
 
 def run_daemon(config: DaemonConfig) -> None:

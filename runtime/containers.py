@@ -23,8 +23,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from client.engine import NAMES_OPTION, Attachment, DaemonUnavailable, Engine, PluginError
-from runtime import hosts, names, process, sandbox
+from client.engine import Attachment, DaemonUnavailable, Engine, PluginError
+from runtime import hosts, hostsfiles, names, process, sandbox
+from runtime.hostsfiles import MULTI_HOST_DRIVER
 from runtime.state import (
     STATUS_EXITED,
     STATUS_RUNNING,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from runtime.supervisor import Supervisor
 
 DEFAULT_RUN_DIR = "/run/cnmkit"
-MULTI_HOST_DRIVER = "cnmkit-vxlan"       # networks whose endpoints on other hosts are peers too
 EXIT_UNKNOWN = -1
 
 
@@ -188,16 +188,11 @@ class ContainerService:
 
     def on_exit_callback(self) -> Any:
         """What a supervisor runs after reaping an init: the record's end, by a service of its own
-        (the caller's engine connection is the caller's, never shared with a forked child)."""
-        state_dir, plugin_dir, run_dir = self.state_dir, self.plugin_dir, self.run_dir
-        holder: list[ContainerService] = []
+        (the caller's engine connection is the caller's, never shared with a forked child), built
+        on the first exit (by name: the supervisor may be a fresh interpreter)."""
+        from runtime.supervisor import ExitHook
 
-        def on_exit(cid: str, code: int) -> None:
-            if not holder:
-                holder.append(ContainerService(state_dir, plugin_dir, run_dir))
-            holder[0].on_shim_exit(cid, code)
-
-        return on_exit
+        return ExitHook("runtime.containers", "exit_handler", (self.state_dir, self.plugin_dir, self.run_dir))
 
     def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest, ifname: str,
                     engine: Engine | None = None, net: dict[str, Any] | None = None,
@@ -536,24 +531,8 @@ class ContainerService:
         Containers in the middle of starting are included (their record has attachments), so a
         new container knows its peers before its command starts and its peers learn of it.
         """
-        members: dict[str, hosts.Member] = {}
-        for cid in self.store.ids():
-            with contextlib.suppress(OSError, ValueError):
-                config, state = self.store.load_config(cid), self.store.load_state(cid)
-                if state.attachments or state.status == STATUS_RUNNING:
-                    members[cid] = _member(config, state)
-        local = dict(members)
-        members.update(self._remote_members(members))
-        for cid, text in hosts.render_all(members).items():
-            if cid not in local:
-                continue
-            path = self.store.path(cid, "hosts")
-            with contextlib.suppress(OSError):
-                with open(path) as fh:
-                    if fh.read() == text:
-                        continue                          # unchanged: spare the write
-            with contextlib.suppress(OSError):
-                hosts.write_in_place(path, text)
+        local = hostsfiles.local_members(self.store)
+        hostsfiles.rewrite(self.store, local, self._remote_members(local))
         hosts.Index(self._hosts_index_path(), local).save()      # other hosts' peers are re-read each time
 
     def _hosts_index_path(self) -> str:
@@ -569,7 +548,7 @@ class ContainerService:
         if index is None or any(self._on_multi_host(st) for _, st in records.values()):
             self._refresh_hosts()                    # an overlay's peers on other hosts come from the store
             return
-        index.add({cid: _member(c, s) for cid, (c, s) in records.items()},
+        index.add({cid: hostsfiles.member(c, s) for cid, (c, s) in records.items()},
                   lambda cid: self.store.path(cid, "hosts"))
 
     def _hosts_leave(self, cids: Sequence[str]) -> None:
@@ -600,36 +579,24 @@ class ContainerService:
     def _remote_members(self, members: dict[str, hosts.Member]) -> dict[str, hosts.Member]:
         """Containers of other hosts on this host's multi-host networks, from the shared store.
 
-        Each endpoint record carries the names its runtime gave it (engine NAMES_OPTION); those of
+        Each endpoint record carries the names its runtime gave it, or that the daemon learnt from
+        dockerd (engine NAMES_OPTION, agent/dockernames.py); those of
         endpoints not attached here become peers in the hosts files. Without the daemon (or with a
         bad record) there are none: a hosts file is never worth failing a container operation.
         """
-        ours = {att.get("endpoint_id") for m in members.values() for att in m.attachments}
+        ours = hostsfiles.our_endpoints(members)
         networks = {att["network_id"] for m in members.values() for att in m.attachments if att.get("network_id")}
         remote: dict[str, hosts.Member] = {}
         for network_id in sorted(networks):
             try:
-                net = self.engine.inspect_network(network_id)
+                net = self.engine.inspect_network(network_id, overlay=True)
             except (PluginError, DaemonUnavailable, OSError):
                 continue
-            if net.get("Driver") != MULTI_HOST_DRIVER:
-                continue
-            for ep in net.get("EndpointList") or []:
-                given = str((ep.get("Options") or {}).get(NAMES_OPTION, "")).split(",")
-                if ep.get("EndpointID") in ours or not given[0]:
-                    continue
-                att = {"network_id": network_id, "address": ep.get("Address", ""),
-                       "address_v6": ep.get("AddressIPv6", ""), "aliases": given[2:]}
-                remote[f"remote:{ep.get('EndpointID')}"] = hosts.Member(
-                    given[0], given[1] if len(given) > 1 else "", (att,))
+            if net.get("Driver") == MULTI_HOST_DRIVER:
+                # The overlay's: dockerd's containers on other hosts are under their own engines' network ids.
+                eps = net.get("OverlayEndpointList", net.get("EndpointList")) or []
+                remote.update(hostsfiles.remote_members(network_id, eps, ours))
         return remote
-
-
-def _member(config: ContainerConfig, state: ContainerState) -> hosts.Member:
-    """What name resolution needs of a container (the index keeps no more than this)."""
-    keep = ("network_id", "address", "address_v6", "aliases")
-    return hosts.Member(config.name, config.hostname,
-                        tuple({k: a.get(k) for k in keep if a.get(k) is not None} for a in state.attachments))
 
 
 def _check_command(command: str, path: str, rootfs: str | None) -> None:
@@ -671,3 +638,8 @@ def _namespace_usage(init_pid: int) -> tuple[float, int, int]:
             continue
     return cpu, mem, count
 
+
+
+def exit_handler(state_dir: str, plugin_dir: str, run_dir: str) -> Any:
+    """``ContainerService.on_exit_callback``'s callback: one service for the supervisor's life."""
+    return ContainerService(state_dir, plugin_dir, run_dir).on_shim_exit

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, TypedDict
 from netaddr import IPNetwork
 
 from drivers.base import EndpointResult, EndpointSpec, IPAMData, NetworkSpec, PortBinding
+from ipam.pools import OVERLAY_OPTION
 from store.base import KV, Cmp, Delete, Op, Put, Store, StoreError, TxnResult
 
 Record = dict[str, Any]
@@ -171,6 +172,10 @@ SUBNET_CLAIMS = "claims/subnets"          # bumped by every network create: the 
 PORT_CLAIMS = "claims/ports/"             # + host: bumped by every host-port choice of that host
 OVERLAYS = "overlays/"
 VNI_CLAIMS = "claims/vni/"                # + VNI: the overlay holding it, created with the overlay
+# An endpoint's ``Spec.Options`` key holding its container's names, "name,hostname,alias...": given
+# by the runtime at CreateEndpoint, learnt from dockerd after Join (agent/dockernames.py). Other
+# hosts of an overlay resolve the container by them (runtime hosts files, agent/dns.py).
+NAMES_OPTION = "cnmkit.names"
 
 
 def network_key(network_id: str) -> str:
@@ -405,9 +410,12 @@ def decode_host(data: bytes) -> dict[str, Any]:
 class OverlayRecord:
     """``overlays/<name>``: what every host's network of one VXLAN overlay must agree on.
 
-    Written once, by compare-and-swap, by the first create (of any host); every later create,
-    on any host, must match it field by field or is refused naming the field (drivers/vxlan.py).
-    ``subnets`` and ``gateways`` are CIDR strings in pool order (IPv4 first).
+    Written by compare-and-swap by the first create (of any host); every later create, on any
+    host, must match it field by field or is refused naming the field (drivers/vxlan.py).
+    ``subnets`` and ``gateways`` are CIDR strings in pool order (IPv4 first). ``networks`` (network
+    id -> its host) is the overlay's membership, changed by compare-and-swap with every create and
+    delete of one of its networks, so the delete that takes the last one is the one that removes
+    the record, however many run at once (None: a record from before membership was kept).
     """
 
     name: str
@@ -417,19 +425,25 @@ class OverlayRecord:
     gateways: tuple[str, ...]
     internal: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    networks: dict[str, str] | None = field(default=None, compare=False)
 
-    _KEYS = frozenset({"Name", "VNI", "MTU", "Subnets", "Gateways", "Internal"})
+    _KEYS = frozenset({"Name", "VNI", "MTU", "Subnets", "Gateways", "Internal", "Networks"})
 
     def to_dict(self) -> Record:
-        return {**self.extra, "Name": self.name, "VNI": self.vni, "MTU": self.mtu,
-                "Subnets": list(self.subnets), "Gateways": list(self.gateways), "Internal": self.internal}
+        rec = {**self.extra, "Name": self.name, "VNI": self.vni, "MTU": self.mtu,
+               "Subnets": list(self.subnets), "Gateways": list(self.gateways), "Internal": self.internal}
+        if self.networks is not None:
+            rec["Networks"] = dict(sorted(self.networks.items()))
+        return rec
 
     @classmethod
     def from_dict(cls, rec: Record) -> OverlayRecord:
+        members = rec.get("Networks")
         return cls(name=rec["Name"], vni=int(rec["VNI"]), mtu=int(rec["MTU"]),
                    subnets=tuple(rec.get("Subnets") or ()), gateways=tuple(rec.get("Gateways") or ()),
                    internal=bool(rec.get("Internal")),
-                   extra={k: v for k, v in rec.items() if k not in cls._KEYS})
+                   extra={k: v for k, v in rec.items() if k not in cls._KEYS},
+                   networks={str(k): str(v) for k, v in members.items()} if isinstance(members, dict) else None)
 
     def encode(self) -> bytes:
         return encode(self.to_dict())
@@ -437,3 +451,19 @@ class OverlayRecord:
     @classmethod
     def decode(cls, data: bytes) -> OverlayRecord:
         return cls.from_dict(decode(data))
+
+
+def overlay_network_ids(store: Store, network_id: str, rec: NetworkRecord) -> list[str]:
+    """Every network record of ``rec``'s overlay (its own id included), or just ``network_id``.
+
+    Why: the names of an overlay's containers on other hosts sit under those hosts' engines' network
+    ids; both the inspect the runtime asks (drivers/manager.py) and the daemon's hosts-file rewrite
+    (agent/peer_names.py) must read them all.
+    """
+    # ``-o cnmkit.overlay=NAME``: each dockerd mints its own network id for one overlay.
+    name = rec.spec.options.get(OVERLAY_OPTION)
+    if not name:
+        return [network_id]
+    return [network_id_of(kv.key) for kv in store.list(NETWORKS)[0]
+            if (other := NetworkRecord.decode(kv.value)).driver == rec.driver
+            and other.spec.options.get(OVERLAY_OPTION) == name]

@@ -28,18 +28,44 @@ IMAGE = "cnmkit-test-bb:latest"
 ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run([DOCKER, *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+def docker(*args: str, check: bool = True, timeout: float = 120, host: str | None = None
+           ) -> subprocess.CompletedProcess:
+    """``docker ARGS`` against the machine's dockerd, or the one at ``host`` (``unix://...``: the
+    overlay tier's dockerd inside a lab host, tests/overlay/dockerd.py)."""
+    proc = subprocess.run([DOCKER, *(("-H", host) if host else ()), *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}{', ' + host if host else ''}): "
+                             f"{proc.stderr.strip()}")
     return proc
 
 
-def _docker_up() -> bool:
+def docker_up(host: str | None = None) -> bool:
     try:
-        return docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10).returncode == 0
+        return docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10,
+                      host=host).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+def import_busybox(tag: str, host: str | None = None) -> str:
+    """The tiers' image: busybox-static and its applet links, ``docker import``-ed as ``tag``."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    with tempfile.TemporaryDirectory() as root:
+        bindir = Path(root, "bin")
+        bindir.mkdir()
+        shutil.copy(busybox, bindir / "busybox")
+        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+        for applet in applets:
+            if applet != "busybox":
+                (bindir / applet).symlink_to("busybox")
+        for d in ("etc", "tmp", "proc", "sys", "dev"):
+            Path(root, d).mkdir(exist_ok=True)
+        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run([DOCKER, *(("-H", host) if host else ()), "import", "-", tag], stdin=tar.stdout, env=ENV,
+                       check=True, capture_output=True)
+        tar.wait()
+    return tag
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +73,13 @@ def dockerd() -> Iterator[None]:
     require_root()
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is not installed: run scripts/install.sh")
-    if _docker_up():
+    if docker_up():
         yield
         return
     log = open(tempfile.mktemp(prefix="cnmkit-dockerd-", suffix=".log"), "wb")
     proc = subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 90
-    while not _docker_up():
+    while not docker_up():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"dockerd did not start; see {log.name}")
@@ -70,22 +96,7 @@ def dockerd() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def image(dockerd: None) -> Iterator[str]:
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    with tempfile.TemporaryDirectory() as root:
-        bindir = Path(root, "bin")
-        bindir.mkdir()
-        shutil.copy(busybox, bindir / "busybox")
-        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
-        for applet in applets:
-            if applet != "busybox":
-                (bindir / applet).symlink_to("busybox")
-        for d in ("etc", "tmp", "proc", "sys", "dev"):
-            Path(root, d).mkdir(exist_ok=True)
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run([DOCKER, "import", "-", IMAGE], stdin=tar.stdout, env=ENV, check=True,
-                       capture_output=True)
-        tar.wait()
-    yield IMAGE
+    yield import_busybox(IMAGE)
 
 
 class CnmkitDaemon:

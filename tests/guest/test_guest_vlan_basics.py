@@ -75,12 +75,13 @@ def _is_probe(rest: bytes) -> bool:
     return struct.unpack("!H", udp[2:4])[0] == 9 and udp[8:].startswith(PROBE)
 
 
-def _capture_on_trunk(ns: str, send: Callable[[], None]) -> list[tuple[int | None, bool]]:
-    """(VID or None, is our probe) of every frame seen on ``trunk`` in ``ns`` from before ``send``
-    until our probe datagram arrives (the socket's timeout only guards against a hang)."""
+def _capture_on_trunk(ns: str, send: Callable[[], None], ifname: str = "trunk") -> list[tuple[int | None, bool]]:
+    """(VID or None, is our probe) of every frame seen on ``ifname`` in ``ns``, received or sent,
+    from before ``send`` until our probe datagram passes (the socket's timeout only guards
+    against a hang)."""
     with entered_netns(f"/run/netns/{ns}"):          # a socket stays in the netns it was made in
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        sock.bind(("trunk", 0))
+        sock.bind((ifname, 0))
     seen: list[tuple[int | None, bool]] = []
     try:
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)

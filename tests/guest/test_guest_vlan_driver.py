@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.network import SPACE_OPTION, vlan_space
 from client.engine import Engine
-from store.sqlite import SQLiteStore
 from tests.conftest import ip_json, socket_answers
 from tests.guest.test_guest_vlan_basics import PROBE, _capture_on_trunk
 from tests.runtime.conftest import Host, _teardown
+from tests.runtime.test_vlan_no8021q import _pools
 
 SUBNET = "10.100.0.0/24"
 _names = itertools.count()
@@ -37,6 +36,14 @@ _names = itertools.count()
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def wait_for_vlan_socket(h: Host) -> None:
+    """``h.start_daemon()`` returns once cnmkit.sock and cnmkit-bridge.sock answer; a plain daemon
+    serves cnmkit-vlan too, and its socket may come up a moment after those."""
+    while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
+        assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +60,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
             _ip("-n", ns, "link", "set", "trunk", "up")
             h = Host(netns=ns, tmp=tmp_path_factory.mktemp(ns))
             made.append(h)
-            h.start_daemon()                 # returns once cnmkit.sock and cnmkit-bridge.sock answer
-            # A plain daemon serves cnmkit-vlan too; its socket may come up a moment after those.
-            while not socket_answers(str(h.plugin_dir / "cnmkit-vlan.sock")):
-                assert h.daemon is not None and h.daemon.poll() is None, (h.tmp / "daemon.log").read_text()
-                time.sleep(0.05)
+            h.start_daemon()
+            wait_for_vlan_socket(h)
         yield made[0], made[1]
     finally:
         for h in made:
@@ -68,14 +72,6 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Host
 
 def _links(h: Host) -> dict[str, dict]:
     return {link["ifname"]: link for link in ip_json("link", "show", netns=h.netns)}
-
-
-def _pools(h: Host) -> list[str]:
-    store = SQLiteStore(str(h.state_dir / "state.db"))
-    try:
-        return [kv.key for kv in store.list("ipam/pools/")[0]]
-    finally:
-        store.close()
 
 
 def _netns_of(h: Host, container: str) -> str:
@@ -105,14 +101,13 @@ def _send_probe(h: Host, container: str, target: str) -> None:
 
 
 def _vlan_net(h: Host, name: str, vid: int, **extra: str) -> None:
-    """What ``cnmkit network create -d vlan`` sends (cli/network.py's address space included),
+    """What ``cnmkit network create -d vlan`` sends (the engine adds the VLAN's address space),
     from this process: a CLI process costs seconds in the guest (the CLI itself is run by the
     pool and bad-input tests)."""
     options = {"parent": "trunk", "vlan": str(vid), **extra}
     engine = Engine(str(h.plugin_dir))
     try:
-        engine.create_network(name, driver="vlan", subnets=[SUBNET], options=options,
-                              ipam_options={SPACE_OPTION: vlan_space(options, name)})
+        engine.create_network(name, driver="vlan", subnets=[SUBNET], options=options)
     finally:
         engine.close()
 

@@ -235,3 +235,30 @@ def test_a_killed_daemon_leaves_the_host_list_and_loses_its_addresses_only_after
     listed = a.daemon.cli("--format", "json", "host", "ls")
     assert listed.returncode == 0, listed.stderr
     assert [(h["HostID"], h["Self"]) for h in json.loads(listed.stdout)] == [("hA", True)]
+
+
+def rules_of(host: Host, network_id: str) -> list[str]:
+    """The host's iptables rules marked with the network's id (``iptables -S``, every table)."""
+    lines: list[str] = []
+    for table in ("filter", "nat"):
+        out = subprocess.run(["ip", "netns", "exec", host.daemon.netns, "iptables", "-w", "-t", table, "-S"],
+                             capture_output=True, text=True, check=True).stdout
+        lines += [line for line in out.splitlines() if network_id in line]
+    return lines
+
+
+def test_a_network_removed_from_another_host_goes_from_its_owner_at_once(hosts: tuple[Host, Host]) -> None:
+    """``cnmkit network rm`` on hB of hA's network: hA's bridge and rules go on the store's watch
+    event, not at a periodic pass (the daemons run with ``--reconcile-interval 0``: none)."""
+    a, b = hosts
+    made = a.daemon.cli("network", "create", "--subnet", "10.69.0.0/24", "farnet")
+    assert made.returncode == 0, made.stderr
+    (net,) = json.loads(a.daemon.cli("network", "inspect", "farnet").stdout)
+    assert [br["ifalias"] for br in a.daemon.bridges()] == [f"cnmkit:net:{net['Id']}"]
+    assert rules_of(a, net["Id"]), "control: the owner has the network's rules"
+    removed = b.daemon.cli("network", "rm", "farnet")
+    assert removed.returncode == 0, removed.stderr
+    deadline = time.monotonic() + SAFETY
+    while a.daemon.bridges() or rules_of(a, net["Id"]):
+        assert time.monotonic() < deadline, f"hA kept the removed network: {a.daemon.bridges()}"
+        time.sleep(0.02)

@@ -57,9 +57,8 @@ def names(lab: Lab) -> Iterator[Callable[[str], str]]:
     live = [h for h in lab.hosts if h.daemon is not None]
     if not live:
         return
-    # A network is removed through the host whose kernel has it: the store is shared, so every host
-    # lists every network, but a bridge network removed through another host leaves its owner's
-    # bridge behind (the record goes, the owner's kernel is not told).
+    # A network is removed through the host whose kernel has it, so its bridge is gone when the rm
+    # returns (removed through another host, the owner removes it on its watch event, a moment later).
     for net in live[0].json("network", "ls"):
         if net["Name"] in made:
             alias = f"cnmkit:net:{net['Id']}"

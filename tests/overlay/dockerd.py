@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.overlay.harness import OverlayHost
+from tests.docker.conftest import docker, docker_up, import_busybox
+from tests.overlay.harness import OverlayHost, alive
 
 IMAGE = "cnmkit-ovl-bb:latest"
 START_LIMIT = 120.0                     # seconds; only a bound on a hang
-ENV = {**os.environ, "DOCKER_API_VERSION": "1.41"}
 
 
 class HostDockerd:
@@ -40,25 +40,20 @@ class HostDockerd:
         # Short paths: containerd's and the shims' unix sockets live under the exec root (108 bytes).
         self.exec_root = Path(tempfile.mkdtemp(prefix=f"cnmd{host.name}-"))
         self.data_root = host.tmp / "docker-data"
-        self.sock = self.exec_root / "docker.sock"
+        self.sock = Path(host.docker_socket)          # where the host's cnmkit daemon asks for names
         self.log_path = host.tmp / "dockerd.log"
         self.proc: subprocess.Popen | None = None
         self.image = IMAGE
 
+    @property
+    def url(self) -> str:
+        return f"unix://{self.sock}"
+
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
-                              env=ENV, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"[{self.host.name}] docker {' '.join(args)} -> {proc.returncode}: "
-                                 f"{proc.stderr.strip()}")
-        return proc
+        return docker(*args, check=check, timeout=timeout, host=self.url)
 
     def up(self) -> bool:
-        try:
-            return self.docker("version", "--format", "{{.Server.Version}}", check=False,
-                               timeout=10).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
+        return docker_up(self.url)
 
     def start(self) -> None:
         os.makedirs("/run/docker/plugins", exist_ok=True)   # the mount point (an empty dir is harmless)
@@ -85,23 +80,8 @@ class HostDockerd:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def import_busybox(self) -> str:
-        """The docker tier's image: busybox-static and its applet links, ``docker import``-ed."""
-        busybox = shutil.which("busybox") or "/bin/busybox"
-        with tempfile.TemporaryDirectory() as root:
-            bindir = Path(root, "bin")
-            bindir.mkdir()
-            shutil.copy(busybox, bindir / "busybox")
-            applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
-            for applet in applets:
-                if applet != "busybox":
-                    (bindir / applet).symlink_to("busybox")
-            for d in ("etc", "tmp", "proc", "sys", "dev"):
-                Path(root, d).mkdir(exist_ok=True)
-            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "-H", f"unix://{self.sock}", "import", "-", IMAGE], stdin=tar.stdout,
-                           env=ENV, check=True, capture_output=True)
-            tar.wait()
-        return IMAGE
+        """The docker tier's image (tests/docker/conftest.py), imported into this engine."""
+        return import_busybox(IMAGE, host=self.url)
 
     def _containerd_pid(self) -> int:
         for path in (self.exec_root / "containerd" / "containerd.pid",):
@@ -130,17 +110,10 @@ class HostDockerd:
         self.proc = None
         if containerd:
             deadline = time.monotonic() + 30
-            while _alive(containerd) and time.monotonic() < deadline:
+            while alive(containerd) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(containerd):
+            if alive(containerd):
                 os.kill(containerd, signal.SIGKILL)
         shutil.rmtree(self.exec_root, ignore_errors=True)
         shutil.rmtree(self.data_root, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

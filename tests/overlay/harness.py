@@ -1,4 +1,9 @@
-"""A multi-host lab in network namespaces: an underlay, N hosts, a 3-member etcd, a daemon per host.
+"""A multi-host lab in network namespaces: an underlay, N hosts, a shared store, a daemon per host.
+
+The one harness of both overlay test files: tests/overlay/ (a 3-member etcd, runtime containers
+and a dockerd through the CLI) and tests/kernel/test_vxlan_overlay.py (a SQLite file as the
+store, "containers" as named namespaces attached through ``client.engine.Engine`` as the
+runtime attaches them, without a process start per operation).
 
 Why namespaces and not VMs: every piece the overlay depends on is per network namespace (links,
 FDB, neighbour tables, iptables, UDP port 4789), so a namespace per host is a faithful host for
@@ -11,13 +16,15 @@ the networking, costs milliseconds, and cannot touch the machine's own interface
 
 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no real network uses it, so nothing here can collide with
 the machine's routes. Every host runs ``cnmkit daemon`` (its own plugin, state and run dirs, a
-short --host-ttl) on the shared etcd, and the embedded runtime's CLI in that host's namespace.
+short --host-ttl, no periodic reconcile) on the shared store, and the embedded runtime's CLI in
+that host's namespace.
 
 Everything is made under names that carry this process's id and removed by name in ``close()``,
 which also kills exactly the processes started here (by pid) and runs even when setup failed
 half-way. Processes enter a host with ``nsenter --net`` (not ``ip netns exec``, which gives each
-command a private mount namespace: the runtime's pinned container namespaces must be visible to
-the daemon and to the next CLI call, as in tests/runtime/conftest.py).
+command a private mount namespace: the runtime's pinned container namespaces and the overlay
+namespaces a daemon makes, ``/run/netns/cnmkit-ov<VNI>-<host>``, must be visible to the daemon,
+to the next CLI call and to the test's oracle, and outlive the daemon, as on a real host).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.engine import Attachment, Engine
+from runtime.sandbox import configure
 from tests.etcd_cluster import EtcdCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +52,8 @@ UNDERLAY_MTU = 1500
 START_LIMIT = 60.0                      # seconds a daemon may take to serve; a bound on a hang only
 DRIVERS = ("bridge", "vxlan")           # what every host's daemon serves
 OVERLAY_NS_PREFIX = "cnmkit-ov"         # drivers/overlay_ns.py: cnmkit-ov<VNI>-<host id>, one per overlay and host
+NETNS_DIR = "/run/netns"
+SAFETY = 120.0                          # seconds before a hang becomes a failure; nothing is timed against it
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,7 +73,7 @@ def _socket_answers(path: Path) -> bool:
         s.close()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -81,12 +92,18 @@ class OverlayHost:
     store_url: str
     ttl: int = 2
     daemon: subprocess.Popen | None = None
+    containers: list[str] = field(default_factory=list)     # named "container" namespaces (``container``)
     plugin_dir: Path = field(init=False)
     state_dir: Path = field(init=False)
     run_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.plugin_dir, self.state_dir, self.run_dir = self.tmp / "plugins", self.tmp / "state", self.tmp / "run"
+
+    @property
+    def docker_socket(self) -> str:
+        """Where this host's dockerd (tests/overlay/dockerd.py), when one runs, serves its API."""
+        return str(self.tmp / "docker.sock")
 
     @property
     def host_id(self) -> str:
@@ -110,7 +127,8 @@ class OverlayHost:
     def daemon_args(self) -> list[str]:
         args = ["daemon", "--store", self.store_url, "--host-id", self.host_id, "--advertise", self.address,
                 "--host-ttl", str(self.ttl), "--reconcile-interval", "0",
-                "--sandbox-dir", str(self.run_dir / "netns"), "--sandbox-dir", "/run/netns"]
+                "--sandbox-dir", str(self.run_dir / "netns"), "--sandbox-dir", "/run/netns",
+                "--docker-socket", str(self.docker_socket)]
         for driver in DRIVERS:
             args += ["--driver", driver]
         return args
@@ -144,6 +162,34 @@ class OverlayHost:
     def log(self) -> str:
         path = self.tmp / "daemon.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def engine(self) -> Engine:
+        """The plugin client the runtime uses, on this host's sockets."""
+        return Engine(str(self.plugin_dir))
+
+    def overlay_ns(self, vni: int) -> str:
+        """The name of this host's namespace of overlay ``vni`` (drivers/overlay_ns.py)."""
+        return f"{OVERLAY_NS_PREFIX}{vni}-{self.host_id}"
+
+    # -- "containers" as bare named namespaces ----------------------------------------------------
+
+    def container(self, tag: str) -> str:
+        """A bare "container" namespace on this host (removed by name at the lab's close)."""
+        name = f"{self.netns}c{tag}"[:40]
+        run("ip", "netns", "add", name)
+        self.containers.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def attach(self, network: str, container: str, **kw: Any) -> Attachment:
+        """Attach a ``container`` namespace as the runtime does (a direct Join), and configure it."""
+        att = self.engine().attach(network, f"{NETNS_DIR}/{container}", direct=True, **kw)
+        configure(f"{NETNS_DIR}/{container}", att.to_dict(), "eth0", True)
+        return att
+
+    def run(self, container: str, *cmd: str) -> subprocess.CompletedProcess:
+        """``cmd`` inside a ``container`` namespace (not a runtime container: see ``exec``)."""
+        return run("ip", "netns", "exec", container, *cmd, check=False)
 
     # -- the operator's view ----------------------------------------------------------------------
 
@@ -201,10 +247,14 @@ class OverlayHost:
 class Lab:
     """The underlay, the hosts, the etcd cluster; ``close()`` removes all of it by name and pid."""
 
-    def __init__(self, hosts: int = 3, *, ttl: int = 2, tag: str = "") -> None:
+    def __init__(self, hosts: int = 3, *, ttl: int = 2, tag: str = "", store: str = "etcd") -> None:
+        """``store``: "etcd" (a 3-member cluster in the underlay namespace) or "sqlite" (one file)."""
+        assert store in ("etcd", "sqlite"), store
         self.tag = f"cno{os.getpid() % 100000}{tag}"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"cnmkit-{self.tag}-"))
         self.underlay = f"{self.tag}u"
+        self.store = store
+        self.store_url = f"sqlite://{self.tmp}/state.db"
         self.etcd: EtcdCluster | None = None
         self.hosts: list[OverlayHost] = []
         self.count, self.ttl = hosts, ttl
@@ -225,8 +275,10 @@ class Lab:
         """Build everything; on any failure what was made so far is removed before re-raising."""
         try:
             self._build_underlay()
-            self.etcd = EtcdCluster(netns=self.underlay, host=self.etcd_address)
-            self.etcd.start()
+            if self.store == "etcd":
+                self.etcd = EtcdCluster(netns=self.underlay, host=self.etcd_address)
+                self.etcd.start()
+                self.store_url = self.etcd.url
             for i in range(1, self.count + 1):
                 self.add_host(i)
             for host in self.hosts:
@@ -256,15 +308,14 @@ class Lab:
         run("ip", "-n", ns, "route", "add", "default", "via", self.etcd_address)
         tmp = self.tmp / name
         tmp.mkdir()
-        assert self.etcd is not None
-        host = OverlayHost(name, ns, address, tmp, self.etcd.url, ttl=self.ttl)
+        host = OverlayHost(name, ns, address, tmp, self.store_url, ttl=self.ttl)
         self.hosts.append(host)
         return host
 
     def container_netns(self, host: OverlayHost, tag: str) -> str:
         """A bare "container" namespace (removed by name at close), for attaching through the
         engine directly as the runtime does, without the CLI's process start per operation."""
-        return self._netns(f"{self.tag}{host.name}{tag}"[:40])
+        return host.container(tag)
 
     def host(self, name: str) -> OverlayHost:
         return next(h for h in self.hosts if h.name == name)
@@ -286,7 +337,7 @@ class Lab:
             if names and host.daemon is not None:
                 host.cli("rm", "-f", *names, check=False)
             for pid in pids:
-                if _alive(pid):
+                if alive(pid):
                     survivors.append(f"{host.name}: pid {pid}")
                     os.kill(pid, signal.SIGKILL)
         return survivors
@@ -299,7 +350,7 @@ class Lab:
         except Exception as exc:  # keep tearing down: the namespaces must go whatever happened
             problems.append(f"removing containers: {exc}")
         for pid in self.extra_pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         for host in self.hosts:
             host.stop_daemon(signal.SIGKILL)
@@ -310,8 +361,10 @@ class Lab:
                 problems.append(f"mount left: {point}")
                 run("umount", "-l", point, check=False)
         for host in self.hosts:                 # the overlays' namespaces outlive a killed daemon
-            if os.path.isdir("/run/netns"):
-                for entry in os.listdir("/run/netns"):
+            for ns in host.containers:
+                run("ip", "netns", "del", ns, check=False)
+            if os.path.isdir(NETNS_DIR):
+                for entry in os.listdir(NETNS_DIR):
                     if entry.startswith(OVERLAY_NS_PREFIX) and entry.endswith(f"-{host.host_id}"):
                         run("ip", "netns", "del", entry, check=False)
         for ns in reversed(self.namespaces):
@@ -327,9 +380,14 @@ def _mounts_under(prefix: str) -> list[str]:
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
 
 
-def eventually(what: str, ok: Callable[[], bool], limit: float = 60.0) -> None:
+def eventually(what: str, ok: Callable[[], bool], limit: float = SAFETY) -> None:
     """Until ``ok()`` (the agent converges asynchronously); ``limit`` only turns a hang into a failure."""
     deadline = time.monotonic() + limit
     while not ok():
         assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def ping_in(host: OverlayHost, container: str, address: str, *extra: str) -> subprocess.CompletedProcess:
+    """One ping from a bare ``container`` namespace of ``host`` (2 s for the answer)."""
+    return host.run(container, "ping", "-c", "1", "-W", "2", *extra, address)

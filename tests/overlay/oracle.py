@@ -69,13 +69,26 @@ def vtep(host: OverlayHost, vni: int) -> Vtep | None:
     return found[0] if found else None
 
 
+def _fdb_on(netns: str, ifname: str) -> set[tuple[str, str]]:
+    return {(str(e["mac"]), str(e["dst"])) for e in _json(netns, "bridge", "-j", "fdb", "show", "dev", ifname)
+            if e.get("dst")}
+
+
 def fdb(host: OverlayHost, vni: int) -> set[tuple[str, str]]:
     """(MAC, remote VTEP) of the static entries on the host's VXLAN device for ``vni``."""
     dev = vtep(host, vni)
-    if dev is None:
-        return set()
-    return {(str(e["mac"]), str(e["dst"])) for e in _json(dev.netns, "bridge", "-j", "fdb", "show", "dev", dev.ifname)
-            if e.get("dst")}
+    return set() if dev is None else _fdb_on(dev.netns, dev.ifname)
+
+
+def fdb_in(netns: str) -> set[tuple[str, str]]:
+    """(MAC, remote VTEP) of the entries on ``vxlan0`` of the named namespace (an overlay's)."""
+    return _fdb_on(f"/run/netns/{netns}", "vxlan0")
+
+
+def neigh_in(netns: str) -> set[tuple[str, str]]:
+    """(IP, MAC) of every neighbour entry on ``vxlan0`` of the named namespace, whatever its state."""
+    return {(str(e["dst"]), str(e.get("lladdr", ""))) for e in
+            _json(f"/run/netns/{netns}", "ip", "-j", "neigh", "show", "dev", "vxlan0")}
 
 
 def neigh(host: OverlayHost, vni: int) -> set[tuple[str, str]]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.overlay import oracle
 from tests.overlay.dockerd import HostDockerd
-from tests.overlay.harness import Lab, OverlayHost, eventually
+from tests.overlay.harness import Lab, OverlayHost, eventually, run
 
 Names = Callable[[str], str]
 
@@ -102,6 +103,28 @@ def test_runtime_containers_on_two_hosts_reach_each_other_by_name_and_alias(lab:
     assert second.name not in h1.exec(first, "cat", "/etc/hosts", check=True).stdout
 
 
+def test_a_runtime_container_learns_other_hosts_peers_with_nothing_run_on_its_host(lab: Lab, names: Names) -> None:
+    """A on h1, then B on h2: A resolves B by name with no cnmkit call on h1 after A's start
+    (no run, exec or connect there: the test enters A's namespaces with nsenter); h1's daemon
+    rewrote A's hosts file on its store watch. B removed: A's hosts file loses it the same way."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    net = overlay(lab, names, "10.88.0.0/24", 8801)
+    a = box(h1, names, net)
+    pid = int(h1.json("inspect", a.name)[0]["State"]["init_pid"])
+
+    def in_a(*cmd: str) -> subprocess.CompletedProcess:
+        return run("nsenter", "-t", str(pid), "-m", "-n", *cmd, check=False)
+
+    assert in_a("getent", "hosts", a.name).stdout.split()[:1] == [a.ip]      # control: the oracle works
+    b = box(h2, names, net)
+    eventually("A resolves B", lambda: in_a("getent", "hosts", b.name).stdout.split()[:1] == [b.ip])
+    eventually("converged", converged(8801, [a, b], [h1, h2]))
+    assert in_a("ping", "-c", "1", "-W", "2", b.name).returncode == 0
+    h2.cli("rm", "-f", b.name)
+    eventually("B gone from A's hosts file", lambda: b.name not in in_a("cat", "/etc/hosts").stdout)
+    assert in_a("getent", "hosts", b.name).returncode != 0
+
+
 def test_two_overlays_with_one_subnet_on_the_same_hosts_stay_isolated(lab: Lab, names: Names) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     red, blue = overlay(lab, names, "10.91.0.0/24", 9011), overlay(lab, names, "10.91.0.0/24", 9012)
@@ -152,6 +175,81 @@ def test_a_dockerd_container_on_one_host_pings_a_runtime_container_on_another(
         assert out.returncode == 0, out.stdout + out.stderr
     finally:
         docker_h1.docker("network", "rm", name, check=False)
+
+
+def _names_on_record(host: OverlayHost, network: str) -> set[str]:
+    """Every name the store holds for the network's endpoints (``cnmkit.names``), read through ``host``."""
+    eps = host.json("network", "inspect", network)[0]["EndpointList"]
+    return {n for ep in eps for n in str((ep.get("Options") or {}).get("cnmkit.names", "")).split(",") if n}
+
+
+def test_a_dockerd_container_and_a_runtime_container_on_two_hosts_reach_each_other_by_name(
+        lab: Lab, names: Names, docker_h1: HostDockerd) -> None:
+    """Both ways, by name: h1's daemon learns the dockerd container's name from dockerd after
+    its Join and records it (agent/dockernames.py), so h2's runtime lists it in its hosts files;
+    the dockerd container resolves h2's runtime container through its embedded DNS, which
+    forwards to the overlay's gateway (``--dns``), answered by h1's daemon (agent/dns.py)."""
+    h2 = lab.hosts[1]
+    name, subnet = names("dns"), "10.98.0.0/24"
+    docker_h1.docker("network", "create", "-d", "cnmkit-vxlan", "--ipam-driver", "cnmkit",
+                     "--ipam-opt", f"cnmkit.overlay={name}", "-o", f"cnmkit.overlay={name}", "-o", "vni=9081",
+                     "--subnet", subnet, name)
+    web = names("dweb")
+    try:
+        h2.cli("network", "create", "-d", "vxlan", "--subnet", subnet, "--ipam-opt", f"cnmkit.overlay={name}",
+               "-o", f"cnmkit.overlay={name}", "-o", "vni=9081", name)
+        # dockerd shows no gateway its remote IPAM chose (only a --gateway given): cnmkit's inspect does.
+        gateway = str(h2.json("network", "inspect", name)[0]["IPv4"][0]["Gateway"]).split("/")[0]
+        early = box(h2, names, name)                      # running before dockerd's container exists
+        docker_h1.docker("run", "-d", "--name", web, "--network", name, "--network-alias", "www",
+                         "--dns", gateway, docker_h1.image, "sleep", "100000")
+        network_id = docker_h1.docker("network", "inspect", "-f", "{{.Id}}", name).stdout.strip()
+        eventually("the dockerd container's names on its endpoint record",
+                   lambda: {web, "www"} <= _names_on_record(h2, network_id))
+        # The names came after the Join: h2's daemon rewrites the earlier container's hosts file
+        # on its watch (read through nsenter: a cnmkit exec would refresh the file itself).
+        pid = int(h2.json("inspect", early.name)[0]["State"]["init_pid"])
+        eventually("the earlier container's hosts file names web",
+                   lambda: web in run("nsenter", "-t", str(pid), "-m", "cat", "/etc/hosts", check=False).stdout.split())
+        peer = box(h2, names, name)                       # started after: its hosts file has ``web``
+        eventually("converged", lambda: oracle.fdb(h2, 9081) != set())
+        assert h2.ping(peer.name, web) and h2.ping(peer.name, "www")
+        out = docker_h1.docker("exec", web, "ping", "-c", "1", "-W", "2", peer.name, check=False)
+        assert out.returncode == 0 and f"({peer.ip})" in out.stdout, out.stdout + out.stderr
+        # The gateway answers only the overlay's names, and refuses what is not one.
+        out = docker_h1.docker("exec", web, "nslookup", "nowhere.invalid", gateway, check=False)
+        assert out.returncode != 0 and peer.ip not in out.stdout
+    finally:
+        docker_h1.docker("rm", "-f", web, check=False)
+        docker_h1.docker("network", "rm", name, check=False)
+
+
+def _resolves(host: OverlayHost, container: str, name: str, server: str) -> str:
+    """``name`` as the DNS server at ``server`` answers it to ``container`` (busybox's own resolver)."""
+    out = host.exec(container, "busybox", "nslookup", "-type=a", name, server)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def test_the_gateway_answers_the_overlays_names_and_never_keeps_its_namespace_alive(
+        lab: Lab, names: Names) -> None:
+    """The DNS responder (agent/dns.py) in h1's overlay namespace answers a runtime container there
+    with h2's container's address, refuses other names, and closes its socket before the
+    namespace goes: the overlay made again with the same VNI gets a new vxlan0 (a socket left
+    open would pin the old namespace and its VNI) and a responder again."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    net = overlay(lab, names, "10.99.0.0/24", 9091)
+    a, b = box(h1, names, net), box(h2, names, net)
+    eventually("converged", converged(9091, [a, b], lab.hosts))
+    assert b.ip in _resolves(h1, a.name, b.name, "10.99.0.1")
+    assert _resolves(h1, a.name, "nowhere.invalid", "10.99.0.1") == ""
+    for host, gone in ((h1, a), (h2, b)):
+        host.cli("rm", "-f", gone.name)
+    h1.cli("network", "rm", net)
+    eventually("the overlay's namespaces gone", lambda: all(oracle.vtep(h, 9091) is None for h in lab.hosts))
+    again = overlay(lab, names, "10.99.0.0/24", 9091)
+    c, d = box(h1, names, again), box(h2, names, again)
+    eventually("converged again", converged(9091, [c, d], lab.hosts))
+    assert h1.ping(c.name, d.ip) and d.ip in _resolves(h1, c.name, d.name, "10.99.0.1")
 
 
 def test_a_sigkilled_host_leaves_the_others_tables_once_its_lease_expires(lab: Lab, names: Names) -> None:

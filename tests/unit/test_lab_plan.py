@@ -84,3 +84,39 @@ def test_graph_has_every_node_network_and_escapes_labels() -> None:
     assert "10.9.0.2/24&quot;&lt;b&gt;&amp;?" in dot                # cannot end the cell or add markup
     assert "<b>" not in dot and "\x1b" not in dot
     assert graph.quote('a\nb"\x1b\\N') == '"a?b\\"?\\\\N"'
+
+
+TRUNK = """\
+name: t
+topology:
+  defaults: {network-mode: none}
+  nodes:
+    tr: {kind: bridge}
+    a: {cnmkit: {networks: [v10]}}
+    b: {cnmkit: {networks: [v20]}}
+cnmkit:
+  networks:
+    v10: {driver: vlan, subnet: 10.9.0.0/24, options: {parent: tr, vlan: 10}}
+    v20: {driver: vlan, subnet: 10.9.0.0/24, options: {parent: eth9, vlan: 20}}
+"""
+
+
+def test_a_vlan_network_comes_after_its_trunk_bridge_and_is_remade_with_it() -> None:
+    assert _describe(TRUNK, None) == ["create bridge tr", "create network t-v10", "create network t-v20",
+                                      "start node a", "start node b"]
+    record = _record(TRUNK)
+    record["items"]["bridge:tr"]["digest"] = ""              # re-made: its sub-interfaces die with it
+    assert _describe(TRUNK, record) == ["remove node a", "remove network t-v10", "remove bridge tr",
+                                        "create bridge tr", "create network t-v10", "start node a"]
+    # The trunk stops being the lab's bridge (the name now means a host interface): re-made too.
+    edited = TRUNK.replace("    tr: {kind: bridge}\n", "")
+    assert _describe(edited, _record(TRUNK)) == ["remove node a", "remove network t-v10", "remove bridge tr",
+                                                 "create network t-v10", "start node a"]
+
+
+def test_graph_ties_each_vlan_to_its_trunk() -> None:
+    dot = graph.to_dot(spec.parse(TRUNK))
+    assert '"net:t-v10" -- "node:tr" [style=dashed, label="802.1Q 10"];' in dot
+    assert 'VLAN 10 on tr' in dot and 'VLAN 20 on eth9' in dot
+    assert '"net:t-v20" -- "node:host":i0 [style=dashed, label="802.1Q 20"];' in dot    # a host interface
+    assert "eth9" in dot.split('"node:host" [label=')[1].split("\n")[0]

@@ -169,6 +169,20 @@ BAD = [
      ":5: topology.nodes.a.binds[0]: '/no/such/dir': no such file or directory"),
     ("name: x\ntopology:\n  nodes:\n    a: {kind: bridge, exec: [ls]}\n",
      ":4: topology.nodes.a.exec: a bridge node takes no settings but labels"),
+    ("name: x\ncnmkit:\n  networks:\n    v: {driver: vlan, options: {vlan: 10}}\n",
+     ":4: cnmkit.networks.v.options: driver vlan needs options.parent: the trunk"),
+    ("name: x\ncnmkit:\n  networks:\n    v:\n      driver: vlan\n      options: {parent: ../x}\n",
+     ":6: cnmkit.networks.v.options.parent: '../x'"),
+    ("name: x\ntopology:\n  nodes:\n    a: {}\ncnmkit:\n  networks:\n    v:\n      driver: vlan\n"
+     "      options: {parent: a}\n", ":9: cnmkit.networks.v.options.parent: a is a linux node; the trunk is an "
+     "interface of the host's namespace"),
+    ("name: x\ntopology:\n  nodes:\n    a: {}\n    br: {kind: bridge}\n  links:\n"
+     "    - endpoints: [\"a:eth1\", \"br:br-a\"]\ncnmkit:\n  networks:\n    v:\n      driver: vlan\n"
+     "      options: {parent: br-a}\n", ":12: cnmkit.networks.v.options.parent: br-a is the end br:br-a of link "
+     "a:eth1--br:br-a, made after the networks"),
+    ("name: x\ntopology:\n  nodes:\n    a: {}\n  links:\n    - endpoints: [\"a:eth1\", \"host:tr0\"]\n"
+     "cnmkit:\n  networks:\n    v: {driver: vlan, options: {parent: tr0}}\n",
+     ":9: cnmkit.networks.v.options.parent: tr0 is the end host:tr0 of link"),
 ]
 
 

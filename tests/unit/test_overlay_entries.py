@@ -62,6 +62,9 @@ class FakeOverlayHost:
     def ready(self, vni: int) -> bool:
         return vni in self.made
 
+    def exists(self, vni: int) -> bool:
+        return vni in self.made
+
     def local_vnis(self) -> set[int]:
         return set(self.made)
 
@@ -288,3 +291,21 @@ def test_join_reads_the_overlay_record_once_and_an_event_for_it_makes_it_read_ag
         agent.apply_event(ev)
     got = driver.overlay("blue", cached=True)
     assert got is not None and got.vni == 43 and len(store.gets) == 2
+
+
+def test_a_lagging_view_does_not_make_a_namespace_the_store_no_longer_wants() -> None:
+    """The agent still holds our network's record (its DELETE not yet applied: a loaded host's
+    watch lags) while the store has none: no namespace is made for it (one was, then removed
+    again when the event came: a namespace appearing for an overlay already gone)."""
+    store = MemoryStore()
+    store.put(records.overlay_key("blue"), OverlayRecord("blue", 42, 1450, ("10.1.0.0/24",), ("10.1.0.1/24",)).encode())
+    _host(store, "h1")
+    _net(store, "n1", "h1")
+    agent, fake = _agent(store)
+    agent.relist()
+    store.delete(records.network_key("n1"))
+    agent.sync()
+    assert fake.made == {} and fake.ops == []
+    _net(store, "n1", "h1")                  # control: wanted on a fresh read, it is made
+    agent.sync()
+    assert 42 in fake.made

@@ -158,6 +158,13 @@ def test_bad_ipam_input_uses_the_error_key(plugin_dir: Path, path: str, body: by
     assert not ipam(plugin_dir).call("Cnmkit.PoolList", {})["Pools"]     # nothing half-made
 
 
+def test_a_bad_overlay_flag_on_network_inspect_is_refused_naming_it(plugin_dir: Path) -> None:
+    status, reply = raw_post(str(plugin_dir / "cnmkit.sock"), "/Cnmkit.NetworkInspect",
+                             b'{"Network": "x", "Overlay": "perhaps"}')
+    assert "Overlay" in str(reply), (status, reply)
+    assert ipam(plugin_dir).call("Cnmkit.PoolList", {}) == {"Pools": []}     # still serving
+
+
 def test_network_lifecycle_through_the_engine(engine: Engine, plugin_dir: Path) -> None:
     nid = engine.create_network("blue", driver="null", subnets=["10.77.0.0/24"], gateways=["10.77.0.1"],
                                 ip_ranges=["10.77.0.128/25"], aux_addresses={"router": "10.77.0.9"})

@@ -8,19 +8,28 @@ leaves the hosts files as they were rather than failing the operation.
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from netaddr import IPNetwork
+
 from client.engine import NAMES_OPTION, DaemonUnavailable
+from drivers.base import EndpointSpec, NetworkSpec
+from drivers.manager import NetworkManager
 from runtime import hosts
 from runtime.containers import MULTI_HOST_DRIVER, ContainerService
+from store import records
+from store.memory import MemoryStore
+from store.records import EndpointRecord, NetworkRecord
 
 
 class FakeEngine:
     def __init__(self, nets: dict[str, dict[str, Any]], down: bool = False) -> None:
         self.nets, self.down = nets, down
 
-    def inspect_network(self, ref: str) -> dict[str, Any]:
+    def inspect_network(self, ref: str, *, overlay: bool = False) -> dict[str, Any]:
         if self.down:
             raise DaemonUnavailable("no daemon")
         return self.nets[ref]
@@ -58,3 +67,26 @@ def test_other_hosts_endpoints_of_a_vxlan_network_become_peers_with_their_names(
 
 def test_without_the_daemon_there_are_no_remote_peers_and_no_error(tmp_path: Path) -> None:
     assert _service(tmp_path, FakeEngine({}, down=True))._remote_members(LOCAL) == {}
+
+
+def test_the_daemon_lists_every_network_record_of_the_overlay_when_asked() -> None:
+    """Each dockerd mints its own id for one overlay: the names of h1's dockerd containers sit under
+    h1's network record, so the runtime on h2 asks for the overlay's endpoints (``overlay=True``)."""
+    store = MemoryStore()
+    for nid, overlay, host in (("a", "blue", "h1"), ("b", "blue", "h2"), ("c", "red", "h1")):
+        spec = NetworkSpec(network_id=nid * 64, name=f"{overlay}-{host}", options={"cnmkit.overlay": overlay})
+        store.put(records.network_key(nid * 64), NetworkRecord(MULTI_HOST_DRIVER, spec, host=host).encode())
+        store.put(records.name_key(spec.name), records.encode_name(spec.network_id))
+        ep = EndpointSpec(network_id=nid * 64, endpoint_id=nid * 63 + "e", address=IPNetwork("10.9.0.2/24"))
+        store.put(records.endpoint_key(nid * 64, ep.endpoint_id), EndpointRecord(spec=ep, host=host).encode())
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            manager = NetworkManager(store, {}, pool, host_id="h2")
+            return (await manager.inspect_network("blue-h2"),
+                    await manager.inspect_network("blue-h2", overlay=True))
+
+    plain, whole = asyncio.run(go())
+    assert "OverlayEndpointList" not in plain and [e["NetworkID"][0] for e in plain["EndpointList"]] == ["b"]
+    assert sorted(e["NetworkID"][0] for e in whole["OverlayEndpointList"]) == ["a", "b"]
+    assert [e["NetworkID"][0] for e in whole["EndpointList"]] == ["b"]      # `network rm` still sees its own

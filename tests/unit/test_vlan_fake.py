@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPNetwork
 
-from cli.network import vlan_space
+from client.engine import vlan_space
 from drivers import naming
 from drivers.base import EndpointSpec, IPAMData, JoinRequest, NetworkSpec
 from drivers.bridge import BridgeDriver
@@ -273,6 +273,6 @@ def test_ipam_keeps_pools_of_named_spaces_apart(store: MemoryStore) -> None:
     assert store.list("ipam/pools/")[0] == []
 
 
-def test_the_cli_gives_each_vlan_segment_its_own_space() -> None:
+def test_the_engine_gives_each_vlan_segment_its_own_space() -> None:
     assert vlan_space({"parent": "eth1", "vlan": "100"}, "v100") == "vlan.eth1.100"
     assert vlan_space({"parent": "eth1"}, "my net!") == "vlan.net.my-net-"
