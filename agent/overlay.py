@@ -229,6 +229,8 @@ class OverlayAgent(Worker):
                 return []
             local = any(rec is not None and self._host_of(rec) == self.host_id for rec in (before, after))
             if not local and before is not None and after is not None and self._remote(before) == self._remote(after):
+                if _names(before) != _names(after):
+                    self._endpoints_changed()    # names learnt after the Join (agent/dockernames.py)
                 return []                        # a Join's or Leave's sandbox change: no entry moves
             # A remote endpoint: its overlay's entries only. One of ours: its namespace may come or go.
             actions = self.sync(only={overlay_of(net.spec)}, namespaces=local)
@@ -380,3 +382,8 @@ class OverlayAgent(Worker):
         self.applied[ov.vni] = (epoch, desired)
         return [f"overlay {name}: +{len(diff.fdb_add)}/-{len(diff.fdb_del)} fdb, "
                 f"+{len(diff.neigh_add)}/-{len(diff.neigh_del)} neigh"]
+
+
+def _names(ep: EndpointRecord) -> object:
+    """The container names an endpoint carries, which other hosts' hosts files list."""
+    return ep.spec.options.get(records.NAMES_OPTION)

@@ -7,7 +7,8 @@ hands it back in, and every kernel object is found again by its derived name and
     create_network   bridge (alias, MTU, stable MAC) -> gateway addresses -> up -> firewall
     join             veth pair: host end on the bridge, container end with MAC/MTU, in the host
                      netns for dockerd to move, or born in the sandbox when the runtime asks
-    leave            nothing: dockerd moves the link back after Leave (protocol pitfall 6.10)
+    leave            mark the host end doomed (as delete_endpoint): the pair goes while still in the
+                     sandbox, so dockerd has no link to move back before DeleteEndpoint
     delete_endpoint  mark the host end doomed; the reaper deletes it (and so the peer, wherever it
                      is) off the request's path, in batches (drivers/reaper.py)
 """
@@ -238,8 +239,16 @@ class BridgeDriver:
         alias = naming.network_alias(spec.network_id)
         with contextlib.ExitStack() as undo:
             uplink = self._ensure_uplink(spec, cfg, undo)
-            created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
-                                                mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
+            try:
+                created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
+                                                    mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
+            except LinkExists:
+                # The name is held by a deleted network's doomed bridge the reaper has not taken
+                # yet (the same id again, or the same custom name): that one goes now.
+                if not self._drop_doomed_link(cfg.bridge):
+                    raise
+                created = self.kernel.ensure_bridge(cfg.bridge, alias=alias, mtu=cfg.mtu,
+                                                    mac=naming.stable_mac(alias), adopt=not cfg.custom_name)
             if created:
                 undo.callback(self.kernel.link_delete, cfg.bridge, alias=alias)
                 undo.callback(self.firewall.remove_network, spec.network_id)
@@ -254,9 +263,20 @@ class BridgeDriver:
             undo.pop_all()
 
     def delete_network(self, spec: NetworkSpec) -> None:
+        """Rules go now; the bridge is taken down and marked doomed, and the reaper deletes it.
+
+        Deleting a bridge costs the kernel 30-40 ms of RCU grace periods that DeleteNetwork
+        need not wait for: down, the bridge routes and answers nothing, and its name is free
+        for the next create (``_drop_doomed_link``). A crash before the reaper leaves only the
+        marked bridge, which the reconciler deletes (``remove_doomed``). An uplink still
+        enslaved is released by the delete, or taken over by the next bridge that enslaves it.
+        """
         cfg = self._config(spec)
-        self.firewall.remove_network(spec.network_id)
-        self.kernel.link_delete(cfg.bridge, alias=naming.network_alias(spec.network_id))
+        nid = spec.network_id
+        self.firewall.remove_network(nid)
+        doomed = naming.doomed_alias(nid)
+        if self.kernel.link_doom(cfg.bridge, alias=naming.network_alias(nid), doomed_alias=doomed, down=True):
+            self.reaper.submit(cfg.bridge, doomed)
         self._release_uplink(spec, cfg)
 
     @staticmethod
@@ -295,7 +315,7 @@ class BridgeDriver:
         except LinkExists:
             # Our name is taken: by the doomed predecessor of an endpoint with this id (deleted a
             # moment ago, not yet reaped)? Then that one link goes now and the pair is made.
-            if not self._drop_doomed(eid):
+            if not self._drop_doomed_link(naming.host_veth_name(eid)):
                 raise
             make()
         if network.internal:
@@ -308,22 +328,31 @@ class BridgeDriver:
         check_sandbox(key, self.sandbox_dirs)
 
     def leave(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
-        """Nothing to undo: the link is still in the sandbox and dockerd moves it back after."""
+        """Mark the host end doomed, as DeleteEndpoint does: the reaper deletes the pair soon.
+
+        dockerd's next step after Leave is to move the container end back to the host netns
+        (down, rename, netns change: kernel work it waits for) only for DeleteEndpoint to delete
+        it. A pair already deleted is skipped there (libnetwork logs the failed Remove at debug
+        level and goes on); one it still finds is moved as before and deleted with its host end.
+        Either way DeleteEndpoint finds the link marked or gone. A Join of the same endpoint
+        after Leave (libnetwork's sandbox refresh) makes a fresh pair (``_drop_doomed_link``).
+        """
+        self.delete_endpoint(network, endpoint)
 
     def delete_endpoint(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
         """Mark the host end doomed and hand it to the reaper: the ~20 ms delete is not waited for."""
         eid = endpoint.endpoint_id
-        if self.kernel.link_doom(naming.host_veth_name(eid), alias=naming.endpoint_alias(eid),
-                                 doomed_alias=naming.doomed_alias(eid)):
-            self.reaper.submit()
+        host, doomed = naming.host_veth_name(eid), naming.doomed_alias(eid)
+        if self.kernel.link_doom(host, alias=naming.endpoint_alias(eid), doomed_alias=doomed):
+            self.reaper.submit(host, doomed)
 
-    def _drop_doomed(self, endpoint_id: str) -> bool:
-        """Delete this endpoint's doomed host end now, if that is what holds its name."""
-        host = naming.host_veth_name(endpoint_id)
-        link = self.kernel.link_get(host)
-        if link is None or link["alias"] != naming.doomed_alias(endpoint_id):
+    def _drop_doomed_link(self, name: str) -> bool:
+        """Delete link ``name`` now if it carries a doomed mark (the reaper's, not yet deleted)."""
+        link = self.kernel.link_get(name)
+        if link is None or not link["alias"].startswith(naming.DOOMED_ALIAS_PREFIX):
             return False
-        self.kernel.link_delete(host, alias=naming.doomed_alias(endpoint_id))
+        with contextlib.suppress(LinkNotFound):          # the reaper was quicker: fine
+            self.kernel.link_delete(name, alias=link["alias"])
         return True
 
     def close(self) -> None:
@@ -371,6 +400,11 @@ class BridgeDriver:
         short = spec.network_id[:12]
         link = self.kernel.link_get(cfg.bridge)
         todo: list[str] = []
+        if link is not None and link["alias"].startswith(naming.DOOMED_ALIAS_PREFIX):
+            # Marked by a DeleteNetwork whose record removal never came (a crash in between):
+            # the mark wins, the record wants a bridge, so create_network makes a fresh one.
+            todo.append(f"delete doomed bridge {cfg.bridge}, network {short} is still on record")
+            link = None
         if link is None:
             gateways = ", ".join(str(p.gateway) for p in (*spec.ipv4, *spec.ipv6) if p.gateway) or "none"
             todo.append(f"create bridge {cfg.bridge} of network {short} (mtu {cfg.mtu}, gateways {gateways})")
@@ -426,13 +460,14 @@ class BridgeDriver:
         host, alias = naming.host_veth_name(eid), naming.endpoint_alias(eid)
         link = self.kernel.link_get(host)
         todo: list[str] = []
+        dropped = 0                              # actions that delete rather than make
         if link is not None and link["alias"] == naming.doomed_alias(eid):
             # Marked by a DeleteEndpoint whose record removal never came (a crash in between):
             # the mark wins, the record decides below whether a fresh pair is needed.
             todo.append(f"delete doomed veth {host} of endpoint {eid[:12]}")
             if not dry_run:
                 self.kernel.link_delete(host, alias=link["alias"])
-            link = None
+            link, dropped = None, 1
         if link is None:
             if state.joined:
                 todo.append(f"create veth {host} of joined endpoint {eid[:12]} on bridge {cfg.bridge}")
@@ -443,7 +478,7 @@ class BridgeDriver:
             todo.append(f"adopt veth {host} of endpoint {eid[:12]} (our name, no alias: a join cut short)")
         elif link["master"] != cfg.bridge or not link["up"]:
             todo.append(f"attach veth {host} of endpoint {eid[:12]} to bridge {cfg.bridge} and set it up")
-        if todo and not dry_run:
+        if len(todo) > dropped and not dry_run:      # a left endpoint's doomed pair is not re-made
             self.kernel.ensure_veth(host, naming.container_veth_name(eid), alias=alias, mtu=cfg.mtu,
                                     peer_mac=state.spec.mac or None, master=cfg.bridge)
         if state.ports and not published:
@@ -469,7 +504,8 @@ class BridgeDriver:
             if not alias.startswith(naming.ALIAS_ROOT + "doomed:"):
                 continue
             owner = alias[len(naming.ALIAS_ROOT + "doomed:"):]
-            actions.append(f"delete link {name} (endpoint {owner[:12]} was deleted, its link marked doomed)")
+            what = "endpoint" if name.startswith(naming.HOST_VETH_PREFIX) else "network"
+            actions.append(f"delete link {name} ({what} {owner[:12]} was deleted, its link marked doomed)")
             if not dry_run:
                 with contextlib.suppress(LinkNotFound):     # the reaper was quicker: fine
                     self.kernel.link_delete(name, alias=alias)

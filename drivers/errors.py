@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno as _errno
+
 
 class DriverError(Exception):
     """Base of every error a driver reports to its caller."""
@@ -37,6 +39,15 @@ class LinkNotFound(KernelError):
 
 class LinkExists(KernelError):
     pass
+
+
+def for_errno(message: str, code: int | None) -> KernelError:
+    """The KernelError for a failed kernel request's errno: LinkNotFound, LinkExists or plain."""
+    if code in (_errno.ENODEV, _errno.ENOENT):
+        return LinkNotFound(message, code)
+    if code == _errno.EEXIST:
+        return LinkExists(message, code)
+    return KernelError(message, code)
 
 
 class KernelFeatureMissing(KernelError):

@@ -34,7 +34,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
     NetlinkError,
 )
 
-from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound
+from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound, for_errno
 from drivers.kernel_api import LinkInfo
 from drivers.linkscan import LinkBrief, scan_links
 from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
@@ -520,11 +520,13 @@ class Kernel:
                 self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
             raise
 
-    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool:
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str, down: bool = False) -> bool:
         """Mark ``name`` (carrying ``alias``) for the reaper: alias ``doomed_alias``, group DOOMED_GROUP.
 
         One RTM_NEWLINK (~1 ms), against ~20 ms for the delete itself (drivers/reaper.py). True
         when the link is (now or already) marked, False when it is gone; another alias raises.
+        ``down`` also takes the link down in the same message: a doomed bridge then routes and
+        answers nothing (its connected and local routes go with IFF_UP) while it awaits the reaper.
         """
         try:
             msg = self._call(f"link {name}", self._ipr().link, "get", ifname=name)[0]
@@ -533,9 +535,11 @@ class Kernel:
         have = msg.get("ifalias") or ""
         if have not in (alias, doomed_alias):
             raise LinkExists(f"refusing to delete {name}: alias {have!r} is not {alias!r}", errno.EEXIST)
+        if have == doomed_alias and msg.get("group") == DOOMED_GROUP and not (down and msg["flags"] & IFF_UP):
+            return True                          # marked already (Leave did, DeleteEndpoint comes after)
         try:
             self._call(f"mark {name} for deletion", self._ipr().link, "set", index=int(msg["index"]),
-                       ifalias=doomed_alias, group=DOOMED_GROUP)
+                       ifalias=doomed_alias, group=DOOMED_GROUP, **({"state": "down"} if down else {}))
         except LinkNotFound:
             return False
         return True
@@ -674,12 +678,7 @@ def _link_info(msg: Any, master_name: str | None) -> LinkInfo:
 
 
 def _translate(what: str, code: int | None, text: str) -> KernelError:
-    message = f"{what}: {text}"
-    if code in (errno.ENODEV, errno.ENOENT):
-        return LinkNotFound(message, code)
-    if code == errno.EEXIST:
-        return LinkExists(message, code)
-    return KernelError(message, code)
+    return for_errno(f"{what}: {text}", code)
 
 
 # -- overlays (drivers/vxlan.py): named namespaces, VXLAN devices, static FDB and neighbour entries --

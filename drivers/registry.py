@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from drivers.base import NetworkDriver
 from drivers.null import NullDriver
+from drivers.reaper import Idle
 from store.base import Store
 
 
@@ -23,6 +24,7 @@ class DriverSettings:
     host_id: str = ""                                  # the VLAN and VXLAN drivers: this host's id
     vlan_range: tuple[int, int] | None = None          # None: drivers/vlan.py's DEFAULT_VID_RANGE
     advertise: str = ""                                # the VXLAN driver's tunnel address
+    idle: Idle | None = None                           # the bridge's reaper waits for no request in flight
 
 
 def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
@@ -34,7 +36,7 @@ def _bridge(store: Store, settings: DriverSettings) -> NetworkDriver:
 
     kernel = profile.wrap(Kernel(), "kernel")
     return BridgeDriver(kernel, Firewall(), sandbox_dirs=settings.sandbox_dirs or DEFAULT_SANDBOX_DIRS,
-                        reaper=BackgroundReaper(kernel))
+                        reaper=BackgroundReaper(kernel, idle=settings.idle))
 
 
 def _vlan(store: Store, settings: DriverSettings) -> NetworkDriver:

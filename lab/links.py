@@ -14,13 +14,15 @@ in place; one we made carries the alias and goes with the lab.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drivers.errors import KernelError, LinkNotFound
+from drivers.errors import KernelError, LinkExists, LinkNotFound
 
 if TYPE_CHECKING:
+    from drivers import rtbatch
     from drivers.kernel_api import LabKernelOps, LinkInfo
 
 HOST_NETNS = "/proc/thread-self/ns/net"            # the calling thread's: where the CLI runs
@@ -52,35 +54,38 @@ def make_bridge(lab: str, name: str) -> bool:
 
 
 def make_bridges(lab: str, names: Sequence[str]) -> list[bool | KernelError]:
-    """``make_bridge`` for each name: one dump of the host's links, then each missing bridge made
-    up and marked (two requests) from one handle; per name, whether we made it, or the error
-    (nothing left of that one)."""
-    k = kernel(None)
+    """``make_bridge`` for each name: one dump of the host's links, every missing bridge made up
+    in one batch of requests, then marked in a second (drivers/rtbatch.py); per name, whether we
+    made it, or the error (nothing left of that one)."""
+    from drivers import rtbatch
+
     out: list[bool | KernelError] = [False] * len(names)
-    try:
-        found = {link["name"]: link for link in k.links()}
+    with rtbatch.LinkBatch() as nl:
+        found = {link.name: link for link in nl.dump()}
         missing = []
         for index, name in enumerate(names):
             link = found.get(name)
             if link is None:
                 missing.append(index)
-            elif link["alias"] == alias_for(lab):
+            elif link.alias == alias_for(lab):
                 out[index] = True
-            elif link["kind"] != "bridge":
-                out[index] = KernelError(f"bridge {name}: a {link['kind'] or 'link'} of that name exists")
-
-        def make(index: int) -> None:
-            try:
-                k.bridge_add(names[index], alias=alias_for(lab), mtu=BRIDGE_MTU)
-                out[index] = True
-            except KernelError as exc:
-                out[index] = exc
-
-        for index in missing:                       # one thread: see _ONE_THREAD
-            make(index)
-        return out
-    finally:
-        k.close()
+            elif link.kind != "bridge":
+                out[index] = KernelError(f"bridge {name}: a {link.kind or 'link'} of that name exists")
+        made = []
+        for index, code in zip(missing, nl.run([rtbatch.bridge(names[i], mtu=BRIDGE_MTU) for i in missing]),
+                               strict=True):
+            if code:
+                out[index] = rtbatch.kernel_error(f"create bridge {names[index]}", code)
+            else:
+                made.append(index)
+        unmarked = []
+        for index, code in zip(made, nl.run([rtbatch.set_link(name=names[i], alias=alias_for(lab)) for i in made]),
+                               strict=True):
+            out[index] = True if not code else rtbatch.kernel_error(f"mark {names[index]}", code)
+            if code:
+                unmarked.append(rtbatch.delete(name=names[index]))
+        nl.run(unmarked)
+    return out
 
 
 def remove_bridge(lab: str, name: str) -> None:
@@ -141,47 +146,59 @@ def batchable(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseException | None]:
     """Every link of ``new`` at once; per link, None or the error (a failed link leaves nothing).
 
-    Each pair is one RTM_NEWLINK from one host-side handle with both ends born in their
-    namespaces (no move, no socket per namespace); every end in the host's namespace (a bridge
-    port) is enslaved, marked with the lab's alias and brought up in one request; the ends in
-    each node are addressed and brought up from inside it with ioctls, one thread per node.
-    This replaces two pyroute2 handles and six requests per link (issue 10 item 5).
+    Each pair is one RTM_NEWLINK with both ends born in their namespaces (no move, no socket per
+    namespace), all of them sent in batches from one socket (drivers/rtbatch.py: no pyroute2
+    request per link); an end in the host's namespace (a bridge port) is born enslaved and up;
+    the peer of two bridge ports is enslaved, marked with the lab's alias and brought up in a
+    second batch; the ends in each node are addressed and brought up from inside it with ioctls,
+    one thread per node. This replaces two pyroute2 handles and six requests per link (issue 10
+    item 5).
     """
-    from drivers.kernel import Kernel
+    from drivers import rtbatch
     from runtime import batch
 
     errors: list[BaseException | None] = [None] * len(new)
     alias = alias_for(lab)
 
-    def pair(index: int) -> None:
-        link = new[index]
-        # The main end is a bridge port when there is one: born enslaved and up in the request.
+    def ends(link: NewLink) -> tuple[tuple[dict[str, Any], str | None], tuple[dict[str, Any], str | None]]:
+        """(main, peer): the main end is a bridge port when there is one."""
         main, peer = (link.b, link.b_netns), (link.a, link.a_netns)
         if link.a["kind"] == "bridge" or link.b["kind"] != "bridge":
             main, peer = peer, main
-        try:
-            host.veth_link(main[0]["ifname"], peer[0]["ifname"], netns_path=main[1] or HOST_NETNS,
-                           peer_netns_path=peer[1] or HOST_NETNS, mtu=link.mtu,
-                           master=main[0]["node"] if main[0]["kind"] == "bridge" else None)
-        except (KernelError, OSError) as exc:
-            errors[index] = exc
-            return
-        if peer[1] is not None:
-            return                                  # the peer is a node's, addressed and up below
-        try:                                        # two bridge ports: the peer's master, up, mark
-            host.link_set(peer[0]["ifname"], master=peer[0]["node"], alias=alias, up=True)
-        except (KernelError, OSError) as exc:
-            errors[index] = exc
-            with contextlib.suppress(KernelError, OSError):     # unmarked: the set failed whole
-                remove_link(lab, peer[0]["ifname"], None, "")
+        return main, peer
 
-    def _undo(link: NewLink) -> None:
-        with contextlib.suppress(KernelError, OSError):
-            remove_link(lab, *recorded_end(lab, link.a, link.b, link.a_netns, link.b_netns))
+    with rtbatch.LinkBatch() as nl:
+        masters = {link.name: link.index for link in nl.dump() if link.kind == "bridge"}
 
-    with Kernel() as host:                          # one thread: see _ONE_THREAD
-        for index in range(len(new)):
-            pair(index)
+        def master_of(end: dict[str, Any]) -> int:
+            if end["kind"] != "bridge":
+                return 0
+            if end["node"] not in masters:
+                raise LinkNotFound(f"bridge {end['node']}: no such bridge", errno.ENODEV)
+            return masters[end["node"]]
+
+        pairs, sent = [], []
+        for index, link in enumerate(new):
+            main, peer = ends(link)
+            try:
+                pairs.append(rtbatch.Veth(main[0]["ifname"], peer[0]["ifname"], main[1] or HOST_NETNS,
+                                          peer[1] or HOST_NETNS, link.mtu, master_of(main[0])))
+                sent.append(index)
+            except KernelError as exc:
+                errors[index] = exc
+        for index, error in zip(sent, rtbatch.make_veths(nl, pairs), strict=True):
+            errors[index] = error
+        # Two bridge ports: the peer's master, the mark and up, in one request each.
+        second = [i for i in sent if errors[i] is None and ends(new[i])[1][1] is None]
+        for index, code in zip(second, nl.run([rtbatch.set_link(name=ends(new[i])[1][0]["ifname"],
+                                                                master=master_of(ends(new[i])[1][0]),
+                                                                alias=alias, up=True) for i in second]),
+                               strict=True):
+            if code:
+                peer_name = ends(new[index])[1][0]["ifname"]
+                errors[index] = rtbatch.kernel_error(f"link {peer_name}", code)
+                with contextlib.suppress(KernelError, OSError):     # unmarked: the set failed whole
+                    remove_link(lab, peer_name, None, "")
     by_netns: dict[str, list[tuple[int, str, Sequence[str]]]] = {}
     for index, link in enumerate(new):
         if errors[index] is None:
@@ -190,11 +207,11 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
                     by_netns.setdefault(netns, []).append((index, end["ifname"], end["addresses"]))
 
     def configure(netns: str) -> None:
-        ends = by_netns[netns]
+        mine = by_netns[netns]
         try:
-            batch.configure_ends(netns, [(ifname, addresses) for _, ifname, addresses in ends])
+            batch.configure_ends(netns, [(ifname, addresses) for _, ifname, addresses in mine])
         except (KernelError, OSError) as exc:
-            for index, _, _ in ends:
+            for index, _, _ in mine:
                 if errors[index] is None:
                     errors[index] = exc
                     undo.append(index)
@@ -202,7 +219,9 @@ def make_links(lab: str, new: Sequence[NewLink], workers: int = 8) -> list[BaseE
     undo: list[int] = []
     batch._parallel(configure, list(by_netns), workers)
     for index in undo:                              # back in this thread for netlink
-        _undo(new[index])
+        link = new[index]
+        with contextlib.suppress(KernelError, OSError):
+            remove_link(lab, *recorded_end(lab, link.a, link.b, link.a_netns, link.b_netns))
     return errors
 
 
@@ -228,34 +247,56 @@ def _configure(k: LabKernelOps, end: dict[str, Any]) -> None:
 def remove_links(lab: str, ends: Sequence[tuple[str, str | None, str | None]]) -> list[KernelError | None]:
     """``remove_link`` for each (ifname, netns, alias); per link None or the error.
 
-    Ends in the host's namespace are marked doomed (one cheap RTM_NEWLINK each) and deleted by
-    one group RTM_DELLINK: one unregister batch, one RCU grace period for all, where a delete
-    each costs ~10-20 ms of kernel time (perf-anchors §3). Ends inside a node: one by one.
+    Ends in the host's namespace are checked against one link dump, marked doomed in one batch
+    of requests and deleted by one group RTM_DELLINK: one unregister batch, one RCU grace period
+    for all, where a delete each costs ~10-20 ms of kernel time (perf-anchors §3), and no
+    pyroute2 request per link (drivers/rtbatch.py). Ends inside a node: one by one.
     """
-    from drivers.kernel import Kernel
+    from drivers import rtbatch
+    from drivers.naming import DOOMED_GROUP
 
-    out: list[KernelError | None] = []
-    host = Kernel()
-    try:
-        out = [None] * len(ends)
-
-        def remove(index: int) -> None:
-            ifname, netns, alias = ends[index]
+    out: list[KernelError | None] = [None] * len(ends)
+    with rtbatch.LinkBatch() as nl:
+        live = {link.name: link for link in nl.dump()} if any(netns is None for _, netns, _ in ends) else {}
+        marks, marked = [], []
+        for index, (ifname, netns, alias) in enumerate(ends):
             wanted = alias_for(lab) if alias is None else alias
-            try:
-                if netns is None:
-                    host.link_doom(ifname, alias=wanted, doomed_alias=_doomed(lab, ifname))
-                else:
+            if netns is not None:
+                try:
                     remove_link(lab, ifname, netns, alias)
-            except KernelError as exc:
-                out[index] = exc
+                except KernelError as exc:
+                    out[index] = exc
+                continue
+            link = live.get(ifname)
+            if link is None:
+                continue                                # gone already
+            if link.alias not in (wanted, _doomed(lab, ifname)):
+                out[index] = LinkExists(f"refusing to delete {ifname}: alias {link.alias!r} is not {wanted!r}",
+                                        errno.EEXIST)
+                continue
+            marks.append(rtbatch.set_link(index=link.index, alias=_doomed(lab, ifname), group=DOOMED_GROUP))
+            marked.append(index)
+        for index, code in zip(marked, nl.run(marks), strict=True):
+            if code and code != errno.ENODEV:
+                out[index] = rtbatch.kernel_error(f"mark {ends[index][0]} for deletion", code)
+        _reap_doomed(nl)
+    return out
 
-        for index in range(len(ends)):              # one thread: see _ONE_THREAD
-            remove(index)
-        host.reap_doomed()
-        return out
-    finally:
-        host.close()
+
+def _reap_doomed(nl: rtbatch.LinkBatch) -> None:
+    """Delete the host's doomed group with one RTM_DELLINK (Kernel.reap_doomed's rule: when a link
+    in the group does not carry a doomed mark, ours go one by one and the stranger stays)."""
+    from drivers import rtbatch
+    from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
+
+    in_group = [link for link in nl.dump() if link.group == DOOMED_GROUP]
+    if all(link.alias.startswith(DOOMED_ALIAS_PREFIX) for link in in_group):
+        requests = [rtbatch.delete_group(DOOMED_GROUP)] if in_group else []
+    else:
+        requests = [rtbatch.delete(index=link.index) for link in in_group if link.alias.startswith(DOOMED_ALIAS_PREFIX)]
+    failed = next((code for code in nl.run(requests) if code and code != errno.ENODEV), 0)
+    if failed:
+        raise rtbatch.kernel_error("delete doomed links", failed)
 
 
 def host_links() -> list[LinkInfo]:

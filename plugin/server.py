@@ -30,6 +30,7 @@ from agent.peer_names import RemotePeerNames
 from agent.reconcile import Agent
 from drivers.base import NetworkDriver
 from drivers.manager import NetworkManager
+from drivers.reaper import InFlight
 from drivers.registry import DriverSettings, build_drivers
 from ipam.hostroutes import host_networks
 from ipam.service import IpamService
@@ -130,6 +131,7 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cnmkit")
         # -- host identity (agent/hosts.py): every record of this host carries its id
         self.host_id = config.host_id or default_host_id()
+        self.inflight = InFlight()              # requests being served: the reaper's batches wait for none
         advertise = config.advertise or default_advertise()
         if not advertise:
             log.warning("no default route to take an address from: pass --advertise (needed once "
@@ -137,7 +139,7 @@ class Daemon:
         self.drivers = drivers if drivers is not None else build_drivers(
             config.drivers, self.store, DriverSettings(sandbox_dirs=tuple(config.sandbox_dirs),
                                                        host_id=self.host_id, advertise=advertise,
-                                                       vlan_range=config.vlan_range))
+                                                       vlan_range=config.vlan_range, idle=self.inflight))
         self.manager = NetworkManager(self.store, {d.name: d for d in self.drivers}, self.executor,
                                       host_id=self.host_id)
         self.ipam = IpamService(self.store, avoid=host_networks, host_id=self.host_id)
@@ -154,8 +156,9 @@ class Daemon:
 
     async def start(self) -> None:
         os.makedirs(self.config.plugin_dir, mode=0o755, exist_ok=True)
-        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor, self.agent, self.hosts))]
-        apps += [(f"{d.name}.sock", build_network_app(d, self.manager)) for d in self.drivers]
+        apps = [(IPAM_SOCKET, build_ipam_app(self.ipam, self.manager, self.executor, self.agent, self.hosts,
+                                             self.inflight))]
+        apps += [(f"{d.name}.sock", build_network_app(d, self.manager, self.inflight)) for d in self.drivers]
         for filename, app in apps:
             path = os.path.join(self.config.plugin_dir, filename)
             runner = web.AppRunner(app, access_log=None, handle_signals=False,

@@ -223,10 +223,8 @@ def configure_fast(path: str, att: dict[str, Any], ifname: str, install_default:
     """
     if att.get("address_v6") or att.get("gateway_v6") or att.get("static_routes") or not att.get("address"):
         return sandbox.configure(path, att, ifname, install_default)
-    from drivers.kernel import entered_netns
-
     iface = ipaddress.IPv4Interface(att["address"])
-    with entered_netns(path), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with ns.entered(path), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         src, dst = att["src_name"].encode(), ifname.encode()
         fcntl.ioctl(sock, _SIOCSIFNAME, struct.pack("16s16s8x", src, dst))
         if att.get("mac"):
@@ -296,11 +294,14 @@ def start_many(svc: ContainerService, specs: Sequence[NodeStart], links: Sequenc
         clash = next((c.name for c in configs if c.name in taken), None)
         if clash is not None:
             raise NodeFailed(clash, f"container name {clash!r} is already in use")
+        # Each record is made with the state start_locked would write first (one file write less
+        # per node; each is a new inode, which a loaded ext4 makes slowly).
+        states = {c.id: ContainerState(status=STATUS_CREATED, netns=svc._netns_path(c.id)) for c in configs}
         for config in configs:
-            svc.store.create(config)
+            svc.store.create(config, states[config.id])
         try:
             start_locked(svc, [c.id for c in configs], foreground=False, links=links, by_name=by_name,
-                         workers=workers)
+                         workers=workers, records=({c.id: c for c in configs}, states))
         except BaseException:
             for config in configs:
                 svc.store.delete(config.id)
@@ -331,15 +332,21 @@ def _check_links(links: Sequence[Link], configs: dict[str, ContainerConfig]) -> 
 
 def start_locked(svc: ContainerService, cids: Sequence[str], *, foreground: bool,
                  links: Sequence[Link] = (), by_name: dict[str, str] | None = None,
-                 workers: int = 8) -> tuple[supervisor.Supervisor, list[supervisor.Started]]:
+                 workers: int = 8, records: tuple[dict[str, ContainerConfig], dict[str, ContainerState]] | None = None,
+                 ) -> tuple[supervisor.Supervisor, list[supervisor.Started]]:
     """Network, /etc files and processes for records already written; the caller holds the lock.
 
-    Unwound completely (every node of the batch) if any step fails.
+    ``records``: the configs and the "created" states (with their netns paths) the caller has
+    just written, so they are neither read back nor written again. Unwound completely (every
+    node of the batch) if any step fails.
     """
-    configs = {cid: svc.store.load_config(cid) for cid in cids}
-    states = {cid: ContainerState(status=STATUS_CREATED, netns=svc._netns_path(cid)) for cid in cids}
-    for cid in cids:
-        svc.store.save_state(cid, states[cid])
+    if records is not None:
+        configs, states = records
+    else:
+        configs = {cid: svc.store.load_config(cid) for cid in cids}
+        states = {cid: ContainerState(status=STATUS_CREATED, netns=svc._netns_path(cid)) for cid in cids}
+        for cid in cids:
+            svc.store.save_state(cid, states[cid])
     engines = _Engines(svc.plugin_dir)
     try:
         own_mount(os.path.join(svc.run_dir, "netns"))
@@ -409,14 +416,15 @@ def _init_spec(svc: ContainerService, config: ContainerConfig, state: ContainerS
 
 
 def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> list[BaseException]:
-    """Create every veth pair from one host-side handle (ends born in their namespaces), then bring
-    up and address the ends of each node from inside it with ioctls: no netlink socket per
-    namespace (a pyroute2 handle costs more than the link itself)."""
-    from drivers.kernel import Kernel
+    """Create every veth pair in one batch of requests (ends born in their namespaces;
+    drivers/rtbatch.py), then bring up and address the ends of each node from inside it with
+    ioctls: no netlink socket per namespace (a pyroute2 handle costs more than the link itself)."""
+    from drivers import rtbatch
 
-    with Kernel() as k:                  # from this thread only (lab/links.py, _ONE_THREAD: why)
-        errors = _parallel(lambda link: k.veth_link(link.a_ifname, link.b_ifname, netns_path=netns[link.a],
-                                                    peer_netns_path=netns[link.b], mtu=link.mtu), links, 1)
+    with rtbatch.LinkBatch() as nl:
+        made = rtbatch.make_veths(nl, [rtbatch.Veth(link.a_ifname, link.b_ifname, netns[link.a], netns[link.b],
+                                                    link.mtu) for link in links])
+    errors: list[BaseException] = [error for error in made if error is not None]
     if errors:
         return errors
     ends: dict[str, list[tuple[str, Sequence[str]]]] = {}
@@ -429,9 +437,7 @@ def _make_links(links: Sequence[Link], netns: dict[str, str], workers: int) -> l
 def configure_ends(path: str | None, ends: Sequence[tuple[str, Sequence[str]]]) -> None:
     """Inside the netns at ``path`` (this thread only, and back; None: where this thread is):
     address (CIDRs) and up each interface, with ioctls: no netlink socket per namespace."""
-    from drivers.kernel import entered_netns
-
-    with entered_netns(path) if path else contextlib.nullcontext():
+    with ns.entered(path) if path else contextlib.nullcontext():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for ifname, addresses in ends:
                 for address in addresses:

@@ -188,16 +188,11 @@ class ContainerService:
 
     def on_exit_callback(self) -> Any:
         """What a supervisor runs after reaping an init: the record's end, by a service of its own
-        (the caller's engine connection is the caller's, never shared with a forked child)."""
-        state_dir, plugin_dir, run_dir = self.state_dir, self.plugin_dir, self.run_dir
-        holder: list[ContainerService] = []
+        (the caller's engine connection is the caller's, never shared with a forked child), built
+        on the first exit (by name: the supervisor may be a fresh interpreter)."""
+        from runtime.supervisor import ExitHook
 
-        def on_exit(cid: str, code: int) -> None:
-            if not holder:
-                holder.append(ContainerService(state_dir, plugin_dir, run_dir))
-            holder[0].on_shim_exit(cid, code)
-
-        return on_exit
+        return ExitHook("runtime.containers", "exit_handler", (self.state_dir, self.plugin_dir, self.run_dir))
 
     def _attach_one(self, cid: str, state: ContainerState, req: NetworkRequest, ifname: str,
                     engine: Engine | None = None, net: dict[str, Any] | None = None,
@@ -643,3 +638,8 @@ def _namespace_usage(init_pid: int) -> tuple[float, int, int]:
             continue
     return cpu, mem, count
 
+
+
+def exit_handler(state_dir: str, plugin_dir: str, run_dir: str) -> Any:
+    """``ContainerService.on_exit_callback``'s callback: one service for the supervisor's life."""
+    return ContainerService(state_dir, plugin_dir, run_dir).on_shim_exit

@@ -212,12 +212,15 @@ def _reap_until(child: int) -> int:
             return exit_code(status)
 
 
-def _setup_mounts(spec: InitSpec) -> None:
-    # Private first: nothing we mount from here on may leak back to the host.
+def private_table(hide: Iterable[str]) -> None:
+    """Make this (fresh) mount table private and detach every mount under the ``hide`` dirs.
+
+    Private first: nothing mounted from here on may leak back to the host. The copy of the host's
+    table also holds the netns bind mounts of other containers; left in place they would pin
+    those namespaces alive after their own rm.
+    """
     ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
-    # Our copy of the mount table also holds the netns bind mounts of other containers; left
-    # in place they would pin those namespaces alive after their own rm.
-    for prefix in dict.fromkeys(os.path.realpath(p) for p in spec.hide_mounts):
+    for prefix in dict.fromkeys(os.path.realpath(p) for p in hide):
         if not os.path.isdir(prefix):
             continue
         try:
@@ -231,6 +234,13 @@ def _setup_mounts(spec: InitSpec) -> None:
         for point in ns.mount_points_under(prefix):
             with contextlib.suppress(OSError):
                 ns.umount2(point, ns.MNT_DETACH)
+
+
+def _setup_mounts(spec: InitSpec, staged: bool = False) -> None:
+    """The container's own mounts. ``staged``: this table is a copy of one that ``private_table``
+    already trimmed (runtime/supervisor.py), so that is not done again per container."""
+    if not staged:
+        private_table(spec.hide_mounts)
     if spec.rootfs:
         _enter_rootfs(spec)
         return

@@ -151,12 +151,13 @@ class StateStore:
         return sorted(e for e in os.listdir(self.root)
                       if not e.startswith(".") and os.path.isfile(self.path(e, "config.json")))
 
-    def create(self, config: ContainerConfig) -> None:
-        """Make the record; the caller holds the lock and has checked the name is free."""
+    def create(self, config: ContainerConfig, state: ContainerState | None = None) -> None:
+        """Make the record (with ``state``, a fresh one by default); the caller holds the lock and
+        has checked the name is free."""
         os.makedirs(self.dir(config.id), mode=0o700)
         for fname in ("hosts", "resolv.conf", "hostname", "container.log"):
             open(self.path(config.id, fname), "a").close()
-        self.save_state(config.id, ContainerState())
+        self.save_state(config.id, state or ContainerState())
         _atomic_write(self.path(config.id, "config.json"), json.dumps(asdict(config), indent=2))
 
     def save_config(self, config: ContainerConfig) -> None:

@@ -139,7 +139,7 @@ class FakeKernel:
                     other["master"] = None
             return True
 
-    def link_doom(self, name: str, *, alias: str, doomed_alias: str) -> bool:
+    def link_doom(self, name: str, *, alias: str, doomed_alias: str, down: bool = False) -> bool:
         with self._lock:
             self._maybe_fail("link_doom")
             link = self.host.get(name)
@@ -148,6 +148,8 @@ class FakeKernel:
             if link["alias"] not in (alias, doomed_alias):
                 raise LinkExists(f"refusing to delete {name}: not owned by {alias}", errno.EEXIST)
             link.update(alias=doomed_alias, group=DOOMED_GROUP)
+            if down:
+                link["up"] = False
             return True
 
     def reap_doomed(self) -> None:

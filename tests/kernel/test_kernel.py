@@ -339,3 +339,19 @@ def test_scan_links_agrees_with_iproute2_on_index_name_group_and_alias(kernel: K
     # One group only (what the reaper asks): the others are left out, not misread.
     assert [(b.name, b.group, b.alias) for b in kernel.scan_links(77)] == [("scan7", 77, "cnmkit:doomed:x y")]
     assert kernel.scan_links(78) == []
+
+
+def test_link_doom_marks_once_and_takes_a_bridge_down(kernel: Kernel, netns: str) -> None:
+    """Leave marks, DeleteEndpoint marks again: the second finds the mark and changes nothing;
+    ``down`` (DeleteNetwork's bridge) also clears IFF_UP, even on a link marked before."""
+    kernel.ensure_bridge("cnm-doom", alias="cnmkit:net:doom", mtu=1500)
+    kernel.set_up("cnm-doom")
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom")
+    (link,) = ip_json("link", "show", "cnm-doom", netns=netns)
+    assert link["ifalias"] == "cnmkit:doomed:doom" and "UP" in link["flags"]
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom", down=True)
+    (link,) = ip_json("link", "show", "cnm-doom", netns=netns)
+    assert "UP" not in link["flags"] and int(link["group"]) == naming.DOOMED_GROUP
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom", down=True)
+    kernel.reap_doomed()
+    assert kernel.link_doom("cnm-doom", alias="cnmkit:net:doom", doomed_alias="cnmkit:doomed:doom") is False

@@ -200,11 +200,17 @@ def test_a_dockerd_container_and_a_runtime_container_on_two_hosts_reach_each_oth
                "-o", f"cnmkit.overlay={name}", "-o", "vni=9081", name)
         # dockerd shows no gateway its remote IPAM chose (only a --gateway given): cnmkit's inspect does.
         gateway = str(h2.json("network", "inspect", name)[0]["IPv4"][0]["Gateway"]).split("/")[0]
+        early = box(h2, names, name)                      # running before dockerd's container exists
         docker_h1.docker("run", "-d", "--name", web, "--network", name, "--network-alias", "www",
                          "--dns", gateway, docker_h1.image, "sleep", "100000")
         network_id = docker_h1.docker("network", "inspect", "-f", "{{.Id}}", name).stdout.strip()
         eventually("the dockerd container's names on its endpoint record",
                    lambda: {web, "www"} <= _names_on_record(h2, network_id))
+        # The names came after the Join: h2's daemon rewrites the earlier container's hosts file
+        # on its watch (read through nsenter: a cnmkit exec would refresh the file itself).
+        pid = int(h2.json("inspect", early.name)[0]["State"]["init_pid"])
+        eventually("the earlier container's hosts file names web",
+                   lambda: web in run("nsenter", "-t", str(pid), "-m", "cat", "/etc/hosts", check=False).stdout.split())
         peer = box(h2, names, name)                       # started after: its hosts file has ``web``
         eventually("converged", lambda: oracle.fdb(h2, 9081) != set())
         assert h2.ping(peer.name, web) and h2.ping(peer.name, "www")

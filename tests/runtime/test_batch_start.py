@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from runtime import process
 from runtime.batch import BatchError, Link, NodeStart, start_nodes
 from runtime.containers import ContainerError, ContainerService
+from runtime.supervisor import FRESH_FROM
 from tests.conftest import ip_json
 from tests.runtime.conftest import Host
 
@@ -159,3 +162,64 @@ def test_a_failing_node_unwinds_the_whole_batch(host: Host) -> None:
     finally:
         svc.close()
         h.cli("network", "rm", "tiny", check=False)
+
+
+def test_a_large_batch_has_a_fresh_supervisor_that_releases_nodes_ending_on_their_own(host: Host) -> None:
+    """From FRESH_FROM nodes on, the supervisor is a fresh small interpreter, not a fork of the
+    caller: each node is still a real container, and when nodes end on their own the supervisor
+    records their codes and releases their endpoints (its exit hook, imported by name)."""
+    h = host
+    h.cli("network", "create", "--subnet", "10.96.0.0/24", "big")
+    svc = _service(h)
+    try:
+        specs = [NodeStart(f"b{i}", ["sleep", "100000"], networks=["big"]) for i in range(FRESH_FROM)]
+        nodes = svc.start_many(specs)
+        states = [json.loads((h.state_dir / "containers" / n.id / "state.json").read_text()) for n in nodes]
+        (sup,) = {s["shim_pid"] for s in states}
+        argv = Path(f"/proc/{sup}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:4] == [b"-I", b"-S", b"-c"] and b"fresh_main" in argv[4], argv
+        assert sup not in _tree(os.getpid()), "the supervisor is detached from the caller"
+        mine = {kind: _ns("self", kind) for kind in NAMESPACES}
+        for node in nodes:
+            assert all(_ns(node.init_pid, kind) != mine[kind] for kind in NAMESPACES), node.name
+            assert _in_node(node.init_pid, "hostname").strip() == node.name
+        assert len(json.loads(h.cli("--format", "json", "network", "inspect", "big").stdout)[0]["EndpointList"]) == \
+            FRESH_FROM
+
+        for node in nodes:
+            os.kill(node.pid, signal.SIGKILL)
+        assert process.wait_gone(sup, None, 120.0), "the supervisor ends after its last node"
+        for node in nodes:
+            state = json.loads((h.state_dir / "containers" / node.id / "state.json").read_text())
+            assert (state["status"], state["exit_code"], state["attachments"]) == ("exited", 137, []), node.name
+        assert json.loads(h.cli("--format", "json", "network", "inspect", "big").stdout)[0]["EndpointList"] == []
+        svc.stop_many([n.id for n in nodes])
+        assert svc.store.ids() == []
+    finally:
+        svc.close()
+        h.cli("network", "rm", "big", check=False)
+
+
+def test_a_node_failing_in_a_fresh_supervisor_unwinds_the_whole_batch(host: Host, tmp_path: Path) -> None:
+    """One init of a FRESH_FROM batch fails (its rootfs has a file where /etc must be): every
+    other node's init is ended and nothing of the batch remains."""
+    h = host
+    bad = tmp_path / "badroot"
+    (bad / "bin").mkdir(parents=True)
+    (bad / "bin" / "sleep").touch()
+    (bad / "etc").write_text("not a directory\n")
+    svc = _service(h)
+    try:
+        specs = [NodeStart(f"f{i}", ["sleep", "100000"]) for i in range(FRESH_FROM - 1)]
+        specs.append(NodeStart("broken", ["/bin/sleep", "100000"], rootfs=str(bad)))
+        before = set(os.listdir("/proc"))
+        with pytest.raises(BatchError) as caught:
+            start_nodes(svc, specs)
+        assert caught.value.failed == "broken" and "etc" in str(caught.value), str(caught.value)
+        assert svc.store.ids() == []
+        assert not list((h.run_dir / "netns").iterdir())
+        inits = [int(p) for p in set(os.listdir("/proc")) - before if p.isdigit() and _running(int(p))
+                 and Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"cnmkit-init:")]
+        assert inits == [], "every init of the batch was ended"
+    finally:
+        svc.close()

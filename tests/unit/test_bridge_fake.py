@@ -255,14 +255,27 @@ def test_internal_join_has_no_gateway_and_disables_gateway_service(driver: Bridg
     assert res.gateway is None and res.gateway_v6 is None and res.disable_gateway_service is True
 
 
-def test_rejoin_reuses_the_pair_and_leave_touches_nothing(driver: BridgeDriver, kernel: FakeKernel) -> None:
+def test_rejoin_reuses_the_pair(driver: BridgeDriver, kernel: FakeKernel) -> None:
     driver.create_network(net())
     req = JoinRequest(network_id=NID, endpoint_id=EID, sandbox_key="")
     driver.join(net(), ep(), req)
     before = kernel.links()
     driver.join(net(), ep(), req)
-    driver.leave(net(), ep())
     assert kernel.links() == before
+
+
+def test_leave_deletes_the_pair_so_dockerd_moves_nothing_back(driver: BridgeDriver, kernel: FakeKernel) -> None:
+    """Leave hands the pair to the reaper (inline here); DeleteEndpoint after it finds nothing."""
+    driver.create_network(net())
+    req = JoinRequest(network_id=NID, endpoint_id=EID, sandbox_key="")
+    driver.join(net(), ep(), req)
+    driver.leave(net(), ep())
+    names = {link["name"] for link in kernel.links()}
+    assert naming.host_veth_name(EID) not in names and naming.container_veth_name(EID) not in names
+    driver.delete_endpoint(net(), ep())
+    driver.join(net(), ep(), req)                          # a re-join after Leave: a fresh pair
+    link = kernel.host[naming.host_veth_name(EID)]
+    assert link["alias"] == naming.endpoint_alias(EID) and link["master"] == naming.bridge_name(NID)
 
 
 def test_join_refuses_a_host_name_owned_by_someone_else(driver: BridgeDriver, kernel: FakeKernel) -> None:

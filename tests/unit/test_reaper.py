@@ -18,7 +18,7 @@ from drivers.base import EndpointSpec, EndpointState, IPAMData, JoinRequest, Net
 from drivers.bridge import BridgeDriver
 from drivers.errors import LinkExists
 from drivers.firewall import Firewall
-from drivers.reaper import BackgroundReaper
+from drivers.reaper import IDLE_WAIT, BackgroundReaper, InFlight
 from tests.fakekernel import FakeIptables, FakeKernel, FakeSysctl
 
 NID = "1" * 64
@@ -34,7 +34,7 @@ class HeldReaper:
         self.kernel = kernel
         self.submitted = 0
 
-    def submit(self) -> None:
+    def submit(self, name: str = "", doomed_alias: str = "") -> None:
         self.submitted += 1
 
     def close(self) -> None:
@@ -133,6 +133,35 @@ def test_converging_a_recorded_endpoint_whose_link_is_doomed_makes_it_afresh(
     assert driver.ensure_endpoints(spec(), [state], dry_run=False) == []
 
 
+def test_converging_a_left_endpoint_whose_link_is_doomed_only_deletes_it(
+        driver: BridgeDriver, kernel: FakeKernel) -> None:
+    """Leave marked the pair and the daemon died before DeleteEndpoint: not joined, nothing re-made."""
+    joined(driver)
+    driver.leave(spec(), ep())
+    assert kernel.link_get(HOST_END)["alias"] == naming.doomed_alias(EID)  # type: ignore[index]
+    state = EndpointState(spec=ep(), joined=False)
+    assert driver.ensure_endpoints(spec(), [state], dry_run=False) == [
+        f"delete doomed veth {HOST_END} of endpoint {EID[:12]}"]
+    assert kernel.link_get(HOST_END) is None
+    assert driver.ensure_endpoints(spec(), [state], dry_run=False) == []
+
+
+def test_delete_network_marks_the_bridge_down_and_a_new_create_takes_the_name(
+        driver: BridgeDriver, kernel: FakeKernel, reaper: HeldReaper) -> None:
+    bridge = naming.bridge_name(NID)
+    driver.create_network(spec())
+    driver.delete_network(spec())
+    link = kernel.link_get(bridge)
+    assert link is not None and link["alias"] == naming.doomed_alias(NID) and not link["up"]
+    assert reaper.submitted == 1
+    assert driver.ensure_network(spec(), dry_run=True)[0] == (
+        f"delete doomed bridge {bridge}, network {NID[:12]} is still on record")
+    driver.create_network(spec())                     # the same id again before the reaper ran
+    link = kernel.link_get(bridge)
+    assert link is not None and link["alias"] == naming.network_alias(NID)
+    assert driver.reconcile(lambda: ({NID}, set()), dry_run=True) == []
+
+
 class GatedKernel(FakeKernel):
     """reap_doomed blocks until released, and counts its calls: the reaper thread made observable."""
 
@@ -167,6 +196,84 @@ def test_marks_made_while_a_batch_runs_are_all_deleted_by_the_next_single_batch(
     reaper.close()
     assert kernel.calls == 3 and reaper.batches == 3   # 1, then all five at once, then the close
     assert [n for n in kernel.host if n.startswith("a")] == []
+
+
+def test_a_batch_waits_until_no_request_is_in_flight() -> None:
+    """The batch a request's mark starts waits for that request's answer (InFlight back to 0)."""
+    kernel = GatedKernel()
+    inflight = InFlight()
+    asked: list[float] = []
+
+    class Watched:                                     # InFlight without the give-up: no clock in the test
+        def wait_idle(self, timeout: float) -> bool:
+            asked.append(timeout)
+            return inflight.wait_idle(None)
+
+    reaper = BackgroundReaper(kernel, hold=False, idle=Watched())
+    inflight.enter()                                   # a request marks a link and submits
+    kernel.plant("a0", "veth", alias="x:0")
+    kernel.link_doom("a0", alias="x:0", doomed_alias="d:0")
+    reaper.submit()
+    inflight.enter()                                   # a second request overlaps it
+    inflight.leave()
+    assert kernel.calls == 0 and not kernel.entered.acquire(blocking=False)
+    inflight.leave()                                   # the last answer is out: the batch may go
+    assert kernel.entered.acquire(timeout=60)
+    kernel.release.release()
+    kernel.release.release()                           # for close()'s final batch
+    reaper.close()
+    assert asked == [IDLE_WAIT] and kernel.link_get("a0") is None
+
+
+def test_one_named_link_is_deleted_at_once_by_name_without_a_batch_or_waiting() -> None:
+    """After Leave the delete must start before dockerd reads the answer: no dump, no InFlight wait."""
+    deleted = threading.Event()
+    asked: list[float] = []
+
+    class Counting(FakeKernel):
+        reaps = 0
+
+        def reap_doomed(self) -> None:
+            Counting.reaps += 1
+            super().reap_doomed()
+
+        def link_delete(self, name: str, *, alias: str) -> bool:
+            gone = super().link_delete(name, alias=alias)
+            deleted.set()
+            return gone
+
+    class Busy:                                        # a request is always in flight
+        def wait_idle(self, timeout: float) -> bool:
+            asked.append(timeout)
+            return False
+
+    kernel = Counting()
+    reaper = BackgroundReaper(kernel, hold=False, idle=Busy())
+    kernel.plant("a0", "veth", alias="x:0")
+    kernel.link_doom("a0", alias="x:0", doomed_alias="d:0")
+    reaper.submit("a0", "d:0")
+    assert deleted.wait(timeout=60)
+    assert kernel.link_get("a0") is None and Counting.reaps == 0 and asked == []
+    reaper.close()
+
+
+def test_a_named_link_that_lost_its_mark_is_left_alone() -> None:
+    """The same endpoint id joined again before the reaper ran: the name is no longer doomed."""
+    kernel = FakeKernel()
+    reaper = BackgroundReaper(kernel, hold=False)
+    kernel.plant("a0", "veth", alias="x:0")
+    reaper.submit("a0", "d:0")                        # its mark is "x:0" now, not "d:0"
+    reaper.close()
+    assert kernel.link_get("a0") is not None
+
+
+def test_in_flight_gives_up_waiting_after_the_timeout() -> None:
+    inflight = InFlight()
+    assert inflight.wait_idle(0) is True
+    inflight.enter()
+    assert inflight.wait_idle(0) is False
+    inflight.leave()
+    assert inflight.wait_idle(0) is True
 
 
 def test_a_held_reaper_deletes_nothing_even_on_close() -> None:
