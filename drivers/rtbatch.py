@@ -121,8 +121,12 @@ def delete(*, index: int = 0, name: str = "") -> Request:
 class LinkBatch:
     """A NETLINK_ROUTE socket in the caller's network namespace (the calling thread's)."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """``sock``: a NETLINK_ROUTE socket made in another namespace (drivers/kernel.py's, whose
+        netns it lives in); it becomes this batch's and is closed with it."""
+        if sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self._sock = sock
         self._sock.bind((0, 0))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._seq = 0
@@ -156,8 +160,10 @@ class LinkBatch:
             out += [codes[first + i] for i in range(len(chunk))]
         return out
 
-    def dump(self) -> list[Link]:
-        """Every link of this namespace (index, name, alias, group, master, kind)."""
+    def dump(self, group: int | None = None) -> list[Link]:
+        """Every link of this namespace (index, name, alias, group, master, kind); with ``group``,
+        only that group's, and the other links' attributes are not decoded past their group (the
+        reaper asks for the doomed group among thousands of links before every group delete)."""
         for _ in range(_DUMP_RETRIES):
             self._seq += 1
             seq = self._seq
@@ -176,7 +182,7 @@ class LinkBatch:
                     elif kind == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", payload)[0]
                         raise OSError(code, f"link dump: {os.strerror(code)}")
-                    elif kind == RTM_NEWLINK:
+                    elif kind == RTM_NEWLINK and (group is None or _group_of(payload) == group):
                         links.append(_parse_link(payload))
                 if done:
                     break
@@ -206,6 +212,19 @@ def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
         found[kind & ~NLA_F_NESTED] = data[offset + _RTA.size:offset + length]
         offset += (length + 3) & ~3
     return found
+
+
+def _group_of(payload: bytes) -> int:
+    """A link's IFLA_GROUP, reading its attributes only as far as that one."""
+    offset = _IFI.size
+    while offset + _RTA.size <= len(payload):
+        length, kind = _RTA.unpack_from(payload, offset)
+        if length < _RTA.size:
+            break
+        if kind & ~NLA_F_NESTED == IFLA_GROUP:
+            return int(struct.unpack_from("=I", payload, offset + _RTA.size)[0])
+        offset += (length + 3) & ~3
+    return 0
 
 
 def _text(raw: bytes | None) -> str:

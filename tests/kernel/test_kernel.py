@@ -323,7 +323,7 @@ def test_reap_doomed_leaves_a_stranger_that_shares_the_group(kernel: Kernel, net
 
 
 def test_scan_links_agrees_with_iproute2_on_index_name_group_and_alias(kernel: Kernel, netns: str) -> None:
-    """The reaper's cheap dump (drivers/linkscan.py) reads the same four fields iproute2 shows,
+    """The reaper's cheap dump (drivers/rtbatch.py) reads the same four fields iproute2 shows,
     across more links than one netlink reply holds (the dump spans several recv calls)."""
     batch = "".join(f"link add scan{i} type veth peer name scanp{i}\n" for i in range(150))
     subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True)
