@@ -49,6 +49,15 @@ def _overlay_vni(engine: Engine, net: dict) -> int:
     return int(info["Value"]["vni"])
 
 
+def entries_both_ways(h1: OverlayHost, ip1: str, h2: OverlayHost, ip2: str, vni: int) -> None:
+    """Until each host's overlay namespace holds the other's endpoint: an echo needs h1's entry for
+    ip2 and its reply h2's entry for ip1 (vxlan0 answers ARP from them), so waiting for one side
+    only races the other host's agent."""
+    eventually(f"entries for {ip1} <-> {ip2}",
+               lambda: any(ip == ip2 for ip, _ in neigh_in(h1.overlay_ns(vni)))
+               and any(ip == ip1 for ip, _ in neigh_in(h2.overlay_ns(vni))))
+
+
 def test_cli_overlay_created_once_pings_across_hosts_and_entries_follow_endpoints(cluster: Lab) -> None:
     h1, h2 = cluster.hosts
     h1.engine().create_network("green", driver="vxlan", subnets=["10.71.0.0/24"], options={"vni": "7101"})
@@ -58,7 +67,7 @@ def test_cli_overlay_created_once_pings_across_hosts_and_entries_follow_endpoint
     ns1, ns2 = h1.overlay_ns(7101), h2.overlay_ns(7101)
     ip1, ip2 = a1.address.split("/")[0], a2.address.split("/")[0]
     eventually("h2 has h1's endpoint", lambda: (a1.mac, h1.address) in fdb_in(ns2) and (ip1, a1.mac) in neigh_in(ns2))
-    eventually("h1 has h2's endpoint", lambda: (a2.mac, h2.address) in fdb_in(ns1))
+    eventually("h1 has h2's endpoint", lambda: (a2.mac, h2.address) in fdb_in(ns1) and (ip2, a2.mac) in neigh_in(ns1))
     # Exactly the remote endpoint and one flood entry per remote VTEP: nothing learned, nothing local.
     assert fdb_in(ns2) == {(a1.mac, h1.address), ("00:00:00:00:00:00", h1.address)}
     assert neigh_in(ns2) == {(ip1, a1.mac)}
@@ -153,7 +162,7 @@ def test_two_overlays_with_one_subnet_are_isolated(cluster: Lab) -> None:
     b1 = h1.attach("blue", h1.container("b1"), ip="10.73.0.10")     # the same address, another overlay
     h2.attach("red", h2.container("r2"), ip="10.73.0.20")
     r2c, b1c, r1c = h2.containers[-1], h1.containers[-1], h1.containers[-2]
-    eventually("red converged", lambda: any(ip == "10.73.0.20" for ip, _ in neigh_in(h1.overlay_ns(7301))))
+    entries_both_ways(h1, "10.73.0.10", h2, "10.73.0.20", 7301)
     assert ping_in(h1, r1c, "10.73.0.20").returncode == 0          # control: red reaches red across hosts
     assert ping_in(h1, b1c, "10.73.0.20").returncode != 0          # blue does not reach red
     assert ping_in(h2, r2c, "10.73.0.10").returncode == 0          # and 10.73.0.10 is red's, not blue's
@@ -172,12 +181,12 @@ def test_mtu_is_underlay_minus_50_and_an_oversized_ping_fails_fast(cluster: Lab)
     h1, h2 = cluster.hosts
     h1.engine().create_network("violet", driver="vxlan", subnets=["10.74.0.0/24"], options={"vni": "7401"})
     c1, c2 = h1.container("v1"), h2.container("v2")
-    h1.attach("violet", c1)
+    ip1 = h1.attach("violet", c1).address.split("/")[0]
     a2 = h2.attach("violet", c2)
     ip2 = a2.address.split("/")[0]
     links = json.loads(run("ip", "-n", c1, "-j", "link", "show", "eth0").stdout)
     assert links[0]["mtu"] == 1450
-    eventually("entries", lambda: any(ip == ip2 for ip, _ in neigh_in(h1.overlay_ns(7401))))
+    entries_both_ways(h1, ip1, h2, ip2, 7401)
     big = ping_in(h1, c1, ip2, "-M", "do", "-s", "1472")
     assert big.returncode != 0 and ("too long" in big.stderr + big.stdout or "mtu" in (big.stderr + big.stdout).lower())
     assert ping_in(h1, c1, ip2, "-M", "do", "-s", "1422").returncode == 0
@@ -201,10 +210,10 @@ def test_gateway_frames_do_not_cross_the_overlay(cluster: Lab) -> None:
     h1, h2 = cluster.hosts
     h1.engine().create_network("teal", driver="vxlan", subnets=["10.75.0.0/24"], options={"vni": "7501"})
     c1, c2 = h1.container("t1"), h2.container("t2")
-    h1.attach("teal", c1)
+    ip1 = h1.attach("teal", c1).address.split("/")[0]
     a2 = h2.attach("teal", c2)
     ip2 = a2.address.split("/")[0]
-    eventually("entries", lambda: any(ip == ip2 for ip, _ in neigh_in(h1.overlay_ns(7501))))
+    entries_both_ways(h1, ip1, h2, ip2, 7501)
     before = in_echos(c2)
     assert ping_in(h1, c1, ip2).returncode == 0
     assert in_echos(c2) == before + 1                       # control: the counter sees a container's echo
