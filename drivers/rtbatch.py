@@ -70,6 +70,7 @@ class Link:
     group: int
     master: int
     kind: str
+    flags: int = 0                              # ifi_flags: IFF_UP, ...
 
 
 def _attr(kind: int, data: bytes) -> bytes:
@@ -85,15 +86,18 @@ def _u32(kind: int, value: int) -> bytes:
     return _attr(kind, struct.pack("=I", value))
 
 
-def veth(name: str, peer: str, *, netns_fd: int, peer_netns_fd: int, mtu: int | None = None,
-         master: int = 0) -> Request:
-    """A veth pair, ``name`` born in ``netns_fd``'s namespace and ``peer`` in ``peer_netns_fd``'s;
-    with ``master`` (an ifindex in ``name``'s namespace) ``name`` is born enslaved and up."""
+def veth(name: str, peer: str, *, netns_fd: int | None = None, peer_netns_fd: int | None = None,
+         mtu: int | None = None, master: int = 0, peer_mac: str = "") -> Request:
+    """A veth pair, ``name`` born in ``netns_fd``'s namespace and ``peer`` in ``peer_netns_fd``'s
+    (either None: the socket's own); with ``master`` (an ifindex in ``name``'s namespace)
+    ``name`` is born enslaved and up."""
     flags = IFF_UP if master else 0
-    peer_attrs = _str(IFLA_IFNAME, peer) + _u32(IFLA_NET_NS_FD, peer_netns_fd) + (_u32(IFLA_MTU, mtu) if mtu else b"")
+    peer_attrs = _str(IFLA_IFNAME, peer) + (_u32(IFLA_NET_NS_FD, peer_netns_fd) if peer_netns_fd is not None else b"") \
+        + (_u32(IFLA_MTU, mtu) if mtu else b"") + (_attr(IFLA_ADDRESS, _mac(peer_mac)) if peer_mac else b"")
     info = _str(IFLA_INFO_KIND, "veth") + _attr(
         IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, _IFI.pack(0, 0, 0, 0, 0) + peer_attrs))
-    attrs = (_str(IFLA_IFNAME, name) + _u32(IFLA_NET_NS_FD, netns_fd) + (_u32(IFLA_MTU, mtu) if mtu else b"")
+    attrs = (_str(IFLA_IFNAME, name) + (_u32(IFLA_NET_NS_FD, netns_fd) if netns_fd is not None else b"")
+             + (_u32(IFLA_MTU, mtu) if mtu else b"")
              + (_u32(IFLA_MASTER, master) if master else b"") + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _IFI.pack(0, 0, 0, flags, flags) + attrs,
                    f"create veth {name}")
@@ -108,18 +112,23 @@ def bridge(name: str, *, mtu: int) -> Request:
 
 
 def set_link(*, index: int = 0, name: str = "", alias: str | None = None, group: int | None = None,
-             master: int = 0, up: bool = False, new_name: str = "", mac: str = "", mtu: int = 0) -> Request:
+             master: int = 0, up: bool = False, down: bool = False, new_name: str = "", mac: str = "",
+             mtu: int = 0) -> Request:
     """Change a link found by ``index`` (or by ``name``): alias, group, master, up; with
     ``index``, also its name, MAC and MTU. One message: the kernel renames and sets the MAC and
     MTU before it applies IFF_UP (``do_setlink``), so a down link can be renamed and brought up."""
-    flags = IFF_UP if up else 0
+    flags, change = (IFF_UP, IFF_UP) if up else (0, IFF_UP) if down else (0, 0)
     attrs = (_str(IFLA_IFNAME, name) if name and not index else b"") + \
         (_str(IFLA_IFNAME, new_name) if new_name and index else b"") + \
-        (_attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))) if mac else b"") + \
+        (_attr(IFLA_ADDRESS, _mac(mac)) if mac else b"") + \
         (_u32(IFLA_MTU, mtu) if mtu else b"") + \
         (_str(IFLA_IFALIAS, alias) if alias is not None else b"") + \
         (_u32(IFLA_GROUP, group) if group is not None else b"") + (_u32(IFLA_MASTER, master) if master else b"")
-    return Request(RTM_NEWLINK, 0, _IFI.pack(0, 0, index, flags, flags) + attrs, f"change link {name or index}")
+    return Request(RTM_NEWLINK, 0, _IFI.pack(0, 0, index, flags, change) + attrs, f"change link {name or index}")
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
 
 
 def _ip(text: str) -> tuple[int, bytes]:
@@ -167,8 +176,9 @@ def delete(*, index: int = 0, name: str = "") -> Request:
 class LinkBatch:
     """A NETLINK_ROUTE socket in the caller's network namespace (the calling thread's)."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """``sock``: a NETLINK_ROUTE socket made elsewhere (in another namespace), now owned here."""
+        self._sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self._sock.bind((0, 0))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._seq = 0
@@ -277,13 +287,13 @@ def _text(raw: bytes | None) -> str:
 
 
 def _parse_link(payload: bytes) -> Link:
-    _family, _type, index, _flags, _change = _IFI.unpack_from(payload)
+    _family, _type, index, flags, _change = _IFI.unpack_from(payload)
     attrs = _attrs(payload, _IFI.size)
     info = _attrs(attrs[IFLA_LINKINFO]) if IFLA_LINKINFO in attrs else {}
     return Link(index=index, name=_text(attrs.get(IFLA_IFNAME)), alias=_text(attrs.get(IFLA_IFALIAS)),
                 group=struct.unpack("=I", attrs[IFLA_GROUP])[0] if IFLA_GROUP in attrs else 0,
                 master=struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0,
-                kind=_text(info.get(IFLA_INFO_KIND)))
+                kind=_text(info.get(IFLA_INFO_KIND)), flags=flags)
 
 
 def kernel_error(what: str, code: int) -> KernelError:
