@@ -265,6 +265,10 @@ class Kernel:
                 master_name = self._call("link", self._ipr().link, "get", index=master)[0].get("ifname")
         return _link_info(msg, master_name)
 
+    def link_exists(self, name: str) -> bool:
+        """Whether a link called ``name`` is here: one hand-packed request (a Join asks it)."""
+        return self._raw_get(name) is not None
+
     def links(self) -> list[LinkInfo]:
         msgs = self._dump_links()
         names = {int(m["index"]): m.get("ifname") for m in msgs}
