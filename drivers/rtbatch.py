@@ -38,7 +38,7 @@ RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFF_UP = 0x1
 IFA_ADDRESS, IFA_LOCAL, IFA_F_NODAD = 1, 2, 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 4, 0, 253, 1
 NLA_F_NESTED = 0x8000
 _HDR = struct.Struct("=IHHII")                  # nlmsghdr: len, type, flags, seq, pid
 _IFI = struct.Struct("=BxHiII")                 # ifinfomsg: family, type, index, flags, change
@@ -151,14 +151,14 @@ def address(index: int, cidr: str) -> Request:
 
 def route(dst: str = "default", *, gateway: str = "", oif: int = 0) -> Request:
     """Add a route to ``dst`` (``default`` or a CIDR) via ``gateway`` and/or out of link ``oif``
-    (connected, scope link, when there is no gateway), as ``ip route add`` does; taken: EEXIST."""
+    (connected, scope link, when there is no gateway), as ``ip route add ... proto static``; taken: EEXIST."""
     net = None if dst == "default" else ipaddress.ip_network(dst, strict=False)
     family = _ip(gateway)[0] if gateway else (socket.AF_INET6 if net and net.version == 6 else socket.AF_INET)
     plen = net.prefixlen if net else 0
     attrs = (_attr(RTA_DST, net.network_address.packed) if net and plen else b"") + \
         (_attr(RTA_GATEWAY, _ip(gateway)[1]) if gateway else b"") + (_u32(RTA_OIF, oif) if oif else b"")
     scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-    body = _RTM.pack(family, plen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0) + attrs
+    body = _RTM.pack(family, plen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope, RTN_UNICAST, 0) + attrs
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"route {dst}")
 
 
