@@ -130,9 +130,7 @@ class Kernel:
         ipr = getattr(self._local, "ipr", None)
         if ipr is not None:
             return ipr
-        with self._lock:
-            if self._closed:
-                raise KernelError("kernel handle is closed", errno.EBADF)
+        self._check_open()
         if _same_netns(self._ns_fd):
             ipr = IPRoute(groups=0)
         else:
@@ -177,6 +175,11 @@ class Kernel:
             queue.get_nowait()
             queue.task_done()
 
+    def _check_open(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise KernelError("kernel handle is closed", errno.EBADF)
+
     def _raw(self) -> rtbatch.LinkBatch:
         """This thread's hand-packed rtnetlink handle in this Kernel's netns (drivers/rtbatch.py).
 
@@ -189,9 +192,7 @@ class Kernel:
         nl = getattr(self._local, "raw", None)
         if nl is not None:
             return nl
-        with self._lock:
-            if self._closed:
-                raise KernelError("kernel handle is closed", errno.EBADF)
+        self._check_open()
         try:
             nl = rtbatch.LinkBatch(self._netlink_socket())
         except OSError as exc:
