@@ -300,7 +300,7 @@ class BridgeDriver:
         if direct:
             self._check_sandbox(request.sandbox_key)
             direct = os.path.exists(request.sandbox_key)
-        if direct and self.kernel.link_get(peer) is not None:
+        if direct and self.kernel.link_exists(peer):
             # A pair the reconciler re-made (container end in the host netns): a direct Join wants
             # the end born in the sandbox, so the pair is made again there.
             with contextlib.suppress(LinkExists):

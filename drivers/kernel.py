@@ -34,6 +34,7 @@ from pyroute2.netlink.exceptions import (  # type: ignore[import-untyped]
     NetlinkError,
 )
 
+from drivers import rtbatch
 from drivers.errors import KernelError, KernelFeatureMissing, LinkExists, LinkNotFound, for_errno
 from drivers.kernel_api import LinkInfo
 from drivers.naming import DOOMED_ALIAS_PREFIX, DOOMED_GROUP
@@ -129,9 +130,7 @@ class Kernel:
         ipr = getattr(self._local, "ipr", None)
         if ipr is not None:
             return ipr
-        with self._lock:
-            if self._closed:
-                raise KernelError("kernel handle is closed", errno.EBADF)
+        self._check_open()
         if _same_netns(self._ns_fd):
             ipr = IPRoute(groups=0)
         else:
@@ -175,6 +174,48 @@ class Kernel:
         while not queue.empty():
             queue.get_nowait()
             queue.task_done()
+
+    def _check_open(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise KernelError("kernel handle is closed", errno.EBADF)
+
+    def _raw(self) -> rtbatch.LinkBatch:
+        """This thread's hand-packed rtnetlink handle in this Kernel's netns (drivers/rtbatch.py).
+
+        The hot requests of an endpoint's life (the veth's create and mark, the doom mark, the
+        reaper's delete by name) go through it: pyroute2 costs ~0.5 ms of Python per request
+        (message objects, an event loop turn, a decode of every attribute of the reply) where the
+        kernel's part is a fraction of that, and what the reaper spends holding the GIL the
+        request being answered waits for.
+        """
+        nl = getattr(self._local, "raw", None)
+        if nl is not None:
+            return nl
+        self._check_open()
+        try:
+            nl = rtbatch.LinkBatch(self._netlink_socket())
+        except OSError as exc:
+            raise KernelError(f"netlink socket: {exc.strerror or exc}", exc.errno or errno.EIO) from exc
+        self._local.raw = nl
+        with self._lock:
+            self._opened.append(nl)
+        return nl
+
+    def _raw_run(self, request: rtbatch.Request) -> None:
+        """One hand-packed request, acked; its failure raised as ours (LinkNotFound, LinkExists, ...)."""
+        try:
+            (code,) = self._raw().run([request])
+        except OSError as exc:
+            raise KernelError(f"{request.what}: {exc.strerror or exc}", exc.errno or errno.EIO) from exc
+        if code:
+            raise rtbatch.kernel_error(request.what, code)
+
+    def _raw_get(self, name: str) -> rtbatch.Link | None:
+        try:
+            return self._raw().get(name)
+        except OSError as exc:
+            raise KernelError(f"link {name}: {exc.strerror or exc}", exc.errno or errno.EIO) from exc
 
     def _index(self, name: str) -> int:
         msgs = self._call(f"link {name}", self._ipr().link, "get", ifname=name)
@@ -224,6 +265,10 @@ class Kernel:
             with contextlib.suppress(LinkNotFound):
                 master_name = self._call("link", self._ipr().link, "get", index=master)[0].get("ifname")
         return _link_info(msg, master_name)
+
+    def link_exists(self, name: str) -> bool:
+        """Whether a link called ``name`` is here: one hand-packed request (a Join asks it)."""
+        return self._raw_get(name) is not None
 
     def links(self) -> list[LinkInfo]:
         msgs = self._dump_links()
@@ -346,36 +391,32 @@ class Kernel:
 
     def _add_veth_at(self, host_name: str, peer_name: str, *, alias: str, mtu: int, peer_mac: str | None,
                      master_index: int, peer_netns_path: str | None) -> bool:
-        peer_spec: dict[str, Any] = {"ifname": peer_name, "mtu": mtu}
-        if peer_mac:
-            peer_spec["address"] = peer_mac
-        self._veth_create(host_name, peer_spec, alias=alias, peer_netns_path=peer_netns_path,
-                          mtu=mtu, master=master_index, flags=IFF_UP, change=IFF_UP)
+        self._veth_create(host_name, peer_name, alias=alias, peer_netns_path=peer_netns_path, mtu=mtu,
+                          master=master_index, peer_mac=peer_mac or "")
         return True
 
-    def _veth_create(self, name: str, peer_spec: dict[str, Any], *, alias: str, peer_netns_path: str | None,
-                     **extra: Any) -> None:
-        """One RTM_NEWLINK for a veth pair (the peer born in ``peer_netns_path`` when given), then
-        the ownership mark; a pair that cannot be marked is deleted again, so a failure leaves nothing.
-        Every veth cnmkit makes (endpoints, overlay transits, lab links) goes through here."""
+    def _veth_create(self, name: str, peer: str, *, alias: str, peer_netns_path: str | None,
+                     mtu: int | None = None, master: int = 0, peer_mac: str = "") -> None:
+        """One RTM_NEWLINK for a veth pair (the peer born in ``peer_netns_path`` when given; with
+        ``master``, ``name`` born enslaved to that ifindex and up), then the ownership mark; a pair
+        that cannot be marked is deleted again, so a failure leaves nothing. Every veth cnmkit
+        makes (endpoints, overlay transits, lab links) goes through here, hand-packed (``_raw``)."""
         ns_fd = None
         if peer_netns_path:
             try:
                 ns_fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise KernelError(f"netns {peer_netns_path}: {exc.strerror}", exc.errno) from exc
-            peer_spec = {**peer_spec, "net_ns_fd": ns_fd}
         try:
-            self._call(f"create veth {name}", self._ipr().link, "add", ifname=name, kind="veth",
-                       peer=peer_spec, **extra)
+            self._raw_run(rtbatch.veth(name, peer, peer_netns_fd=ns_fd, mtu=mtu, master=master, peer_mac=peer_mac))
         finally:
             if ns_fd is not None:
                 os.close(ns_fd)
         try:
-            self._call(f"mark {name}", self._ipr().link, "set", ifname=name, ifalias=alias)
+            self._raw_run(rtbatch.set_link(name=name, alias=alias))
         except KernelError:
             with contextlib.suppress(KernelError):
-                self._call(f"delete {name}", self._ipr().link, "del", ifname=name)
+                self._raw_run(rtbatch.delete(name=name))
             raise
 
     def veth_link(self, name: str, peer_name: str, *, netns_path: str, peer_netns_path: str,
@@ -419,14 +460,13 @@ class Kernel:
 
     def link_delete(self, name: str, *, alias: str) -> bool:
         """Delete ``name`` only if it carries ``alias``; True if deleted, False if already gone."""
-        link = self.link_get(name)
+        link = self._raw_get(name)
         if link is None:
             return False
-        if link["alias"] != alias:
-            raise LinkExists(f"refusing to delete {name}: alias {link['alias']!r} is not {alias!r}",
-                             errno.EEXIST)
+        if link.alias != alias:
+            raise LinkExists(f"refusing to delete {name}: alias {link.alias!r} is not {alias!r}", errno.EEXIST)
         try:
-            self._call(f"delete {name}", self._ipr().link, "del", index=link["index"])
+            self._raw_run(rtbatch.delete(index=link.index))
         except LinkNotFound:
             return False
         return True
@@ -528,18 +568,15 @@ class Kernel:
         ``down`` also takes the link down in the same message: a doomed bridge then routes and
         answers nothing (its connected and local routes go with IFF_UP) while it awaits the reaper.
         """
-        try:
-            msg = self._call(f"link {name}", self._ipr().link, "get", ifname=name)[0]
-        except LinkNotFound:
+        link = self._raw_get(name)
+        if link is None:
             return False
-        have = msg.get("ifalias") or ""
-        if have not in (alias, doomed_alias):
-            raise LinkExists(f"refusing to delete {name}: alias {have!r} is not {alias!r}", errno.EEXIST)
-        if have == doomed_alias and msg.get("group") == DOOMED_GROUP and not (down and msg["flags"] & IFF_UP):
+        if link.alias not in (alias, doomed_alias):
+            raise LinkExists(f"refusing to delete {name}: alias {link.alias!r} is not {alias!r}", errno.EEXIST)
+        if link.alias == doomed_alias and link.group == DOOMED_GROUP and not (down and link.flags & IFF_UP):
             return True                          # marked already (Leave did, DeleteEndpoint comes after)
         try:
-            self._call(f"mark {name} for deletion", self._ipr().link, "set", index=int(msg["index"]),
-                       ifalias=doomed_alias, group=DOOMED_GROUP, **({"state": "down"} if down else {}))
+            self._raw_run(rtbatch.set_link(index=link.index, alias=doomed_alias, group=DOOMED_GROUP, down=down))
         except LinkNotFound:
             return False
         return True
@@ -582,11 +619,7 @@ class Kernel:
         The pair is made in one RTM_NEWLINK (no move afterwards), and deleted again if marking
         it fails, so a failure leaves nothing.
         """
-        peer_spec: dict[str, Any] = {"ifname": peer_name}
-        extra: dict[str, Any] = {}
-        if mtu:
-            peer_spec["mtu"] = extra["mtu"] = mtu
-        self._veth_create(name, peer_spec, alias=alias, peer_netns_path=peer_netns_path, **extra)
+        self._veth_create(name, peer_name, alias=alias, peer_netns_path=peer_netns_path, mtu=mtu)
 
     def link_set(self, name: str, *, mac: str | None = None, mtu: int | None = None,
                  up: bool | None = None, master: str | None = None, alias: str | None = None) -> None:
@@ -811,8 +844,7 @@ class OverlayKernel(Kernel):
 
     def veth_add(self, name: str, peer: str, *, alias: str, mtu: int, peer_netns_path: str) -> None:
         """A plain veth pair (no master): ``name`` here, ``peer`` born in the netns at ``peer_netns_path``."""
-        self._veth_create(name, {"ifname": peer, "mtu": mtu}, alias=alias, peer_netns_path=peer_netns_path,
-                          mtu=mtu)
+        self._veth_create(name, peer, alias=alias, peer_netns_path=peer_netns_path, mtu=mtu)
 
     def link_configure(self, name: str, *, alias: str | None = None, master: str | None = None,
                        mtu: int | None = None, up: bool = True) -> None:

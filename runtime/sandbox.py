@@ -22,6 +22,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from drivers import rtbatch
+from drivers.errors import LinkNotFound
 from runtime import ns
 
 if TYPE_CHECKING:
@@ -104,12 +106,65 @@ def is_netns(path: str) -> bool:
         return False
 
 
+def _link_batch(path: str) -> rtbatch.LinkBatch:
+    """A raw NETLINK_ROUTE socket inside the sandbox: opened there, used from here (a socket
+    keeps the namespace it was made in)."""
+    with ns.entered(path):
+        return rtbatch.LinkBatch()
+
+
+def _run(nl: rtbatch.LinkBatch, requests: list[rtbatch.Request]) -> None:
+    """Send ``requests`` in one batch; the first failure is raised (KernelError, LinkExists, ...)."""
+    for request, code in zip(requests, nl.run(requests), strict=True):
+        if code:
+            raise rtbatch.kernel_error(request.what, code)
+
+
+def _default_routes(att: dict[str, Any]) -> list[rtbatch.Request]:
+    return [rtbatch.route("default", gateway=att[key]) for key in ("gateway", "gateway_v6") if att.get(key)]
+
+
 def configure(path: str, att: dict[str, Any], ifname: str, install_default: bool) -> bool:
     """Configure one joined endpoint inside the sandbox; returns True if it set a default route.
 
     ``att`` is ``Attachment.to_dict()``: keys address, address_v6, mac, mtu, src_name, gateway,
     gateway_v6, static_routes.
+
+    Two round trips on a raw rtnetlink socket (drivers/rtbatch.py): the container end's index,
+    then one batch that renames it and sets MAC and MTU (one message), adds the addresses,
+    brings it up and adds the routes, which the kernel handles in that order. Through pyroute2
+    this was a fresh handle and nine requests, 3.4 ms of the runtime's attach for ~0.3 ms of
+    kernel work. A failure is raised; the caller tears the sandbox's attachment down.
+
+    An endpoint with IPv6 goes the pyroute2 way (``_configure_v6``), as before: a dual-stack
+    container's first IPv6 ping out through its gateway right after start is sometimes lost
+    (tests/runtime/test_ipv6.py fails now and then on main too), and with the batch's faster
+    start it was lost every time, although addresses, routes and links come out identical
+    (``ip -d``). Until that race is understood, IPv6 keeps its old timing.
     """
+    if att.get("address_v6") or att.get("gateway_v6"):
+        return _configure_v6(path, att, ifname, install_default)
+    with _link_batch(path) as nl:
+        link = nl.get(att["src_name"])
+        if link is None:
+            raise LinkNotFound(f"link {att['src_name']}: no such device in the sandbox", errno.ENODEV)
+        requests = [rtbatch.set_link(index=link.index, new_name=ifname, mac=att.get("mac") or "",
+                                     mtu=int(att.get("mtu") or 0))]
+        # Addresses before up, as before: link-up then announces them (arp_notify, ndisc_notify).
+        requests += [rtbatch.address(link.index, att[key]) for key in ("address", "address_v6") if att.get(key)]
+        requests.append(rtbatch.set_link(index=link.index, up=True))
+        defaults = _default_routes(att) if install_default else []
+        requests += defaults
+        for r in att.get("static_routes") or []:
+            connected = int(r.get("RouteType", 0)) == 1
+            requests.append(rtbatch.route(r["Destination"], gateway="" if connected else r.get("NextHop") or "",
+                                          oif=link.index))
+        _run(nl, requests)
+        return bool(defaults)
+
+
+def _configure_v6(path: str, att: dict[str, Any], ifname: str, install_default: bool) -> bool:
+    """``configure`` one request at a time through pyroute2 (drivers/kernel.py)."""
     with _kernel(path) as k:
         k.link_rename(att["src_name"], ifname)
         k.link_set(ifname, mac=att.get("mac") or None, mtu=int(att.get("mtu") or 0) or None)
@@ -135,13 +190,11 @@ def configure(path: str, att: dict[str, Any], ifname: str, install_default: bool
 
 def install_default(path: str, att: dict[str, Any]) -> bool:
     """Install the default route of ``att`` (used when the gateway network was disconnected)."""
-    if not (att.get("gateway") or att.get("gateway_v6")):
+    defaults = _default_routes(att)
+    if not defaults:
         return False
-    with _kernel(path) as k:
-        if att.get("gateway"):
-            k.route_add("default", gateway=att["gateway"])
-        if att.get("gateway_v6"):
-            k.route_add("default", gateway=att["gateway_v6"])
+    with _link_batch(path) as nl:
+        _run(nl, defaults)
     return True
 
 

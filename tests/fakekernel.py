@@ -73,6 +73,10 @@ class FakeKernel:
 
     # -- the KernelOps verbs ----------------------------------------------------------------
 
+    def link_exists(self, name: str) -> bool:
+        with self._lock:
+            return name in self.host
+
     def link_get(self, name: str) -> LinkInfo | None:
         with self._lock:
             link = self.host.get(name)
