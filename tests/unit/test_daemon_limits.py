@@ -53,9 +53,12 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, condition: Callable[[], bool]) -> None:
-        """Poll for something the daemon will do; fail (with its log) if it dies first."""
+        """Poll for something the daemon will do; fail (with its log) if it dies first, or if it
+        never happens within SAFETY (a hang turned into a failure, not a timing assertion)."""
+        deadline = time.monotonic() + SAFETY
         while not condition():
             assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, "never happened; daemon log:\n" + self.log()[-3000:]
             time.sleep(0.02)
 
     def stop(self) -> None:
